@@ -1,0 +1,34 @@
+"""ssv_jax: self-supervised speaker verification in JAX/Flax."""
+from setuptools import find_packages, setup
+
+# Pinned: these versions were resolved together and tested (DEVELOPERS.md).
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "tensorflow-cpu==2.21.0",
+    "tensorflow-datasets==4.9.10",
+    "numpy==2.4.6",
+    "ml-collections==1.1.0",
+    "clu==0.0.12",
+    "librosa==0.11.0",
+    "soundfile==0.14.0",
+    "absl-py==2.5.1",
+    "matplotlib==3.11.2",
+    "tqdm==4.70.1",
+]
+
+setup(
+    name="ssv_jax",
+    version="0.1.0",
+    description="Self-supervised speaker verification (SimCLR/MoCo with NT-Xent-AM) in JAX/Flax",
+    packages=find_packages(include=["ssv_jax", "ssv_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        # scikit-learn is the independent reference in tests and benchmarks.
+        "test": ["pytest==9.2.0", "scikit-learn==1.9.1"],
+    },
+)

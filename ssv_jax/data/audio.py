@@ -1,0 +1,109 @@
+"""Audio file decoding and resampling (no TensorFlow; safe in worker processes).
+
+``decode_file`` returns 16 kHz int16 PCM or a reason it could not: unreadable,
+corrupt, empty or too-short files are reported, never raised, so that data
+preparation can skip them with a warning and count them.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from typing import NamedTuple
+
+import numpy as np
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".m4a", ".aac", ".mp3", ".mp4", ".opus", ".aiff", ".aif", ".sph")
+
+
+class Decoded(NamedTuple):
+    """Result of decoding one file: ``pcm`` (int16 [T] at the target rate) or ``error``."""
+
+    pcm: np.ndarray | None
+    error: str | None
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Resample float32 mono audio from ``sr_in`` to ``sr_out`` Hz (soxr, else polyphase)."""
+    if sr_in == sr_out:
+        return x
+    try:
+        import soxr
+
+        return soxr.resample(x, sr_in, sr_out, quality="HQ").astype(np.float32)
+    except ImportError:  # pragma: no cover - soxr is a librosa dependency
+        from math import gcd
+
+        from scipy.signal import resample_poly
+
+        g = gcd(sr_in, sr_out)
+        return resample_poly(x, sr_out // g, sr_in // g).astype(np.float32)
+
+
+def _read_ffmpeg(path: str, sample_rate: int) -> np.ndarray:
+    """Decode any format ffmpeg reads (m4a/AAC) to mono float32 at ``sample_rate``."""
+    try:
+        import av  # PyAV bundles ffmpeg's libraries
+
+        with av.open(path) as container:
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+            chunks = []
+            for frame in container.decode(audio=0):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    except ImportError:
+        pass
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        raise RuntimeError(
+            "this format needs ffmpeg: install the ffmpeg command (e.g. apt-get install ffmpeg) "
+            "or PyAV (pip install av)"
+        )
+    proc = subprocess.run(
+        [exe, "-v", "error", "-nostdin", "-i", path, "-f", "f32le", "-ac", "1", "-ar", str(sample_rate), "-"],
+        capture_output=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.decode(errors="replace").strip()[-300:] or "ffmpeg failed")
+    return np.frombuffer(proc.stdout, np.float32).copy()
+
+
+def read_audio(path: str, sample_rate: int = 16000) -> np.ndarray:
+    """Read ``path`` as mono float32 in [-1, 1] at ``sample_rate`` (raises on failure)."""
+    import soundfile as sf
+
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".m4a", ".aac", ".mp4", ".opus"):
+        return _read_ffmpeg(path, sample_rate)
+    try:
+        x, sr = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile cannot read it: try ffmpeg if present, else report
+        if ext in (".wav", ".flac", ".ogg") or (shutil.which("ffmpeg") is None):
+            raise RuntimeError(f"{type(err).__name__}: {err}") from None
+        return _read_ffmpeg(path, sample_rate)
+    x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+    return resample(np.ascontiguousarray(x, np.float32), int(sr), sample_rate)
+
+
+def to_pcm16(x: np.ndarray) -> np.ndarray:
+    """Float audio in [-1, 1] -> int16 (clipped)."""
+    return np.clip(np.round(np.asarray(x, np.float32) * 32767.0), -32768, 32767).astype(np.int16)
+
+
+def decode_file(path: str, sample_rate: int = 16000, min_seconds: float = 0.1) -> Decoded:
+    """Decode ``path`` to int16 PCM at ``sample_rate``; failures come back as ``Decoded(None, why)``."""
+    try:
+        x = read_audio(path, sample_rate)
+    except Exception as err:  # corrupt / unreadable: reported, not raised
+        return Decoded(None, f"unreadable ({str(err).splitlines()[0][:200] if str(err) else type(err).__name__})")
+    if x.size == 0:
+        return Decoded(None, "empty (0 samples)")
+    if not np.all(np.isfinite(x)):
+        return Decoded(None, "corrupt (non-finite samples)")
+    if x.size < min_seconds * sample_rate:
+        return Decoded(None, f"too short ({x.size / sample_rate:.3f} s < min_seconds={min_seconds})")
+    return Decoded(to_pcm16(x), None)

@@ -1,0 +1,329 @@
+"""TFDS datasets of speech records: one writer for every source, one reader.
+
+Every dataset this project reads (the embedded synthetic corpus, VoxCeleb,
+any speaker folder, MUSAN, RIRs) is a TFDS dataset in ``array_record`` format
+(random access, so that batch k is a pure function of (seed, k)), with one
+record per utterance:
+
+    audio      int16 [T]   16 kHz PCM (raw bytes on disk)
+    speaker    str         speaker id (or bank category for noise/RIR banks)
+    session    str         session / video / room id
+    utterance  str         utterance id, e.g. "id10270/x6uYqmx31kE/00001.wav"
+    category   str         "" for speech corpora; noise|speech|music for noise banks
+    duration   float32     seconds
+
+Beside TFDS's own files, the version directory holds
+``index/<split>.tsv`` (utterance, speaker, session, samples; written from the
+generator, so ids can be checked without reading audio), ``trials/<name>.txt``
+(VoxCeleb ``label a b`` lists) and ``prep_summary.json`` (what was written and
+what was skipped and why). ``ssv_jax_complete`` marks a finished build.
+
+Shards target 100-200 MB (TFDS picks a power of two between those sizes).
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import re
+import time
+import types
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+from etils import epath
+
+log = logging.getLogger("ssv_jax.data")
+
+VERSION = "1.0.0"
+COMPLETE_MARK = "ssv_jax_complete"
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _tf():
+    """Import TensorFlow with the accelerator hidden from it (JAX owns it)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # already initialised: nothing to hide any more
+        pass
+    return tf
+
+
+def _tfds():
+    _tf()
+    import tensorflow_datasets as tfds
+
+    return tfds
+
+
+@dataclass
+class Skip:
+    """A source item that could not be turned into a record (counted, warned)."""
+
+    key: str
+    reason: str
+
+
+@dataclass
+class BuildSummary:
+    """What a build wrote and skipped, per split."""
+
+    name: str
+    path: str = ""
+    written: dict = field(default_factory=dict)  # split -> records
+    hours: dict = field(default_factory=dict)  # split -> audio hours
+    skipped: dict = field(default_factory=dict)  # split -> [(key, reason)]
+    seconds: float = 0.0
+
+    def total_hours(self) -> float:
+        return float(sum(self.hours.values()))
+
+    def report(self) -> str:
+        lines = [f"dataset {self.name} at {self.path}"]
+        for split, n in self.written.items():
+            sk = self.skipped.get(split, [])
+            lines.append(f"  {split}: {n} records, {self.hours.get(split, 0.0):.3f} h, {len(sk)} skipped")
+        reasons = collections.Counter(r.split(" (")[0] for sk in self.skipped.values() for _, r in sk)
+        if reasons:
+            lines.append("  skipped by reason: " + ", ".join(f"{k}: {v}" for k, v in reasons.items()))
+            for split, sk in self.skipped.items():
+                for key, why in sk[:10]:
+                    lines.append(f"    [{split}] {key}: {why}")
+                if len(sk) > 10:
+                    lines.append(f"    [{split}] ... and {len(sk) - 10} more (see prep_summary.json)")
+        minutes = self.seconds / 60
+        lines.append(
+            f"  built in {self.seconds:.1f} s ({self.total_hours() / max(minutes, 1e-9):.2f} audio hours per minute)"
+        )
+        return "\n".join(lines)
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(
+            f"dataset name {name!r} is not valid: use lower-case letters, digits and '_', starting "
+            "with a letter (e.g. --name=my_speakers)."
+        )
+    return name
+
+
+def features():
+    tfds = _tfds()
+    text = tfds.features.Text()
+    return tfds.features.FeaturesDict(
+        {
+            "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16, encoding=tfds.features.Encoding.BYTES),
+            "speaker": text,
+            "session": text,
+            "utterance": text,
+            "category": text,
+            "duration": tfds.features.Scalar(dtype=np.float32),
+        }
+    )
+
+
+def _make_builder_class(name: str, description: str, splits: Mapping[str, Callable[[], Iterable]],
+                        summary: BuildSummary, index: dict, sample_rate: int):
+    """A GeneratorBasedBuilder subclass named ``name`` (not registered globally)."""
+    tfds = _tfds()
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=description,
+            features=features(),
+            disable_shuffling=True,  # record order = generator order (our pipeline shuffles)
+            metadata=tfds.core.MetadataDict(sample_rate=sample_rate),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {split: self._generate_examples(split) for split in splits}
+
+    def _generate_examples(self, split):
+        rows = index.setdefault(split, [])
+        skipped = summary.skipped.setdefault(split, [])
+        seen = set()
+        samples = 0
+        for item in splits[split]():
+            if isinstance(item, Skip):
+                log.warning("skipping %s: %s", item.key, item.reason)
+                skipped.append((item.key, item.reason))
+                continue
+            utt = item["utterance"]
+            if utt in seen:
+                raise ValueError(f"duplicate utterance id {utt!r} in split {split!r}")
+            seen.add(utt)
+            audio = np.asarray(item["audio"], np.int16)
+            samples += audio.size
+            rows.append((utt, item.get("speaker", ""), item.get("session", ""), int(audio.size)))
+            yield utt, {
+                "audio": audio,
+                "speaker": item.get("speaker", ""),
+                "session": item.get("session", ""),
+                "utterance": utt,
+                "category": item.get("category", ""),
+                "duration": np.float32(audio.size / sample_rate),
+            }
+        summary.written[split] = len(rows)
+        summary.hours[split] = samples / sample_rate / 3600.0
+
+    body = {
+        "name": name,
+        "VERSION": tfds.core.Version(VERSION),
+        "_info": _info,
+        "_split_generators": _split_generators,
+        "_generate_examples": _generate_examples,
+        "__module__": __name__,
+        # Built at run time, not from a dataset package: no code path, no checksums file.
+        "code_path": None,
+    }
+    cls_name = "".join(p.capitalize() for p in name.split("_")) + "Builder"
+    return types.new_class(
+        cls_name, (tfds.core.GeneratorBasedBuilder,), {"skip_registration": True}, lambda ns: ns.update(body)
+    )
+
+
+def dataset_root(data_dir: str, name: str) -> epath.Path:
+    return epath.Path(data_dir).expanduser() / name
+
+
+def find_version_dir(data_dir: str, name: str) -> epath.Path | None:
+    """The newest complete version directory of ``name`` under ``data_dir``, or None."""
+    root = dataset_root(data_dir, name)
+    if not root.exists():
+        return None
+    found = []
+    for d in root.iterdir():
+        if (d / "dataset_info.json").exists() and (d / COMPLETE_MARK).exists():
+            try:
+                found.append((tuple(int(p) for p in d.name.split(".")), d))
+            except ValueError:
+                continue
+    return max(found)[1] if found else None
+
+
+def write_dataset(
+    name: str,
+    data_dir: str,
+    splits: Mapping[str, Callable[[], Iterable[dict | Skip]]],
+    *,
+    description: str = "",
+    trials: Mapping[str, Iterable[tuple[int, str, str]]] | None = None,
+    sample_rate: int = 16000,
+    overwrite: bool = False,
+    min_shard_mb: int = 100,
+    max_shard_mb: int = 200,
+) -> BuildSummary:
+    """Write ``splits`` (split -> callable yielding record dicts or ``Skip``) as a TFDS dataset.
+
+    Records need ``audio`` (int16 16 kHz), ``utterance`` and optionally
+    ``speaker``, ``session``, ``category``. ``trials`` maps a trial-list name to
+    (label, utterance_a, utterance_b) rows; every utterance they name must be
+    in the dataset. Returns the summary (also saved as prep_summary.json).
+    """
+    tfds = _tfds()
+    check_name(name)
+    t0 = time.time()
+    existing = find_version_dir(data_dir, name)
+    root = dataset_root(data_dir, name)
+    if existing is not None and not overwrite:
+        raise FileExistsError(f"dataset {name!r} already exists at {existing}; pass --overwrite to rebuild it.")
+    if root.exists():
+        root.rmtree()  # incomplete or to be overwritten
+    summary = BuildSummary(name=name)
+    index: dict = {}
+    cls = _make_builder_class(name, description, splits, summary, index, sample_rate)
+    builder = cls(data_dir=str(epath.Path(data_dir).expanduser()), file_format="array_record")
+    cfg = tfds.download.DownloadConfig(
+        min_shard_size=min_shard_mb << 20, max_shard_size=max_shard_mb << 20, compute_stats=tfds.download.ComputeStatsMode.SKIP
+    )
+    builder.download_and_prepare(download_config=cfg)
+    vdir = epath.Path(builder.data_dir)
+    (vdir / "index").mkdir(exist_ok=True)
+    for split, rows in index.items():
+        with (vdir / "index" / f"{split}.tsv").open("w") as f:
+            f.writelines(f"{u}\t{s}\t{e}\t{n}\n" for u, s, e, n in rows)
+    if trials:
+        known = {r[0] for rows in index.values() for r in rows}
+        (vdir / "trials").mkdir(exist_ok=True)
+        for tname, rows in trials.items():
+            rows = list(rows)
+            missing = sorted({u for _, a, b in rows for u in (a, b) if u not in known})
+            if missing:
+                log.warning("trial list %s: %d trials name utterances not in the data (first: %s); dropping them",
+                            tname, sum(1 for _, a, b in rows if a not in known or b not in known), missing[0])
+                rows = [r for r in rows if r[1] in known and r[2] in known]
+                summary.skipped.setdefault(f"trials:{tname}", []).extend((u, "missing utterance") for u in missing)
+            with (vdir / "trials" / f"{tname}.txt").open("w") as f:
+                f.writelines(f"{int(l)} {a} {b}\n" for l, a, b in rows)
+    summary.path = str(vdir)
+    summary.seconds = time.time() - t0
+    (vdir / "prep_summary.json").write_text(json.dumps(
+        {"name": name, "written": summary.written, "hours": summary.hours,
+         "skipped": {k: [list(x) for x in v] for k, v in summary.skipped.items()},
+         "seconds": summary.seconds}, indent=1))
+    (vdir / COMPLETE_MARK).write_text("ok\n")
+    return summary
+
+
+class Dataset:
+    """Read side of one built dataset: random-access splits, index, trial lists."""
+
+    def __init__(self, version_dir: epath.Path):
+        tfds = _tfds()
+        self.dir = epath.Path(version_dir)
+        self.builder = tfds.builder_from_directory(str(self.dir))
+        self.name = self.builder.name
+        self._sources: dict = {}
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.builder.info.splits.keys())
+
+    def _split_names(self, split: str) -> list[str]:
+        names = [s.strip() for s in split.split("+") if s.strip()]
+        for s in names:
+            if s not in self.splits:
+                raise ValueError(f"dataset {self.name!r} at {self.dir} has no split {s!r}; it has {self.splits}.")
+        return names
+
+    def source(self, split: str):
+        """Random-access sequence of decoded records (dicts of numpy) for ``split`` ('a+b' allowed)."""
+        if split not in self._sources:
+            self._sources[split] = self.builder.as_data_source(split=split)
+        return self._sources[split]
+
+    def num_records(self, split: str) -> int:
+        return sum(self.builder.info.splits[s].num_examples for s in self._split_names(split))
+
+    def index(self, split: str) -> list[tuple[str, str, str, int]]:
+        """(utterance, speaker, session, samples) rows of ``split`` in record order."""
+        rows = []
+        for s in self._split_names(split):
+            text = (self.dir / "index" / f"{s}.tsv").read_text()
+            for line in text.splitlines():
+                u, spk, sess, n = line.split("\t")
+                rows.append((u, spk, sess, int(n)))
+        return rows
+
+    def trial_names(self) -> list[str]:
+        d = self.dir / "trials"
+        return sorted(p.stem for p in d.iterdir()) if d.exists() else []
+
+    def trial_path(self, name: str) -> epath.Path:
+        return self.dir / "trials" / f"{name}.txt"
+
+
+def iter_records(ds: Dataset, split: str) -> Iterator[dict]:
+    """Records of ``split`` in order, decoded to numpy (sequential read)."""
+    src = ds.source(split)
+    n = len(src)
+    step = 64
+    for start in range(0, n, step):
+        idx = list(range(start, min(n, start + step)))
+        for rec in src.__getitems__(idx):
+            yield rec

@@ -1,0 +1,114 @@
+"""Building blocks shared by the encoders: PyTorch-initialised Linear/Conv, BatchNorm, masking.
+
+Layouts: images ``[B, time, freq, C]`` (NHWC, kernels HWIO), sequences ``[B, time, C]``.
+Masks are ``[B, time]`` bool (True = valid frame) or None (all frames valid; no masking cost).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def torch_uniform(fan_in: int):
+    """``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``: PyTorch's default Linear/Conv weight and bias init."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+# kaiming_normal_(mode='fan_out', nonlinearity='relu'), as sslsv initialises its ResNet convs.
+kaiming_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class Linear(nnx.Module):
+    """Dense layer ``x @ kernel + bias`` with PyTorch's default initialisation."""
+
+    def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True,
+                 rngs: nnx.Rngs):
+        init = torch_uniform(in_features)
+        self.kernel = nnx.Param(init(rngs.params(), (in_features, out_features)))
+        self.bias = nnx.Param(init(rngs.params(), (out_features,))) if use_bias else None
+
+    def __call__(self, x):
+        y = x @ self.kernel[...]
+        return y if self.bias is None else y + self.bias[...]
+
+
+class BatchNorm(nnx.Module):
+    """BatchNorm over every axis but the last, PyTorch semantics.
+
+    Train mode (``use_running_average=False``): normalise with the batch's biased variance and
+    update running mean / unbiased variance with ``momentum`` (PyTorch sense, 0.1). Statistics are
+    one pass (E[x], E[x^2]); under ``jax.jit`` over a batch sharded on a mesh they are global-batch
+    statistics (synchronised BN). With ``mask`` (broadcastable to x[..., :1]) only valid positions
+    count. Eval mode uses the running averages. Scale/bias are parameters; running stats are
+    ``nnx.BatchStat``. ``mask``: ``[B, T]`` bool for ``[B, T, ...]`` inputs.
+    """
+
+    def __init__(self, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5,
+                 rngs: nnx.Rngs | None = None):
+        del rngs
+        self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+        self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+        self.momentum = momentum
+        self.eps = eps
+        self.use_running_average = False
+
+    def __call__(self, x, mask=None):
+        if self.use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            axes = tuple(range(x.ndim - 1))
+            if mask is None:
+                n = math.prod(x.shape[:-1])
+                mean = jnp.mean(x, axis=axes)
+                meansq = jnp.mean(jnp.square(x), axis=axes)
+            else:
+                m = jnp.broadcast_to(expand_mask(mask, x), x.shape[:-1] + (1,))
+                n = jnp.maximum(jnp.sum(m), 1.0)
+                mean = jnp.sum(x * m, axis=axes) / n
+                meansq = jnp.sum(jnp.square(x) * m, axis=axes) / n
+            var = jnp.maximum(meansq - jnp.square(mean), 0.0)
+            unbiased = var * (n / jnp.maximum(n - 1, 1))
+            mom = self.momentum
+            self.mean[...] = (1 - mom) * self.mean[...] + mom * jax.lax.stop_gradient(mean)
+            self.var[...] = (1 - mom) * self.var[...] + mom * jax.lax.stop_gradient(unbiased)
+        mul = self.scale[...] * jax.lax.rsqrt(var + self.eps)
+        return x * mul + (self.bias[...] - mean * mul)
+
+
+def expand_mask(mask, x):
+    """``[B, T]`` mask -> float mask broadcastable to x (``[B, T, ...]``)."""
+    return mask.astype(x.dtype).reshape(mask.shape + (1,) * (x.ndim - 2))
+
+
+def apply_mask(x, mask):
+    """Zero invalid frames (so a following conv sees the zero padding of the utterance alone)."""
+    return x if mask is None else x * expand_mask(mask, x)
+
+
+def masked_mean(x, mask, axes):
+    """Mean of x over ``axes`` (must include axis 1 = time when mask is given), valid frames only."""
+    if mask is None:
+        return jnp.mean(x, axis=axes)
+    m = jnp.broadcast_to(expand_mask(mask, x), x.shape[:-1] + (1,))
+    return jnp.sum(x * m, axis=axes) / jnp.maximum(jnp.sum(m, axis=axes), 1.0)
+
+
+def masked_softmax(logits, mask, axis=1):
+    """Softmax over ``axis`` (time) with invalid frames given zero weight."""
+    if mask is not None:
+        logits = jnp.where(mask.reshape(mask.shape + (1,) * (logits.ndim - 2)), logits, -1e30)
+    return jax.nn.softmax(logits, axis=axis)
+
+
+def downsample_mask(mask, stride: int):
+    """Mask after a stride-``stride`` conv with 'same'-style padding: frame j valid iff j*s valid."""
+    return None if mask is None or stride == 1 else mask[:, ::stride]
