@@ -12,9 +12,10 @@ points; points inside a run of tied scores are skipped. The result therefore
 does not depend on the order of tied trials (sslsv's argsort-based code does).
 Without ties this is exactly the sslsv definition.
 
-The EER's choice between the two points around the fnr/fpr crossing is made
-with exact integer arithmetic, so it matches a float64 computation even when
-both are equally close.
+Counts are exact 64-bit integers and rates float64 (the jitted functions run
+with x64 enabled locally), so results equal a float64 reference; the EER's
+choice between the two points around the fnr/fpr crossing is made in exact
+integer arithmetic even when both are equally close.
 """
 from __future__ import annotations
 
@@ -24,6 +25,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+
+def _x64(fn):
+    """Run ``fn`` with 64-bit types enabled (exact counts; only inside this call)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.enable_x64(True):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def _validate(scores, labels):
@@ -44,8 +56,8 @@ def _validate(scores, labels):
         raise ValueError("scores and labels are empty: no trials to evaluate.")
     if scores.shape[0] >= 2**31 - 1:
         raise ValueError(f"too many trials ({scores.shape[0]}); at most 2**31 - 2 are supported.")
-    if not jnp.issubdtype(scores.dtype, jnp.floating):
-        scores = scores.astype(jnp.float32)
+    if scores.dtype != jnp.float64:
+        scores = scores.astype(jnp.float32)  # float32 path; bf16/f16/ints promoted
     finite = jnp.isfinite(scores)
     if not bool(jnp.all(finite)):
         bad = int(jnp.sum(~finite))
@@ -69,60 +81,65 @@ def _validate(scores, labels):
     return scores, labels
 
 
+def _sort_key(scores, labels):
+    """uint64 keys that sort like the float32 scores, with the label in the lowest bit."""
+    scores = jnp.where(scores == 0, jnp.float32(0), scores.astype(jnp.float32))  # -0.0 -> +0.0
+    u = lax.bitcast_convert_type(scores, jnp.uint32)
+    k = jnp.where(u >> 31 == 1, ~u, u | jnp.uint32(0x80000000))  # order-preserving map
+    return (k.astype(jnp.uint64) << 1) | labels.astype(jnp.uint64)
+
+
+def _key_to_score(k):
+    u = k.astype(jnp.uint32)
+    u = jnp.where(u >> 31 == 1, u ^ jnp.uint32(0x80000000), ~u)
+    return lax.bitcast_convert_type(u, jnp.float32)
+
+
 @jax.jit
 def _sorted_counts(scores, labels):
-    """Cumulative counts at every candidate point j = 0..n and which are valid."""
-    s, y = lax.sort((scores, labels), num_keys=1, is_stable=True)
-    zero = jnp.zeros((1,), jnp.int32)
-    rej_tar = jnp.concatenate([zero, jnp.cumsum(y, dtype=jnp.int32)])
-    rej_non = jnp.concatenate([zero, jnp.cumsum(1 - y, dtype=jnp.int32)])
+    """Rejected-target / rejected-non-target counts at every candidate point j = 0..n.
+
+    Float32 scores: one sort of 64-bit keys (score order, label in the low bit),
+    several times faster on CPU than a key-value sort. Float64: key-value sort.
+    Must run with x64 enabled (see ``_x64``).
+    """
+    n = scores.shape[0]
+    if scores.dtype == jnp.float64:
+        s, y = lax.sort((jnp.where(scores == 0, 0.0, scores), labels), num_keys=1)
+        y = y.astype(jnp.int64)
+    else:
+        ks = jnp.sort(_sort_key(scores, labels))
+        y = (ks & 1).astype(jnp.int64)
+        s = _key_to_score(ks >> 1)
+    zero = jnp.zeros((1,), jnp.int64)
+    rej_tar = jnp.concatenate([zero, jnp.cumsum(y)])
+    rej_non = jnp.arange(n + 1, dtype=jnp.int64) - rej_tar
     true = jnp.ones((1,), bool)
     valid = jnp.concatenate([true, s[:-1] < s[1:], true])
     thresholds = jnp.concatenate([s, jnp.full((1,), jnp.inf, s.dtype)])
     return rej_tar, rej_non, valid, thresholds
 
 
-def _mul_wide(a, b):
-    """Exact product of uint32 a, b < 2**32 as (hi, lo) uint32 words."""
-    a0, a1 = a & 0xFFFF, a >> 16
-    b0, b1 = b & 0xFFFF, b >> 16
-    p00, p01, p10, p11 = a0 * b0, a0 * b1, a1 * b0, a1 * b1
-    mid = p01 + p10
-    mid_carry = (mid < p01).astype(jnp.uint32)  # overflow of the middle sum
-    lo = p00 + (mid << 16)
-    lo_carry = (lo < p00).astype(jnp.uint32)
-    hi = p11 + (mid >> 16) + (mid_carry << 16) + lo_carry
-    return hi, lo
-
-
-def _le_wide(x, y):
-    """(hi, lo) x <= (hi, lo) y."""
-    return (x[0] < y[0]) | ((x[0] == y[0]) & (x[1] <= y[1]))
-
-
 def _eer_from_counts(rej_tar, rej_non, valid):
-    u = jnp.uint32
-    n_tar, n_non = rej_tar[-1].astype(u), rej_non[-1].astype(u)
-    a = rej_tar.astype(u)  # targets rejected: fnr = a / T
-    b = n_non - rej_non.astype(u)  # non-targets accepted: fpr = b / NT
-    # fnr_j >= fpr_j  <=>  a_j * NT >= b_j * T
-    ge = _le_wide(_mul_wide(b, n_tar), _mul_wide(a, n_non))
+    n_tar, n_non = rej_tar[-1], rej_non[-1]
+    a = rej_tar  # targets rejected: fnr = a / T
+    b = n_non - rej_non  # non-targets accepted: fpr = b / NT
+    ge = a * n_non >= b * n_tar  # fnr >= fpr, exact in int64
     idx = jnp.arange(a.shape[0])
     j2 = jnp.argmax(valid & ge)  # first valid point at/after the crossing
-    j1 = jnp.max(jnp.where(valid & (idx < j2), idx, -1))  # last valid point before it
-    j1 = jnp.maximum(j1, 0)
+    j1 = jnp.maximum(jnp.max(jnp.where(valid & (idx < j2), idx, -1)), 0)  # last before it
     # Keep j1 iff fpr1 - fnr1 <= fnr2 - fpr2  <=>  (b1 + b2) * T <= (a1 + a2) * NT.
-    keep_first = _le_wide(_mul_wide(b[j1] + b[j2], n_tar), _mul_wide(a[j1] + a[j2], n_non))
+    keep_first = (b[j1] + b[j2]) * n_tar <= (a[j1] + a[j2]) * n_non
     k = jnp.where(keep_first, j1, j2)
-    fnr_k = rej_tar[k] / rej_tar[-1]
-    fpr_k = (rej_non[-1] - rej_non[k]) / rej_non[-1]
+    fnr_k = a[k] / n_tar
+    fpr_k = b[k] / n_non
     return 100.0 * jnp.maximum(fnr_k, fpr_k), k
 
 
 def _rates(rej_tar, rej_non):
     fnr = rej_tar / rej_tar[-1]
     fpr = (rej_non[-1] - rej_non) / rej_non[-1]
-    return fnr.astype(jnp.float32), fpr.astype(jnp.float32)
+    return fnr, fpr
 
 
 def _dcf_from_counts(rej_tar, rej_non, valid, p_target, c_miss, c_fa):
@@ -156,6 +173,7 @@ def _all_jit(scores, labels, p_targets):
     return eer, dcfs
 
 
+@_x64
 def eer(scores, labels) -> float:
     """Equal error rate in percent (METHOD.md's definition; ties see module doc)."""
     scores, labels = _validate(scores, labels)
@@ -163,6 +181,7 @@ def eer(scores, labels) -> float:
     return float(value)
 
 
+@_x64
 def eer_threshold(scores, labels) -> float:
     """The score threshold (accept score >= threshold) at the EER point."""
     scores, labels = _validate(scores, labels)
@@ -170,6 +189,7 @@ def eer_threshold(scores, labels) -> float:
     return float(thr)
 
 
+@_x64
 def min_dcf(scores, labels, p_target=0.01, c_miss=1.0, c_fa=1.0) -> float:
     """Normalised minimum detection cost (METHOD.md's definition)."""
     if not 0.0 < p_target < 1.0:
@@ -181,6 +201,7 @@ def min_dcf(scores, labels, p_target=0.01, c_miss=1.0, c_fa=1.0) -> float:
     return float(value)
 
 
+@_x64
 def verification_metrics(scores, labels, p_targets=(0.01, 0.05)) -> dict:
     """EER (percent) and minDCF at each p_target (C_miss = C_fa = 1) from one sort.
 
@@ -200,6 +221,7 @@ def verification_metrics(scores, labels, p_targets=(0.01, 0.05)) -> dict:
     }
 
 
+@_x64
 def det_curve(scores, labels):
     """DET / ROC operating points at distinct score thresholds.
 

@@ -88,16 +88,16 @@ def test_method_reference_values():
 def test_match_float64_references(case):
     scores, labels = CASES[case]
     s64 = scores.astype(np.float64)
-    assert metrics.eer(scores, labels) == pytest.approx(ref_eer(s64, labels), abs=1e-4)
+    assert metrics.eer(scores, labels) == pytest.approx(ref_eer(s64, labels), abs=1e-9)
     if len(np.unique(scores)) == len(scores):
-        assert metrics.eer(scores, labels) == pytest.approx(ref_sslsv_eer(s64, labels), abs=1e-4)
+        assert metrics.eer(scores, labels) == pytest.approx(ref_sslsv_eer(s64, labels), abs=1e-9)
     for p in (0.01, 0.05):
         want = ref_min_dcf(s64, labels, p)
-        assert metrics.min_dcf(scores, labels, p_target=p) == pytest.approx(want, rel=1e-5)
+        assert metrics.min_dcf(scores, labels, p_target=p) == pytest.approx(want, rel=1e-9)
         both = metrics.verification_metrics(scores, labels, p_targets=(p,))
-        assert both["min_dcf"][p] == pytest.approx(want, rel=1e-5)
+        assert both["min_dcf"][p] == pytest.approx(want, rel=1e-9)
     assert metrics.min_dcf(scores, labels, 0.01, c_miss=10.0, c_fa=1.0) == pytest.approx(
-        ref_min_dcf(s64, labels, 0.01, 10.0, 1.0), rel=1e-5
+        ref_min_dcf(s64, labels, 0.01, 10.0, 1.0), rel=1e-9
     )
 
 
@@ -107,13 +107,13 @@ def test_equidistant_crossing_picks_first_point_exactly():
     scores = np.arange(1, 7, dtype=np.float32)
     labels = np.array([0, 0, 0, 1, 0, 1])
     assert ref_eer(scores, labels) == pytest.approx(25.0)
-    assert metrics.eer(scores, labels) == pytest.approx(25.0, abs=1e-4)
+    assert metrics.eer(scores, labels) == pytest.approx(25.0, abs=1e-9)
     rng = np.random.default_rng(1)
     for _ in range(30):  # many small balanced sets: exact ties in |fnr - fpr| are common
         n = int(rng.integers(4, 40))
         labels = np.arange(n) % 2
         scores = rng.integers(0, 6, size=n).astype(np.float32)
-        assert metrics.eer(scores, labels) == pytest.approx(ref_eer(scores, labels), abs=1e-4)
+        assert metrics.eer(scores, labels) == pytest.approx(ref_eer(scores, labels), abs=1e-9)
 
 
 def test_ties_do_not_depend_on_trial_order():
@@ -156,3 +156,16 @@ def test_bad_inputs_raise_clear_errors():
         metrics.eer(np.zeros((2, 2)), np.zeros((2, 2)))
     with pytest.raises(ValueError, match="p_target"):
         metrics.min_dcf([0.1, 0.2], [0, 1], p_target=1.5)
+
+
+def test_float64_and_low_precision_inputs():
+    scores, labels = CASES[6]
+    s64 = scores.astype(np.float64) + 1e-12 * np.arange(len(scores))  # distinct only in float64
+    assert metrics.eer(s64, labels) == pytest.approx(ref_eer(s64, labels), abs=1e-9)
+    assert metrics.min_dcf(s64, labels) == pytest.approx(ref_min_dcf(s64, labels, 0.01), rel=1e-9)
+    import jax.numpy as jnp
+
+    s16 = jnp.asarray(scores, jnp.bfloat16)
+    want = ref_eer(np.asarray(s16, np.float64), labels)
+    assert metrics.eer(s16, labels) == pytest.approx(want, abs=1e-9)
+    assert metrics.eer(scores, labels.astype(bool)) == metrics.eer(scores, labels)
