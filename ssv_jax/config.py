@@ -1,0 +1,141 @@
+"""Recipe configs: every hyperparameter in one ConfigDict, the paper's values by default.
+
+configs/<recipe>.py calls :func:`recipe`; the ``:demo`` argument shrinks any recipe to the
+embedded synthetic corpus on a laptop CPU (:func:`apply_demo`). Fields:
+
+  seed                 model init / augmentation RNG seed (the data order uses data.seed)
+  data                 see ssv_jax.data.default_data_config()
+  frontend             see ssv_jax.frontend.default_frontend_config()
+  model                see ssv_jax.models.default_model_config()
+  method.name          "simclr" | "moco"
+  method.loss          "nt_xent_am" (additive margin) | "nt_xent_aam" (angular margin)
+  method.scale         s = 1 / temperature (30)
+  method.margin        m (0.1; 0 = plain NT-Xent)
+  method.symmetric     SimCLR: all 2N views are anchors (the paper's symmetric form)
+  method.margin_schedule  ramp m from 0 along a cosine over the first half of training
+  method.projector     add METHOD.md's 512-2048-2048-128 projector head for the loss
+  method.projector_hidden / projector_out
+  method.momentum      MoCo: EMA momentum of the key encoder (0.999)
+  method.queue_size    MoCo: entries per view queue (65536); a multiple of the batch size
+  optim.name           "adam" | "adamw" | "sgd"
+  optim.lr             1e-3
+  optim.weight_decay   0 (decoupled for adamw, L2 for adam/sgd)
+  optim.schedule       "step" (lr x decay_rate every decay_epochs) | "constant" | "cosine"
+  optim.decay_rate / decay_epochs   0.95 / 5
+  optim.warmup_steps   linear warm-up steps (0)
+  optim.clip_grad_norm global-norm clipping (0 = off)
+  train.batch_size     GLOBAL batch of utterances (2 views each); divisible by the device count
+  train.epochs         epochs over data.train_split; train.num_steps > 0 overrides it
+  train.log_every      steps between console/TensorBoard scalars
+  train.checkpoint_every  steps between checkpoints (and at the end)
+  train.keep_checkpoints  checkpoints kept on disk
+  train.average_last   evaluate the average of the last N checkpoints (0/1 = the last one)
+  train.eval_every     steps between validation EERs on the eval trials (0 = only at the end)
+  train.val_max_trials cap on validation trials (0 = all)
+  train.progress_bar   show a progress bar when attached to a terminal
+  eval.batch_size      utterances per embedding batch
+  eval.bucket_seconds  utterance lengths are padded up to a multiple of this (fewer compiles)
+  eval.max_seconds     crop evaluation utterances longer than this (0 = full length)
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from ssv_jax.data import default_data_config
+from ssv_jax.frontend import default_frontend_config
+from ssv_jax.models import default_model_config
+
+METHODS = ("simclr", "moco")
+LOSSES = ("nt_xent_am", "nt_xent_aam")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The paper's setup: VoxCeleb2-dev, Fast ResNet-34, symmetric NT-Xent-AM s=30 m=0.1."""
+    cfg = ml_collections.ConfigDict()
+    cfg.seed = 0
+
+    data = default_data_config()
+    data.name = "voxceleb2"
+    data.train_split = "dev"
+    data.eval_name = "voxceleb1"
+    data.eval_split = "test"
+    data.trials = ("voxceleb1_o", "voxceleb1_e", "voxceleb1_h")
+    data.crop_seconds = 2.0
+    data.augment.noise_bank = "musan"
+    data.augment.rir_bank = "rirs"
+    cfg.data = data
+
+    cfg.frontend = default_frontend_config()
+    cfg.model = default_model_config("fast_resnet34")
+
+    cfg.method = ml_collections.ConfigDict(dict(
+        name="simclr", loss="nt_xent_am", scale=30.0, margin=0.1, symmetric=True,
+        margin_schedule=False, projector=False, projector_hidden=2048, projector_out=128,
+        momentum=0.999, queue_size=65536,
+    ))
+    cfg.optim = ml_collections.ConfigDict(dict(
+        name="adam", lr=1e-3, weight_decay=0.0, schedule="step", decay_rate=0.95,
+        decay_epochs=5, warmup_steps=0, clip_grad_norm=0.0,
+    ))
+    cfg.train = ml_collections.ConfigDict(dict(
+        batch_size=256, epochs=100, num_steps=0, log_every=100, checkpoint_every=2000,
+        keep_checkpoints=5, average_last=5, eval_every=0, val_max_trials=0,
+        progress_bar=True,
+    ))
+    cfg.eval = ml_collections.ConfigDict(dict(batch_size=32, bucket_seconds=1.0, max_seconds=0.0))
+    return cfg
+
+
+def apply_demo(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrink a recipe to the embedded synthetic corpus, sized for a 2-core CPU (<= 15 min)."""
+    data = default_data_config()  # the embedded corpus and its procedural banks
+    data.crop_seconds = 1.5
+    cfg.data = data
+    cfg.train.batch_size = 32
+    cfg.train.num_steps = 360
+    cfg.train.log_every = 20
+    cfg.train.checkpoint_every = 120
+    cfg.train.keep_checkpoints = 3
+    cfg.train.average_last = 0
+    cfg.train.eval_every = 120
+    cfg.optim.schedule = "constant"
+    cfg.method.queue_size = 1024
+    return cfg
+
+
+def recipe(arg: str | None = None, **method) -> ml_collections.ConfigDict:
+    """base_config() with ``method`` fields overridden; ``arg == "demo"`` applies apply_demo."""
+    cfg = base_config()
+    for k, v in method.items():
+        if k not in cfg.method:
+            raise KeyError(f"unknown method field {k!r}; known: {sorted(cfg.method.keys())}")
+        cfg.method[k] = v
+    if arg:
+        if arg != "demo":
+            raise ValueError(f"unknown config argument {arg!r}; the only one is 'demo' "
+                             "(e.g. --config=configs/simclr_am.py:demo).")
+        apply_demo(cfg)
+    return cfg
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+    """Refuse inconsistent settings with a message that names the field."""
+    if cfg.method.name not in METHODS:
+        raise ValueError(f"method.name {cfg.method.name!r} is not one of {METHODS}.")
+    if cfg.method.loss not in LOSSES:
+        raise ValueError(f"method.loss {cfg.method.loss!r} is not one of {LOSSES}.")
+    if cfg.method.scale <= 0:
+        raise ValueError(f"method.scale must be > 0; got {cfg.method.scale}.")
+    if cfg.train.batch_size < 2:
+        raise ValueError("train.batch_size must be at least 2 (negatives come from the batch).")
+    if cfg.method.name == "moco" and cfg.method.queue_size % cfg.train.batch_size:
+        raise ValueError(
+            f"method.queue_size ({cfg.method.queue_size}) must be a multiple of train.batch_size "
+            f"({cfg.train.batch_size}) so whole batches of keys are enqueued."
+        )
+    if cfg.optim.name not in ("adam", "adamw", "sgd"):
+        raise ValueError(f"optim.name {cfg.optim.name!r} is not one of ('adam', 'adamw', 'sgd').")
+    if cfg.optim.schedule not in ("step", "constant", "cosine"):
+        raise ValueError(
+            f"optim.schedule {cfg.optim.schedule!r} is not one of ('step', 'constant', 'cosine')."
+        )

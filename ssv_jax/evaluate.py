@@ -1,0 +1,123 @@
+"""Evaluation: full-utterance embeddings (jitted, sharded), cosine scores, EER / minDCF.
+
+Utterances are sorted by length and batched; each batch is zero-padded to a multiple of
+``eval.bucket_seconds`` (few distinct shapes, few compiles) and the model masks the padding,
+so an embedding does not depend on its batch-mates (BatchNorm in eval mode).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ssv_jax import data as data_lib
+from ssv_jax import metrics
+from ssv_jax.frontend import features
+from ssv_jax.losses import l2_normalize
+from ssv_jax.sharding import batch_sharding, replicated
+
+log = logging.getLogger("ssv_jax")
+
+
+def make_embed_fn(cfg, graphdef, mesh):
+    """jitted (params, rest, waves [B, T], lengths [B]) -> L2-normalised embeddings [B, D]."""
+
+    def embed(params, rest, waves, lengths):
+        net = nnx.merge(graphdef, params, rest, copy=True)
+        net.eval()
+        feats, mask = features(waves, cfg.frontend, lengths=lengths)
+        return l2_normalize(net.embed(feats, mask))
+
+    return jax.jit(embed, in_shardings=(replicated(mesh), replicated(mesh), batch_sharding(mesh),
+                                        batch_sharding(mesh)),
+                   out_shardings=replicated(mesh))
+
+
+def embed_utterances(cfg, graphdef, params, rest, mesh, utterances) -> dict[str, np.ndarray]:
+    """{utterance id: embedding} for an iterable of (id, float32 wave)."""
+    items = list(utterances)
+    if not items:
+        return {}
+    sr = cfg.data.sample_rate
+    max_len = int(cfg.eval.max_seconds * sr) if cfg.eval.max_seconds > 0 else None
+    if max_len:
+        items = [(u, w[:max_len]) for u, w in items]
+    items.sort(key=lambda x: len(x[1]))
+    fn = make_embed_fn(cfg, graphdef, mesh)
+    bucket = max(int(cfg.eval.bucket_seconds * sr), 1)
+    n_dev = mesh.size
+    bs = max(int(cfg.eval.batch_size) // n_dev, 1) * n_dev
+    out = {}
+    for start in range(0, len(items), bs):
+        chunk = items[start:start + bs]
+        longest = max(max(len(w) for _, w in chunk), 1)
+        t = -(-longest // bucket) * bucket
+        waves = np.zeros((bs, t), np.float32)
+        lengths = np.full((bs,), t, np.int32)  # padding rows: full-length silence, discarded
+        for i, (_, w) in enumerate(chunk):
+            waves[i, :len(w)] = w
+            lengths[i] = max(len(w), 1)
+        emb = np.asarray(fn(params, rest, waves, lengths))
+        for i, (u, _) in enumerate(chunk):
+            out[u] = emb[i]
+    return out
+
+
+@jax.jit
+def cosine_scores(emb, idx_a, idx_b):
+    """Cosine of L2-normalised embeddings for index pairs."""
+    return jnp.sum(emb[idx_a] * emb[idx_b], axis=-1)
+
+
+def score_trials(embeddings: dict, trials) -> np.ndarray:
+    ids = list(embeddings)
+    pos = {u: i for i, u in enumerate(ids)}
+    missing = [u for u in trials.utterances if u not in pos]
+    if missing:
+        raise ValueError(
+            f"trial list {trials.name!r} names {len(missing)} utterance(s) with no embedding, "
+            f"e.g. {missing[0]!r}: it is not in the evaluation data."
+        )
+    emb = jnp.asarray(np.stack([embeddings[u] for u in ids]))
+    a = np.asarray([pos[u] for u in trials.enroll], np.int32)
+    b = np.asarray([pos[u] for u in trials.test], np.int32)
+    return np.asarray(cosine_scores(emb, a, b))
+
+
+def evaluate_trials(cfg, graphdef, params, rest, mesh, max_trials: int = 0) -> dict:
+    """{trial list name: {"eer", "min_dcf", "n_trials"}} on the config's trial lists."""
+    all_trials = data_lib.load_trials(cfg.data)
+    wanted = {}
+    for name in cfg.data.trials:
+        if name not in all_trials:
+            raise ValueError(f"trial list {name!r} is not stored with the evaluation data; "
+                             f"available: {sorted(all_trials)}.")
+        t = all_trials[name]
+        if max_trials and len(t) > max_trials:
+            t = type(t)(name=t.name, labels=t.labels[:max_trials], enroll=t.enroll[:max_trials],
+                        test=t.test[:max_trials])
+        wanted[name] = t
+    needed = set()
+    for t in wanted.values():
+        needed.update(t.utterances)
+    embeddings = embed_utterances(
+        cfg, graphdef, params, rest, mesh, data_lib.eval_utterances(cfg.data, only=needed))
+    results = {}
+    for name, t in wanted.items():
+        scores = score_trials(embeddings, t)
+        m = metrics.verification_metrics(scores, t.labels, p_targets=(0.01,))
+        results[name] = {"eer": m["eer"], "min_dcf": m["min_dcf"][0.01], "n_trials": len(t)}
+    return results
+
+
+def write_results(workdir: str, results: dict) -> str:
+    path = os.path.join(workdir, "results.json")
+    if jax.process_index() == 0:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+    return path

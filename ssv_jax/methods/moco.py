@@ -1,0 +1,71 @@
+"""MoCo with NT-Xent-AM (METHOD.md, sslsv's symmetric form).
+
+Query network trained; key network = EMA of the query network (momentum 0.999, parameters
+only; its BatchNorm running statistics follow its own forward passes, as in MoCo). One queue
+per view, [K, D]; loss = (L(q1, k2, queue2) + L(q2, k1, queue1)) / 2; after the loss the keys
+of the whole global batch are enqueued (k1 -> queue1, k2 -> queue2), oldest entries replaced.
+
+Shuffle-BN: MoCo shuffles the key batch across GPUs so that per-GPU BatchNorm statistics
+cannot tell a query's positive apart. Here BatchNorm statistics are those of the GLOBAL batch
+(the train step is one jit over the batch sharded on 'data': synchronized BN), so every sample
+is normalised with the same statistics and no per-device signature exists; shuffling would
+not change any number, so none is done.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ssv_jax import losses
+from ssv_jax.losses import l2_normalize
+
+
+def init_extra(cfg, params, rest, rng):
+    k, d = cfg.method.queue_size, (cfg.method.projector_out if cfg.method.projector
+                                   else cfg.model.embed_dim)
+    r1, r2 = jax.random.split(rng)
+    return {
+        "key_params": jax.tree.map(jnp.copy, params),
+        "key_rest": jax.tree.map(jnp.copy, rest),
+        "queue1": l2_normalize(jax.random.normal(r1, (k, d))),
+        "queue2": l2_normalize(jax.random.normal(r2, (k, d))),
+        "queue_ptr": jnp.zeros((), jnp.int32),
+    }
+
+
+def ema(key_params, params, momentum):
+    return jax.tree.map(lambda k, q: momentum * k + (1.0 - momentum) * q, key_params, params)
+
+
+def loss_and_updates(cfg, mesh, apply, params, rest, extra, feats, margin):
+    del mesh  # keys of the global batch are a global array; no explicit gather needed
+    b = feats.shape[0]
+    flat = feats.reshape((2 * b,) + feats.shape[2:])
+    # Momentum update of the key network from the current query network (MoCo's order).
+    key_params = ema(extra["key_params"], jax.lax.stop_gradient(params), cfg.method.momentum)
+    k, key_rest = apply(key_params, extra["key_rest"], flat)
+    k = jax.lax.stop_gradient(l2_normalize(k)).reshape(b, 2, -1)
+    q, new_rest = apply(params, rest, flat)
+    q = q.reshape(b, 2, -1)
+    kw = dict(scale=cfg.method.scale, margin=margin)
+    loss = 0.5 * (losses.moco_am(q[:, 0], k[:, 1], extra["queue2"], **kw)
+                  + losses.moco_am(q[:, 1], k[:, 0], extra["queue1"], **kw))
+    pos, neg = losses.similarity_stats(q[:, 0], k[:, 1])
+    new_extra = dict(extra, key_params=key_params, key_rest=key_rest)
+    return loss, (new_rest, new_extra, {"pos_cos": pos, "neg_cos": neg, "keys": k})
+
+
+def enqueue(queue, ptr, keys):
+    return jax.lax.dynamic_update_slice(queue, keys.astype(queue.dtype), (ptr, 0))
+
+
+def after_update(cfg, params, extra, aux_extra):
+    """Enqueue this global batch's keys (after the loss)."""
+    del params
+    k = aux_extra["keys"]
+    ptr = extra["queue_ptr"]
+    out = dict(extra)
+    out["queue1"] = enqueue(extra["queue1"], ptr, k[:, 0])
+    out["queue2"] = enqueue(extra["queue2"], ptr, k[:, 1])
+    out["queue_ptr"] = (ptr + k.shape[0]) % cfg.method.queue_size
+    return out

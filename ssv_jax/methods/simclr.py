@@ -1,0 +1,42 @@
+"""SimCLR with NT-Xent-AM (METHOD.md): both views through one network, global negatives."""
+from __future__ import annotations
+
+import jax
+from jax.sharding import PartitionSpec as P
+
+from ssv_jax import losses
+from ssv_jax.sharding import DATA_AXIS
+
+
+def init_extra(cfg, params, rest, rng):
+    """SimCLR keeps no state beyond the network's."""
+    del cfg, params, rest, rng
+    return {}
+
+
+def contrastive_loss(cfg, mesh, z1, z2, margin):
+    """The configured NT-Xent variant over the global batch; per-device logits B_local x B_global."""
+    fn = losses.nt_xent_aam if cfg.method.loss == "nt_xent_aam" else losses.nt_xent_am
+
+    def body(a, b, m):
+        loss = fn(a, b, scale=cfg.method.scale, margin=m, symmetric=cfg.method.symmetric,
+                  axis_name=DATA_AXIS)
+        pos, neg = losses.similarity_stats(a, b, axis_name=DATA_AXIS)
+        return loss, pos, neg
+
+    return jax.shard_map(body, mesh=mesh, in_specs=(P(DATA_AXIS), P(DATA_AXIS), P()),
+                         out_specs=(P(), P(), P()))(z1, z2, margin)
+
+
+def loss_and_updates(cfg, mesh, apply, params, rest, extra, feats, margin):
+    """feats: [B, 2, frames, n_mels]. Returns loss, (new rest, new extra, metrics)."""
+    b = feats.shape[0]
+    z, new_rest = apply(params, rest, feats.reshape((2 * b,) + feats.shape[2:]))
+    z = z.reshape(b, 2, -1)
+    loss, pos, neg = contrastive_loss(cfg, mesh, z[:, 0], z[:, 1], margin)
+    return loss, (new_rest, extra, {"pos_cos": pos, "neg_cos": neg})
+
+
+def after_update(cfg, params, extra, aux_extra):
+    del cfg, params, aux_extra
+    return extra
