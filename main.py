@@ -8,6 +8,7 @@ files, and DIR/results.json ({trial list: {"eer", "min_dcf", "n_trials"}}). Reru
 same --workdir resumes from the latest checkpoint.
 """
 import os
+import sys
 
 # Eigen instead of YNNPACK for individual convolutions on the CPU backend (faster for the
 # encoders here; see bench/bench_encoder.py). Must be set before jax is imported; it has no
@@ -29,6 +30,17 @@ _MODE = flags.DEFINE_enum("mode", "train_and_evaluate", ["train_and_evaluate", "
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (multi-host TPU/GPU pods).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv):
+    """absl parsing, with an unknown ``--config.*`` key refused by name (no traceback)."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        detail = str(e).replace("\\n", " ").replace("\\'", "'").strip("'\" ")
+        sys.exit(f"main.py: unknown config key among {bad}: {detail}. Every key must exist in the "
+                 "recipe (fields: ssv_jax/config.py).")
 
 
 def main(argv):
@@ -61,4 +73,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "absl-py==2.5.1",
     "matplotlib==3.11.2",
     "tqdm==4.70.1",
+    "tensorboard==2.21.0",  # clu writes TensorBoard event files through it
 ]
 
 setup(

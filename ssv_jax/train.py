@@ -94,7 +94,7 @@ def make_train_step(cfg, graphdef, mesh, tx, schedule, n_total: int):
         extra = method.after_update(cfg, params, extra, aux)
         out = {
             "loss": loss, "lr": schedule(step), "margin": margin,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "pos_cos": aux["pos_cos"], "neg_cos": aux["neg_cos"],
         }
         new_state = dict(state, step=step + 1, params=params, rest=rest, opt_state=opt_state,
@@ -206,11 +206,12 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
             return
         host = jax.device_get(pending)
         for i, m in enumerate(host):
-            if not math.isfinite(float(m["loss"])):
+            if not (math.isfinite(float(m["loss"])) and math.isfinite(float(m["grad_norm"]))):
                 bad = step - len(host) + i
                 mgr.wait_until_finished()
                 raise TrainingDiverged(
-                    f"loss is {float(m['loss'])} at step {bad}: training stopped. The last good "
+                    f"loss {float(m['loss'])}, gradient norm {float(m['grad_norm'])} at step "
+                    f"{bad}: training stopped before the update reached a checkpoint. The last good "
                     f"checkpoint ({'step ' + str(last_good) if last_good is not None else 'none yet'}"
                     f") is kept in {mgr.directory}; lower optim.lr or set optim.clip_grad_norm and "
                     "run again to resume from it.")

@@ -1,0 +1,220 @@
+"""Training end to end on a tiny corpus: sharded step == 1 device, resume == uninterrupted,
+MoCo queue/EMA, config overrides, NaN handling, main.py."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from ssv_jax import config as config_lib
+from ssv_jax import data as data_lib
+from ssv_jax import train as train_lib
+from ssv_jax.sharding import data_mesh, global_batch
+from ssv_jax.optim import lr_schedule, make_optimizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(data_dir, method="simclr", **method_kw):
+    cfg = config_lib.recipe("demo", name=method, **method_kw)
+    cfg.data.data_dir = str(data_dir)
+    s = cfg.data.synthetic
+    s.train_speakers, s.test_speakers = 8, 4
+    s.train_sessions, s.test_sessions, s.utterances_per_session = 2, 2, 2
+    s.min_seconds, s.max_seconds = 1.0, 1.5
+    s.n_trials = 40
+    s.noise_clips, s.speech_clips, s.music_clips, s.rirs = 4, 4, 4, 4
+    s.bank_seconds = 1.0
+    cfg.data.crop_seconds = 0.5
+    cfg.data.num_workers = 0
+    cfg.model.channels = (8, 16, 16, 16)
+    cfg.model.blocks = (1, 1, 1, 1)
+    cfg.model.embed_dim = 32
+    cfg.train.batch_size = 16
+    cfg.train.num_steps = 4
+    cfg.train.log_every = 1
+    cfg.train.checkpoint_every = 2
+    cfg.train.eval_every = 0
+    cfg.train.progress_bar = False
+    cfg.method.queue_size = 64
+    cfg.eval.batch_size = 8
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tfds")
+    data_lib.ensure_dataset(tiny_config(d).data)
+    return d
+
+
+def _batch(cfg, step, mesh):
+    local = next(data_lib.train_batches(cfg.data, global_batch=cfg.train.batch_size,
+                                        seed=cfg.data.seed, start_step=step))
+    return global_batch({k: local[k] for k in train_lib.DEVICE_FIELDS}, mesh)
+
+
+def _step_on(cfg, mesh, n_steps=1):
+    spe = data_lib.steps_per_epoch(cfg.data, cfg.train.batch_size)
+    sched = lr_schedule(cfg.optim, spe, 4)
+    tx = make_optimizer(cfg.optim, sched)
+    graphdef, state = train_lib.init_state(cfg)
+    state["opt_state"] = tx.init(state["params"])
+    state = jax.device_put(state, train_lib.replicated(mesh))
+    step = train_lib.make_train_step(cfg, graphdef, mesh, tx, sched, 4)
+    metrics = []
+    for k in range(n_steps):
+        state, m = step(state, _batch(cfg, k, mesh))
+        metrics.append(jax.device_get(m))
+    return jax.device_get(state), metrics
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco"])
+def test_sharded_step_equals_single_device(data_dir, method):
+    cfg = tiny_config(data_dir, method)
+    # SGD: Adam's g / sqrt(v) turns float32 rounding in near-zero gradients into lr-sized
+    # differences, which would hide what this test checks (the gradients themselves).
+    cfg.optim.name, cfg.optim.lr = "sgd", 0.05
+    s8, m8 = _step_on(cfg, data_mesh(), n_steps=2)
+    s1, m1 = _step_on(cfg, data_mesh(jax.devices()[:1]), n_steps=2)
+    for a, b in zip(m8, m1):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+        assert np.isfinite(a["loss"]) and a["loss"] > 0
+    leaves8 = jax.tree.leaves(s8["params"])
+    leaves1 = jax.tree.leaves(s1["params"])
+    for a, b in zip(leaves8, leaves1):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    init = jax.tree.leaves(train_lib.init_state(cfg)[1]["params"])
+    assert any(not np.allclose(a, b) for a, b in zip(leaves8, init)), "parameters did not move"
+
+
+def test_moco_queue_and_ema(data_dir):
+    cfg = tiny_config(data_dir, "moco", momentum=0.9)
+    mesh = data_mesh()
+    _, init = train_lib.init_state(cfg)
+    state, _ = _step_on(cfg, mesh, n_steps=1)
+    extra, b = state["extra"], cfg.train.batch_size
+    assert int(extra["queue_ptr"]) == b
+    for q in ("queue1", "queue2"):
+        new, old = np.asarray(extra[q]), np.asarray(init["extra"][q])
+        np.testing.assert_allclose(np.linalg.norm(new[:b], axis=1), 1.0, rtol=1e-5)
+        assert not np.allclose(new[:b], old[:b])  # this batch's keys enqueued at the pointer
+        np.testing.assert_array_equal(new[b:], old[b:])  # the rest untouched
+    # Key network: EMA of the query network taken before the step's update; the
+    # first step starts from a copy, so key = 0.9 * init + 0.1 * init = init.
+    for k, p in zip(jax.tree.leaves(extra["key_params"]), jax.tree.leaves(init["params"])):
+        np.testing.assert_allclose(k, p, rtol=1e-6, atol=1e-7)
+    state2, _ = _step_on(cfg, mesh, n_steps=2)
+    assert int(state2["extra"]["queue_ptr"]) == 2 * b
+    # After step 2: key = 0.9 * init + 0.1 * (params after step 1).
+    for k, p0, p1 in zip(jax.tree.leaves(state2["extra"]["key_params"]),
+                         jax.tree.leaves(init["params"]), jax.tree.leaves(state["params"])):
+        np.testing.assert_allclose(k, 0.9 * p0 + 0.1 * p1, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_equals_uninterrupted(data_dir, tmp_path):
+    cfg = tiny_config(data_dir)
+    _, full, _ = train_lib.train(cfg, str(tmp_path / "full"))
+    _, half, _ = train_lib.train(cfg, str(tmp_path / "split"), max_steps=2)
+    assert int(half["step"]) == 2
+    _, resumed, _ = train_lib.train(cfg, str(tmp_path / "split"))
+    assert int(resumed["step"]) == int(full["step"]) == 4
+    for a, b in zip(jax.tree.leaves(full["params"]), jax.tree.leaves(resumed["params"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    for a, b in zip(jax.tree.leaves(full["opt_state"]), jax.tree.leaves(resumed["opt_state"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+    cfg = tiny_config(data_dir)
+    cfg.train.checkpoint_every = 1
+    real = data_lib.train_batches
+
+    def poisoned(*args, start_step=0, **kw):  # NaN audio from step 2 on (e.g. a corrupt file)
+        for k, b in enumerate(real(*args, start_step=start_step, **kw), start_step):
+            if k >= 2:
+                b = dict(b, views=np.full_like(b["views"], np.nan))
+            yield b
+
+    monkeypatch.setattr(train_lib.data_lib, "train_batches", poisoned)
+    with pytest.raises(train_lib.TrainingDiverged, match="at step 2.*last good checkpoint \\(step 2\\)"):
+        train_lib.train(cfg, str(tmp_path / "nan"))
+    mgr = train_lib.checkpoint_manager(str(tmp_path / "nan"), cfg)
+    assert mgr.all_steps() == [1, 2]  # nothing saved after the NaN
+    st = mgr.restore(2)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(st["params"]))
+
+
+def _recipe(name, arg=None):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", name + ".py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg)
+
+
+def test_recipes_hold_the_papers_values():
+    paper = _recipe("simclr_am")
+    assert paper.method.name == "simclr" and paper.method.loss == "nt_xent_am"
+    assert paper.method.scale == 30.0 and paper.method.margin == 0.1 and paper.method.symmetric
+    assert paper.train.batch_size == 256 and paper.data.name == "voxceleb2"
+    assert paper.data.crop_seconds == 2.0 and paper.data.augment.noise_bank == "musan"
+    assert paper.data.trials == ("voxceleb1_o", "voxceleb1_e", "voxceleb1_h")
+    assert not paper.method.projector and paper.model.name == "fast_resnet34"
+    assert paper.optim.lr == 1e-3 and paper.optim.decay_rate == 0.95 and paper.optim.decay_epochs == 5
+    assert _recipe("simclr").method.margin == 0.0
+    moco = _recipe("moco_am")
+    assert moco.method.name == "moco" and moco.method.momentum == 0.999
+    assert moco.method.queue_size == 65536 and moco.method.margin == 0.1
+    assert _recipe("moco").method.margin == 0.0
+    demo = _recipe("simclr_am", "demo")
+    assert demo.data.name == "synthetic" and demo.method.margin == 0.1
+    with pytest.raises(ValueError, match="demo"):
+        _recipe("simclr_am", "tiny")
+    demo.method.queue_size = 100
+    demo.method.name = "moco"
+    with pytest.raises(ValueError, match="multiple of train.batch_size"):
+        config_lib.validate(demo)
+
+
+def test_unknown_config_key_is_refused_by_name(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "main.py"),
+         "--config=" + os.path.join(ROOT, "configs/simclr_am.py:demo"),
+         f"--workdir={tmp_path}", "--config.optim.lrr=3e-4"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "unknown config key" in proc.stderr and "lrr" in proc.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_main_trains_evaluates_and_writes_results(data_dir, tmp_path):
+    """main.py end to end (tiny): results.json per the public contract."""
+    cfg = tiny_config(data_dir)
+    overrides = [f"--config.data.data_dir={data_dir}"]
+    for k in ("train_speakers", "test_speakers", "train_sessions", "test_sessions",
+              "utterances_per_session", "min_seconds", "max_seconds", "n_trials", "noise_clips",
+              "speech_clips", "music_clips", "rirs", "bank_seconds"):
+        overrides.append(f"--config.data.synthetic.{k}={cfg.data.synthetic[k]}")
+    overrides += ["--config.data.crop_seconds=0.5", "--config.model.channels=(8,16,16,16)",
+                  "--config.model.blocks=(1,1,1,1)", "--config.model.embed_dim=32",
+                  "--config.train.batch_size=8", "--config.train.num_steps=2",
+                  "--config.train.progress_bar=False"]
+    workdir = tmp_path / "run"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "main.py"),
+         "--config=" + os.path.join(ROOT, "configs/simclr_am.py:demo"), f"--workdir={workdir}",
+         *overrides], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((workdir / "results.json").read_text())
+    assert set(results) == {"synthetic_test"}
+    r = results["synthetic_test"]
+    assert set(r) == {"eer", "min_dcf", "n_trials"} and r["n_trials"] > 20
+    assert 0 <= r["eer"] <= 100 and 0 <= r["min_dcf"]
+    assert json.loads((workdir / "config.json").read_text())["train"]["num_steps"] == 2
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
