@@ -72,12 +72,32 @@ def _read_ffmpeg(path: str, sample_rate: int) -> np.ndarray:
     return np.frombuffer(proc.stdout, np.float32).copy()
 
 
+FFMPEG_EXTENSIONS = (".m4a", ".aac", ".mp4", ".opus")
+
+
+def check_decoder_for(paths) -> None:
+    """Raise (before any work) if ``paths`` include formats that need ffmpeg and none is installed."""
+    need = sorted({os.path.splitext(p)[1].lower() for p in paths} & set(FFMPEG_EXTENSIONS))
+    if not need:
+        return
+    try:
+        import av  # noqa: F401
+
+        return
+    except ImportError:
+        pass
+    if shutil.which("ffmpeg") is None:
+        raise RuntimeError(
+            f"{', '.join(need)} files need an ffmpeg decoder and none is installed: install the ffmpeg command "
+            "(e.g. apt-get install ffmpeg) or PyAV (pip install av), then rerun.")
+
+
 def read_audio(path: str, sample_rate: int = 16000) -> np.ndarray:
     """Read ``path`` as mono float32 in [-1, 1] at ``sample_rate`` (raises on failure)."""
     import soundfile as sf
 
     ext = os.path.splitext(path)[1].lower()
-    if ext in (".m4a", ".aac", ".mp4", ".opus"):
+    if ext in FFMPEG_EXTENSIONS:
         return _read_ffmpeg(path, sample_rate)
     try:
         x, sr = sf.read(path, dtype="float32", always_2d=True)
@@ -94,8 +114,11 @@ def to_pcm16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.asarray(x, np.float32) * 32767.0), -32768, 32767).astype(np.int16)
 
 
-def decode_file(path: str, sample_rate: int = 16000, min_seconds: float = 0.1) -> Decoded:
-    """Decode ``path`` to int16 PCM at ``sample_rate``; failures come back as ``Decoded(None, why)``."""
+def decode_file(path: str, sample_rate: int = 16000, min_seconds: float = 0.1, peak_normalise: bool = False) -> Decoded:
+    """Decode ``path`` to int16 PCM at ``sample_rate``; failures come back as ``Decoded(None, why)``.
+
+    ``peak_normalise`` scales the audio to a peak of 1 first (RIRs: their scale is arbitrary).
+    """
     try:
         x = read_audio(path, sample_rate)
     except Exception as err:  # corrupt / unreadable: reported, not raised
@@ -106,4 +129,6 @@ def decode_file(path: str, sample_rate: int = 16000, min_seconds: float = 0.1) -
         return Decoded(None, "corrupt (non-finite samples)")
     if x.size < min_seconds * sample_rate:
         return Decoded(None, f"too short ({x.size / sample_rate:.3f} s < min_seconds={min_seconds})")
+    if peak_normalise:
+        x = x / max(float(np.max(np.abs(x))), 1e-9)
     return Decoded(to_pcm16(x), None)

@@ -29,7 +29,7 @@ import re
 import time
 import types
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 from etils import epath
@@ -241,7 +241,16 @@ def write_dataset(
     cfg = tfds.download.DownloadConfig(
         min_shard_size=min_shard_mb << 20, max_shard_size=max_shard_mb << 20, compute_stats=tfds.download.ComputeStatsMode.SKIP
     )
-    builder.download_and_prepare(download_config=cfg)
+    # tfds 4.9's ShardConfig.calculate_number_shards is a classmethod that reads the CLASS
+    # defaults (64 MiB - 1 GiB), ignoring the sizes passed above: set them for this call.
+    from tensorflow_datasets.core.utils import shard_utils
+
+    saved = (shard_utils.ShardConfig.min_shard_size, shard_utils.ShardConfig.max_shard_size)
+    shard_utils.ShardConfig.min_shard_size, shard_utils.ShardConfig.max_shard_size = cfg.min_shard_size, cfg.max_shard_size
+    try:
+        builder.download_and_prepare(download_config=cfg)
+    finally:
+        shard_utils.ShardConfig.min_shard_size, shard_utils.ShardConfig.max_shard_size = saved
     vdir = epath.Path(builder.data_dir)
     (vdir / "index").mkdir(exist_ok=True)
     for split, rows in index.items():
@@ -317,13 +326,3 @@ class Dataset:
     def trial_path(self, name: str) -> epath.Path:
         return self.dir / "trials" / f"{name}.txt"
 
-
-def iter_records(ds: Dataset, split: str) -> Iterator[dict]:
-    """Records of ``split`` in order, decoded to numpy (sequential read)."""
-    src = ds.source(split)
-    n = len(src)
-    step = 64
-    for start in range(0, n, step):
-        idx = list(range(start, min(n, start + step)))
-        for rec in src.__getitems__(idx):
-            yield rec

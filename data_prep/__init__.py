@@ -1,0 +1,1 @@
+"""Command-line converters: audio on disk -> TFDS datasets (see each script's --help)."""

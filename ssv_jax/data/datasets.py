@@ -1,0 +1,190 @@
+"""Finding, building and opening datasets by config: ensure_dataset, load_trials, eval_utterances."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+from typing import Iterator
+
+import numpy as np
+
+from ssv_jax.data import records, synthetic
+from ssv_jax.data.trials import Trials, parse_trials, resolve_ids
+from ssv_jax.data.workers import WorkerError, parallel_map
+
+log = logging.getLogger("ssv_jax.data")
+
+SYNTHETIC = "synthetic"
+SYNTHETIC_NOISE = "synthetic_noise"
+SYNTHETIC_RIRS = "synthetic_rirs"
+_SIZE_FILE = "synthetic_size.json"
+_SYN = "ssv_jax.data.synthetic:"
+_lock = threading.Lock()
+_open: dict = {}
+
+
+def _prep_command(name: str, data_dir: str) -> str:
+    if name in ("voxceleb1", "voxceleb2"):
+        return (f"python data_prep/voxceleb.py --vox1_dir=VOX1_DIR --vox2_dir=VOX2_DIR --trials_dir=TRIALS_DIR "
+                f"--data_dir={data_dir}")
+    if name == "musan":
+        return f"python data_prep/musan.py --musan_dir=MUSAN_DIR --data_dir={data_dir}"
+    if name == "rirs":
+        return f"python data_prep/rirs.py --rirs_dir=RIRS_NOISES_DIR --data_dir={data_dir}"
+    if name in (SYNTHETIC, SYNTHETIC_NOISE, SYNTHETIC_RIRS):
+        return f"python data_prep/synthetic.py --data_dir={data_dir}"
+    return f"python data_prep/folder.py --audio_dir=AUDIO_DIR --data_dir={data_dir} --name={name}"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset the config names has not been built."""
+
+
+def size_from_config(data_cfg) -> synthetic.CorpusSize:
+    s = data_cfg.synthetic
+    fields = {f.name for f in dataclasses.fields(synthetic.CorpusSize)}
+    return synthetic.CorpusSize(**{k: s[k] for k in fields if k in s})
+
+
+def _results(fn_path, items, num_workers):
+    """Ordered results of ``fn_path`` over ``items`` in worker subprocesses; worker errors raise."""
+    for r in parallel_map(fn_path, items, num_workers):
+        if isinstance(r, WorkerError):
+            raise RuntimeError(f"{fn_path} failed: {r.message}")
+        yield r
+
+
+def build_synthetic(data_dir: str, size: synthetic.CorpusSize, *, num_workers: int = 2,
+                    overwrite: bool = True) -> list[records.BuildSummary]:
+    """Build the embedded corpus (train/test + trials) and its noise and RIR banks."""
+    summaries = []
+    plans = {s: synthetic.utterance_plan(size, s) for s in ("train", "test")}
+
+    def split_fn(split):
+        return lambda: _results(_SYN + "render_utterance", [(size, row) for row in plans[split]], num_workers)
+
+    summaries.append(records.write_dataset(
+        SYNTHETIC, data_dir, {s: split_fn(s) for s in plans},
+        description="Embedded procedural multi-speaker speech corpus (ssv_jax.data.synthetic).",
+        trials={"synthetic_test": synthetic.make_trials(size, plans["test"])},
+        overwrite=overwrite))
+    counts = {"noise": size.noise_clips, "speech": size.speech_clips, "music": size.music_clips}
+
+    def bank_fn(cat):
+        return lambda: _results(_SYN + "render_noise", [(size, cat, i) for i in range(counts[cat])], num_workers)
+
+    summaries.append(records.write_dataset(
+        SYNTHETIC_NOISE, data_dir, {c: bank_fn(c) for c in counts},
+        description="Procedural noise bank: noise, speech (for babble), music.", overwrite=overwrite))
+    summaries.append(records.write_dataset(
+        SYNTHETIC_RIRS, data_dir,
+        {"train": lambda: _results(_SYN + "render_rir", [(size, i) for i in range(size.rirs)], num_workers)},
+        description="Procedural room impulse responses (RT60 0.15-0.9 s).", overwrite=overwrite))
+    for name in (SYNTHETIC, SYNTHETIC_NOISE, SYNTHETIC_RIRS):
+        vdir = records.find_version_dir(data_dir, name)
+        (vdir / _SIZE_FILE).write_text(_fingerprint(size))
+    return summaries
+
+
+def _fingerprint(size: synthetic.CorpusSize) -> str:
+    return json.dumps(dict(dataclasses.asdict(size), generator_version=synthetic.GENERATOR_VERSION), sort_keys=True)
+
+
+def _synthetic_current(data_dir: str, size: synthetic.CorpusSize) -> bool:
+    want = _fingerprint(size)
+    for name in (SYNTHETIC, SYNTHETIC_NOISE, SYNTHETIC_RIRS):
+        vdir = records.find_version_dir(data_dir, name)
+        if vdir is None or not (vdir / _SIZE_FILE).exists() or (vdir / _SIZE_FILE).read_text() != want:
+            return False
+    return True
+
+
+def _names(data_cfg) -> list[str]:
+    names = [data_cfg.name, data_cfg.get("eval_name") or data_cfg.name]
+    aug = data_cfg.get("augment")
+    if aug is not None and aug.get("enabled", True):
+        names += [n for n in (aug.get("noise_bank"), aug.get("rir_bank")) if n]
+    return list(dict.fromkeys(names))
+
+
+def ensure_dataset(data_cfg) -> dict:
+    """Make sure every dataset ``data_cfg`` names exists; return name -> records.Dataset.
+
+    The embedded corpus (and its banks) is built on first use, and rebuilt when
+    ``data_cfg.synthetic`` (or the generator) changed. Any other missing dataset
+    raises DatasetNotFoundError naming the path and the data_prep command that builds it.
+    """
+    data_dir = data_cfg.data_dir
+    out = {}
+    with _lock:
+        names = _names(data_cfg)
+        if any(n in (SYNTHETIC, SYNTHETIC_NOISE, SYNTHETIC_RIRS) for n in names):
+            size = size_from_config(data_cfg)
+            if not _synthetic_current(data_dir, size):
+                log.warning("building the embedded synthetic corpus in %s (one-off, cached)", data_dir)
+                for n in (SYNTHETIC, SYNTHETIC_NOISE, SYNTHETIC_RIRS):
+                    _open.pop((str(records.dataset_root(data_dir, n)), n), None)
+                for s in build_synthetic(data_dir, size, num_workers=int(data_cfg.synthetic.get("num_workers", 2))):
+                    log.warning("%s", s.report())
+        for name in names:
+            key = (str(records.dataset_root(data_dir, name)), name)
+            if key not in _open:
+                vdir = records.find_version_dir(data_dir, name)
+                if vdir is None:
+                    raise DatasetNotFoundError(
+                        f"dataset {name!r} not found at {records.dataset_root(data_dir, name)} (no complete build); "
+                        f"build it with: {_prep_command(name, data_dir)}")
+                _open[key] = records.Dataset(vdir)
+            out[name] = _open[key]
+    return out
+
+
+def open_dataset(data_cfg, name: str) -> records.Dataset:
+    return ensure_dataset(data_cfg)[name]
+
+
+def _eval_dataset(data_cfg) -> records.Dataset:
+    return open_dataset(data_cfg, data_cfg.get("eval_name") or data_cfg.name)
+
+
+def load_trials(data_cfg) -> dict[str, Trials]:
+    """Trial lists named by ``data_cfg.trials`` -> Trials, with ids as eval_utterances yields them.
+
+    A list that is not stored with the eval dataset, or that names an utterance
+    not in ``eval_split``, raises an error saying which.
+    """
+    ds = _eval_dataset(data_cfg)
+    known = {row[0] for row in ds.index(data_cfg.eval_split)}
+    out = {}
+    for name in data_cfg.trials:
+        path = ds.trial_path(name)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"trial list {name!r} not found at {path}; {ds.name!r} has {ds.trial_names() or 'no trial lists'}. "
+                f"Rebuild the dataset with its trial list (e.g. data_prep/folder.py --trials=FILE) or fix "
+                f"--config.data.trials.")
+        t = parse_trials(path.read_text(), name, str(path))
+        out[name] = resolve_ids(t, known, f"split {data_cfg.eval_split!r} of {ds.name!r} ({ds.dir})")
+    return out
+
+
+def eval_utterances(data_cfg, split: str | None = None, *, only=None) -> Iterator[tuple[str, np.ndarray]]:
+    """(utterance id, float32 [T] full-length wave) for every utterance of the eval split.
+
+    ``only``: optional collection of utterance ids; others are skipped without
+    decoding their audio (e.g. only the utterances the trial lists name).
+    """
+    ds = _eval_dataset(data_cfg)
+    split = split or data_cfg.eval_split
+    rows = ds.index(split)
+    src = ds.source(split)
+    want = None if only is None else set(only)
+    idx = [i for i, r in enumerate(rows) if want is None or r[0] in want]
+    for start in range(0, len(idx), 32):
+        chunk = idx[start:start + 32]
+        for i, rec in zip(chunk, src.__getitems__(chunk)):
+            utt = rec["utterance"].decode() if isinstance(rec["utterance"], bytes) else str(rec["utterance"])
+            if utt != rows[i][0]:
+                raise RuntimeError(f"index of {ds.dir} is out of step with its records at {i}; rebuild the dataset.")
+            yield utt, rec["audio"].astype(np.float32) / 32768.0

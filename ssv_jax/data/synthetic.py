@@ -1,0 +1,476 @@
+"""The embedded corpus: procedural multi-speaker speech, plus noise and RIR banks.
+
+Deterministic (every draw comes from ``np.random.default_rng`` seeded by
+(seed, role, ids)), vectorised numpy, no download. A source-filter generator:
+
+* Speaker (physiology-like, fixed per speaker): vocal-tract length (all
+  formants scaled by ``alpha`` 0.8-1.25), per-vowel formant offsets (+-15%),
+  formant bandwidth scale, F0 level (correlated with tract length) and range,
+  declination, spectral tilt of the glottal source, jitter, shimmer,
+  breathiness, speaking rate, fricative colouring, nasal murmur, and a
+  piriform-sinus-like spectral notch (2.5-6 kHz, 8-24 dB).
+* Content: random phone-like sequences: vowels (9 qualities, formant targets
+  smoothed into each other), nasals, liquids, voiceless fricatives (noise
+  through a speaker-coloured band), plosives (closure + burst), pauses.
+* Session (differs per recording, so that channel is not speaker): random
+  smooth EQ (3-5 bumps of +-6 dB, +-3 dB/oct tilt), optional band limits, coloured
+  noise floor at 15-40 dB SNR or mains hum, level; and small within-speaker
+  drift (F0 +-1.5 semitones, rate, vocal effort).
+
+Synthesis runs in the STFT domain (512-point frames, hop 128): the glottal
+pulse train is analysed once, white noise is drawn directly as STFT frames,
+each frame is shaped by the cascade-formant envelope times the channel curve,
+then overlap-added.
+
+Banks for the augmentation path with no download: ``noise`` (white/pink/brown,
+band-limited, hum, clicks), ``speech`` (single synthetic speakers not in the
+corpus; the pipeline sums several into babble), ``music`` (harmonic notes,
+chords, percussion), and RIRs (exponentially decaying noise, RT60 0.15-0.9 s,
+sparse early reflections, direct path at index 0, unit energy).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import scipy.fft as sfft
+
+SR = 16000
+GENERATOR_VERSION = 3  # bump when the generator's output changes: cached corpora are rebuilt
+N_FFT = 512
+HOP = 128
+_NB = N_FFT // 2 + 1
+_FREQS = np.fft.rfftfreq(N_FFT, 1.0 / SR).astype(np.float32)
+_WIN = np.sqrt(np.hanning(N_FFT + 1)[:-1]).astype(np.float32)  # periodic sqrt-Hann, COLA at hop N/4
+
+# Vowel formant targets F1-F3 (Hz) for a reference tract; F4, F5 fixed.
+_VOWELS = np.array(
+    [[270, 2290, 3010], [390, 1990, 2550], [530, 1840, 2480], [660, 1720, 2410], [730, 1090, 2440],
+     [570, 840, 2410], [300, 870, 2240], [440, 1020, 2240], [640, 1190, 2390]], np.float32)
+_F45 = np.array([3500.0, 4500.0], np.float32)
+_NASAL = np.array([250, 1100, 2300, 3500, 4500], np.float32)
+_LIQUIDS = np.array([[360, 1300, 1600, 3500, 4500], [310, 1050, 2700, 3500, 4500]], np.float32)
+_FRICATIVES = np.array([[6200, 1500], [3300, 1000], [5000, 3500], [4200, 2500]], np.float32)  # centre, width
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusSize:
+    """How big the embedded corpus is (the ``synthetic`` sub-config holds these)."""
+
+    train_speakers: int = 200
+    test_speakers: int = 40
+    train_sessions: int = 4
+    test_sessions: int = 4
+    utterances_per_session: int = 3
+    min_seconds: float = 3.0
+    max_seconds: float = 6.0
+    n_trials: int = 4000
+    same_session_target_fraction: float = 0.1
+    noise_clips: int = 48
+    speech_clips: int = 48
+    music_clips: int = 32
+    bank_seconds: float = 6.0
+    rirs: int = 200
+    seed: int = 0
+
+
+def _rng(*ids) -> np.random.Generator:
+    return np.random.default_rng([int(i) for i in ids])
+
+
+@dataclasses.dataclass(frozen=True)
+class Speaker:
+    alpha: float
+    formant_offsets: np.ndarray  # [9 vowels, 3]
+    bw_scale: float
+    f0: float
+    f0_range: float  # semitones
+    declination: float  # semitones over the utterance
+    tilt: float  # dB per octave of the glottal source above 150 Hz (negative)
+    jitter: float
+    shimmer: float
+    breath: float
+    rate: float
+    fric_shift: float
+    nasal_murmur: float
+    notch_f: float  # piriform-sinus-like antiresonance (Hz)
+    notch_depth: float  # dB
+
+
+def make_speaker(seed: int, index: int) -> Speaker:
+    r = _rng(seed, 1, index)
+    alpha = float(np.exp(r.uniform(np.log(0.8), np.log(1.25))))
+    # Shorter tracts (higher alpha) go with higher voices, with plenty of spread.
+    f0 = float(np.exp(np.log(85) + (np.log(alpha) - np.log(0.8)) / (np.log(1.25) - np.log(0.8)) * np.log(260 / 85)
+                      + r.normal(0, 0.15)))
+    return Speaker(
+        alpha=alpha,
+        formant_offsets=r.uniform(-0.15, 0.15, (len(_VOWELS), 3)).astype(np.float32),
+        bw_scale=float(r.uniform(0.7, 1.5)),
+        f0=float(np.clip(f0, 70, 320)),
+        f0_range=float(r.uniform(1.0, 4.0)),
+        declination=float(r.uniform(-3.0, 0.0)),
+        tilt=float(r.uniform(-8.0, -2.0)),
+        jitter=float(r.uniform(0.003, 0.03)),
+        shimmer=float(r.uniform(0.02, 0.12)),
+        breath=float(r.uniform(0.01, 0.3)),
+        rate=float(r.uniform(0.75, 1.3)),
+        fric_shift=float(r.uniform(0.85, 1.15)),
+        nasal_murmur=float(r.uniform(0.3, 1.0)),
+        notch_f=float(r.uniform(2500, 6000) * np.sqrt(alpha)),
+        notch_depth=float(r.uniform(8, 24)),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+    eq_centres: np.ndarray
+    eq_gains: np.ndarray
+    eq_widths: np.ndarray
+    eq_tilt: float
+    lowpass: float  # Hz, 0 = none
+    highpass: float
+    noise_snr: float
+    noise_curve: np.ndarray  # [bins] dB colour of the noise floor
+    hum: float  # 0 = none, else 50/60
+    level_db: float
+    f0_shift: float  # semitones
+    rate_scale: float
+    tilt_shift: float
+
+
+def make_session(seed: int, speaker_index: int, session_index: int) -> Session:
+    r = _rng(seed, 2, speaker_index, session_index)
+    k = int(r.integers(3, 6))
+    logf = np.log(np.maximum(_FREQS, 50.0))
+    nc = r.uniform(np.log(200), np.log(7000), 3)
+    noise_curve = (r.uniform(-12, 6, 3)[:, None] * np.exp(-0.5 * ((logf[None] - nc[:, None]) / 0.6) ** 2)).sum(0)
+    noise_curve += r.uniform(-6, 0) * np.log2(np.maximum(_FREQS, 100) / 100)
+    return Session(
+        eq_centres=np.exp(r.uniform(np.log(150), np.log(7000), k)).astype(np.float32),
+        eq_gains=r.uniform(-6, 6, k).astype(np.float32),
+        eq_widths=r.uniform(0.2, 0.8, k).astype(np.float32),
+        eq_tilt=float(r.uniform(-3, 3)),
+        lowpass=float(r.uniform(3400, 7000)) if r.random() < 0.35 else 0.0,
+        highpass=float(r.uniform(100, 300)) if r.random() < 0.5 else 0.0,
+        noise_snr=float(r.uniform(15, 40)),
+        noise_curve=noise_curve.astype(np.float32),
+        hum=float(r.choice([50.0, 60.0])) if r.random() < 0.2 else 0.0,
+        level_db=float(r.uniform(-32, -18)),
+        f0_shift=float(r.uniform(-1.5, 1.5)),
+        rate_scale=float(r.uniform(0.92, 1.08)),
+        tilt_shift=float(r.uniform(-2, 2)),
+    )
+
+
+def channel_curve_db(s: Session) -> np.ndarray:
+    """The session's EQ and band limits as gain in dB on the STFT bins."""
+    logf = np.log(np.maximum(_FREQS, 50.0))
+    g = (s.eq_gains[:, None] * np.exp(-0.5 * ((logf[None] - np.log(s.eq_centres)[:, None]) / s.eq_widths[:, None]) ** 2)).sum(0)
+    g = g + s.eq_tilt * np.log2(np.maximum(_FREQS, 100) / 1000)
+    if s.lowpass:
+        g = g - 60.0 / (1 + np.exp(np.clip(-(_FREQS - s.lowpass) / 120.0, -50, 50)))
+    if s.highpass:
+        g = g - 40.0 / (1 + np.exp(np.clip((_FREQS - s.highpass) / 30.0, -50, 50)))
+    return g.astype(np.float32)
+
+
+def _stft(x: np.ndarray) -> np.ndarray:
+    """[T] -> [frames, bins]; frame j covers x[j*HOP : j*HOP + N_FFT] (x padded by the caller)."""
+    n = (x.size - N_FFT) // HOP + 1
+    idx = np.arange(N_FFT)[None, :] + HOP * np.arange(n)[:, None]
+    return sfft.rfft(x[idx] * _WIN, axis=1).astype(np.complex64)
+
+
+def _istft(X: np.ndarray, length: int) -> np.ndarray:
+    frames = sfft.irfft(X, n=N_FFT, axis=1).astype(np.float32) * _WIN
+    n = frames.shape[0]
+    out = np.zeros((n + 3) * HOP, np.float32)
+    r = N_FFT // HOP
+    for j in range(r):  # overlap-add: frame i's j-th hop block lands at block i + j
+        out[j * HOP: j * HOP + n * HOP] += frames[:, j * HOP:(j + 1) * HOP].reshape(-1)
+    return out[:length] / 2.0  # sum of the squared sqrt-Hann windows at hop N/4 is 2
+
+
+def _smooth(x: np.ndarray, width: int) -> np.ndarray:
+    """Moving average along axis 0 with edge padding."""
+    if width <= 1:
+        return x
+    k = np.ones(width, np.float32) / width
+    pad = width // 2
+    xp = np.concatenate([np.repeat(x[:1], pad, 0), x, np.repeat(x[-1:], width - 1 - pad, 0)], 0)
+    if x.ndim == 1:
+        return np.convolve(xp, k, mode="valid").astype(np.float32)
+    c = np.cumsum(np.concatenate([np.zeros((1,) + x.shape[1:], np.float32), xp], 0), 0)
+    return ((c[width:] - c[:-width]) / width).astype(np.float32)
+
+
+def _phone_tracks(spk: Speaker, r: np.random.Generator, n_frames: int, rate: float):
+    """Frame-level control tracks: formants [n,5], voiced amp, noise amp, fricative centre/width."""
+    F = np.zeros((n_frames, 5), np.float32)
+    av = np.zeros(n_frames, np.float32)
+    an = np.zeros(n_frames, np.float32)
+    fc = np.full(n_frames, 4000.0, np.float32)
+    fw = np.full(n_frames, 2000.0, np.float32)
+    nasal = np.zeros(n_frames, np.float32)
+    ms = SR / HOP / 1000.0  # frames per ms
+    pos = int(r.integers(5, 25))  # leading silence
+    last_vowel = _VOWELS[4]
+    F[:pos] = np.concatenate([last_vowel, _F45]) * spk.alpha
+    kinds = ("vowel", "nasal", "liquid", "fric", "plosive", "pause")
+    probs = np.array([0.45, 0.09, 0.1, 0.15, 0.14, 0.07])
+    while pos < n_frames:
+        kind = kinds[int(r.choice(6, p=probs))]
+        if kind == "vowel":
+            v = int(r.integers(len(_VOWELS)))
+            dur = r.uniform(70, 200)
+            target = np.concatenate([_VOWELS[v] * (1 + spk.formant_offsets[v]), _F45]) * spk.alpha
+            amp_v, amp_n = r.uniform(0.7, 1.0), 0.0
+        elif kind == "nasal":
+            dur = r.uniform(50, 90)
+            target = _NASAL * spk.alpha
+            amp_v, amp_n = 0.45 * spk.nasal_murmur + 0.1, 0.0
+        elif kind == "liquid":
+            dur = r.uniform(40, 80)
+            target = _LIQUIDS[int(r.integers(2))] * spk.alpha
+            amp_v, amp_n = 0.6, 0.0
+        elif kind == "fric":
+            dur = r.uniform(70, 150)
+            target = F[pos - 1]
+            amp_v, amp_n = (0.25 if r.random() < 0.3 else 0.0), r.uniform(0.3, 0.6)
+            c, w = _FRICATIVES[int(r.integers(len(_FRICATIVES)))]
+            n = int(dur / rate * ms) + 1
+            fc[pos:pos + n] = min(c * spk.fric_shift * np.sqrt(spk.alpha), 7600)
+            fw[pos:pos + n] = w
+        elif kind == "plosive":
+            closure = int(r.uniform(30, 60) / rate * ms) + 1
+            burst = int(r.uniform(10, 25) / rate * ms) + 1
+            target = F[pos - 1]
+            F[pos:pos + closure + burst] = target
+            fc[pos + closure:pos + closure + burst] = r.uniform(1500, 4500)
+            fw[pos + closure:pos + closure + burst] = 3000
+            an[pos + closure:pos + closure + burst] = r.uniform(0.5, 1.0)
+            pos += closure + burst
+            continue
+        else:
+            dur = r.uniform(100, 350)
+            target = F[pos - 1]
+            amp_v, amp_n = 0.0, 0.0
+        n = int(dur / rate * ms) + 1
+        F[pos:pos + n] = target
+        av[pos:pos + n] = amp_v
+        an[pos:pos + n] = np.maximum(an[pos:pos + n], amp_n)
+        nasal[pos:pos + n] = 1.0 if kind == "nasal" else 0.0
+        pos += n
+    F = np.exp(_smooth(np.log(F[:n_frames]), 7))  # coarticulation: glide between targets
+    return F, _smooth(av, 3), _smooth(an, 2), fc, fw, _smooth(nasal, 3)
+
+
+def _formant_envelope(F: np.ndarray, spk: Speaker, nasal: np.ndarray) -> np.ndarray:
+    """Magnitude of 5 cascaded resonators per frame: [frames, bins]."""
+    f = _FREQS[None, None, :]
+    Fk = F[:, :, None]
+    B = spk.bw_scale * (50.0 + 0.05 * F) * (1 + 2.0 * nasal[:, None])
+    B = B[:, :, None]
+    logm = 2 * np.log(Fk) - 0.5 * np.log((Fk ** 2 - f ** 2) ** 2 + (B * f) ** 2 + 1e-6)
+    return np.exp(logm.sum(1)).astype(np.float32)
+
+
+def synth_speech(spk: Speaker, sess: Session | None, r: np.random.Generator, seconds: float) -> np.ndarray:
+    """One utterance of ``seconds`` from speaker ``spk`` through session ``sess`` (None = clean)."""
+    T = int(round(seconds * SR))
+    n_frames = (T + N_FFT) // HOP + 1
+    Tp = (n_frames - 1) * HOP + N_FFT  # padded length covered by the frames
+    rate = spk.rate * (sess.rate_scale if sess else 1.0)
+    F, av, an, fc, fw, nasal = _phone_tracks(spk, r, n_frames, rate)
+    # F0 contour: level + declination + accent bumps + slow wander (semitones).
+    t = np.arange(n_frames, dtype=np.float32) / n_frames
+    st = spk.declination * t + (sess.f0_shift if sess else 0.0)
+    for c in r.uniform(0, 1, max(1, int(seconds * 2))):
+        st += r.uniform(0.3, 1.0) * spk.f0_range * np.exp(-0.5 * ((t - c) * seconds / 0.12) ** 2)
+    st += _smooth(r.normal(0, 0.6, n_frames).astype(np.float32), 25) * spk.f0_range
+    f0 = spk.f0 * 2 ** (st / 12)
+    f0_s = np.interp(np.arange(Tp) / HOP, np.arange(n_frames), f0).astype(np.float32)
+    jit = 1 + spk.jitter * r.standard_normal(Tp // 40 + 2).astype(np.float32)
+    f0_s *= np.repeat(jit, 40)[:Tp]
+    phase = np.cumsum(f0_s / SR)
+    pulses = np.diff(np.floor(phase), prepend=0.0).astype(np.float32)
+    k = np.flatnonzero(pulses)
+    pulses[k] *= 1 + spk.shimmer * r.standard_normal(k.size).astype(np.float32)
+    pulses *= np.sqrt(150 / f0_s)  # loudness independent of F0 (power ~ pulses per frame)
+    Ev = _stft(pulses)
+    # STFT of white noise (std 0.1) drawn directly: complex Gaussian, E|X|^2 = 0.01 * sum(win^2) = 2.56.
+    En = (r.standard_normal((n_frames, _NB), np.float32) + 1j * r.standard_normal((n_frames, _NB), np.float32))
+    En *= np.float32(np.sqrt(0.01 * np.sum(_WIN ** 2) / 2))
+    tilt = spk.tilt + (sess.tilt_shift if sess else 0.0)
+    src = (np.maximum(_FREQS, 150) / 150) ** (tilt / 6.02)
+    notch = 1 - (1 - 10 ** (-spk.notch_depth / 20)) * np.exp(-0.5 * ((_FREQS - spk.notch_f) / (0.06 * spk.notch_f)) ** 2)
+    H = _formant_envelope(F, spk, nasal) * (src * notch)[None, :]
+    H /= np.sqrt(np.mean(H ** 2, axis=1, keepdims=True)) + 1e-9  # shape per frame; loudness from av
+    fric = np.exp(-0.5 * ((_FREQS[None, :] - fc[:, None]) / fw[:, None]) ** 2)
+    fric *= 1 / (1 + np.exp(-(_FREQS[None, :] - 1200) / 150))
+    fric /= np.sqrt(np.mean(fric ** 2, axis=1, keepdims=True)) + 1e-9
+    Y = Ev * (H * av[:, None]) + En * (H * (spk.breath * av[:, None]) + fric * (an[:, None] * 0.6))
+    if sess is not None:
+        Y *= (10 ** (channel_curve_db(sess) / 20))[None, :]
+    y = _istft(Y, Tp)[N_FFT // 2: N_FFT // 2 + T]
+    rms = np.sqrt(np.mean(y ** 2)) + 1e-9
+    level = 10 ** ((sess.level_db if sess else -24.0) / 20)
+    y *= level / rms
+    if sess is not None:  # noise floor (coloured) or hum at the session SNR
+        if sess.hum:
+            tt = np.arange(T) / SR
+            nf = sum(np.sin(2 * np.pi * sess.hum * h * tt + r.uniform(0, 6.3)) / h for h in (1, 2, 3, 5))
+            nf = nf + 0.1 * r.standard_normal(T)
+        else:
+            # Stationary coloured noise: white noise filtered over its whole length by the session curve.
+            nz = sfft.rfft(r.standard_normal(T).astype(np.float32))
+            curve = np.interp(np.arange(nz.size) * (SR / T), _FREQS, sess.noise_curve)
+            nf = sfft.irfft(nz * (10 ** (curve / 20)).astype(np.float32), T)
+        nf = nf.astype(np.float32)
+        nf *= level / (np.sqrt(np.mean(nf ** 2)) + 1e-9) * 10 ** (-sess.noise_snr / 20)
+        y = y + nf
+    return np.clip(y, -1, 1).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- corpus
+
+
+def _speaker_ids(size: CorpusSize):
+    train = [(f"spk{i:04d}", i) for i in range(size.train_speakers)]
+    test = [(f"tst{i:04d}", 100000 + i) for i in range(size.test_speakers)]
+    return train, test
+
+
+def utterance_plan(size: CorpusSize, split: str):
+    """(utterance id, speaker id, session id, speaker index, session index, utt index) per utterance."""
+    train, test = _speaker_ids(size)
+    spk, n_sess = (train, size.train_sessions) if split == "train" else (test, size.test_sessions)
+    out = []
+    for sid, si in spk:
+        for e in range(n_sess):
+            for u in range(size.utterances_per_session):
+                out.append((f"{sid}/sess{e}/utt{u:02d}", sid, f"{sid}/sess{e}", si, e, u))
+    return out
+
+
+def render_utterance(args) -> dict:
+    """Worker entry: (size, plan row) -> record dict with int16 audio."""
+    size, (utt, sid, sess_id, si, e, u) = args
+    spk = make_speaker(size.seed, si)
+    sess = make_session(size.seed, si, e)
+    r = _rng(size.seed, 3, si, e, u)
+    seconds = r.uniform(size.min_seconds, size.max_seconds)
+    y = synth_speech(spk, sess, r, seconds)
+    return {"audio": (y * 32767).astype(np.int16), "speaker": sid, "session": sess_id, "utterance": utt}
+
+
+def make_trials(size: CorpusSize, plan) -> list[tuple[int, str, str]]:
+    """Balanced trial list: half targets (mostly cross-session), half non-targets."""
+    r = _rng(size.seed, 4)
+    by_spk: dict = {}
+    for utt, sid, sess, *_ in plan:
+        by_spk.setdefault(sid, []).append((utt, sess))
+    cross, same = [], []
+    for sid, utts in by_spk.items():
+        for (a, sa), (b, sb) in itertools.combinations(utts, 2):
+            (same if sa == sb else cross).append((1, a, b))
+    n_t = size.n_trials // 2
+    n_same = min(len(same), int(round(n_t * size.same_session_target_fraction)))
+    n_cross = min(len(cross), n_t - n_same)
+    targets = [cross[i] for i in r.choice(len(cross), n_cross, replace=False)]
+    targets += [same[i] for i in r.choice(len(same), n_same, replace=False)]
+    utts = [(u, s) for u, s, *_ in plan]
+    nontargets, seen = [], set()
+    for _ in range(100 * len(targets) + 1000):
+        if len(nontargets) >= len(targets):
+            break
+        i, j = r.integers(len(utts), size=2)
+        if utts[i][1] == utts[j][1] or (i, j) in seen:
+            continue
+        seen.add((i, j))
+        nontargets.append((0, utts[i][0], utts[j][0]))
+    trials = targets + nontargets
+    order = r.permutation(len(trials))
+    return [trials[i] for i in order]
+
+
+# ----------------------------------------------------------------------------- banks
+
+
+def render_noise(args) -> dict:
+    """Worker entry for the noise bank: (size, category, index) -> record."""
+    size, cat, i = args
+    r = _rng(size.seed, 5, ["noise", "speech", "music"].index(cat), i)
+    T = int(size.bank_seconds * SR)
+    if cat == "speech":
+        si = 500000 + i
+        y = synth_speech(make_speaker(size.seed, si), None, r, size.bank_seconds)
+    elif cat == "noise":
+        kind = i % 5
+        x = r.standard_normal(T).astype(np.float32)
+        X = np.fft.rfft(x)
+        f = np.fft.rfftfreq(T, 1 / SR)
+        if kind == 1:  # pink
+            X /= np.sqrt(np.maximum(f, 20))
+        elif kind == 2:  # brown
+            X /= np.maximum(f, 20)
+        elif kind == 3:  # band-limited
+            c, w = r.uniform(300, 5000), r.uniform(200, 2000)
+            X *= np.exp(-0.5 * ((f - c) / w) ** 2)
+        y = np.fft.irfft(X, T).astype(np.float32)
+        if kind == 4:  # clicks / keyboard-like bursts over a hum
+            y = 0.05 * y
+            hum = r.choice([50.0, 60.0])
+            y += 0.2 * np.sin(2 * np.pi * hum * np.arange(T) / SR).astype(np.float32)
+            for p in r.integers(0, T - 400, int(r.integers(5, 30))):
+                y[p:p + 400] += r.standard_normal(400).astype(np.float32) * np.exp(-np.arange(400) / 60)
+        y *= 1 + 0.5 * np.sin(2 * np.pi * r.uniform(0.1, 2) * np.arange(T) / SR + r.uniform(0, 6))  # slow level wander
+    else:  # music: notes of harmonic tones with envelopes, chords, percussion
+        y = np.zeros(T, np.float32)
+        bpm = r.uniform(70, 160)
+        beat = int(60 / bpm * SR)
+        t_note = np.arange(beat * 2) / SR
+        root = r.uniform(40, 60)
+        scale = np.array([0, 2, 4, 5, 7, 9, 11])
+        n_harm = int(r.integers(3, 10))
+        decay = r.uniform(1.0, 6.0)
+        for start in range(0, T, beat):
+            for _ in range(int(r.integers(1, 4))):
+                midi = root + scale[int(r.integers(7))] + 12 * int(r.integers(0, 2))
+                f0 = 440 * 2 ** ((midi - 69) / 12)
+                harm = sum(np.sin(2 * np.pi * f0 * h * t_note) / h ** r.uniform(0.8, 2) for h in range(1, n_harm + 1)
+                           if f0 * h < 7500)
+                env = np.minimum(t_note / 0.01, 1) * np.exp(-decay * t_note)
+                seg = (harm * env).astype(np.float32)[: T - start]
+                y[start:start + seg.size] += seg * r.uniform(0.3, 1.0)
+            if r.random() < 0.5:
+                n = min(2000, T - start)
+                y[start:start + n] += 0.5 * r.standard_normal(n).astype(np.float32) * np.exp(-np.arange(n) / 300)
+    y = y / (np.max(np.abs(y)) + 1e-9) * 0.5
+    return {"audio": (y * 32767).astype(np.int16), "speaker": cat, "session": cat, "category": cat,
+            "utterance": f"{cat}/{i:05d}"}
+
+
+def render_rir(args) -> dict:
+    """Worker entry for the RIR bank: (size, index) -> unit-energy RIR, direct path at index 0."""
+    size, i = args
+    r = _rng(size.seed, 6, i)
+    rt60 = r.uniform(0.15, 0.9)
+    L = int(min(rt60 * 1.2, 1.0) * SR)
+    t = np.arange(L) / SR
+    # Late tail: noise with an exponential decay, faster at high frequency.
+    tail = r.standard_normal(L).astype(np.float32) * np.exp(-6.9 * t / rt60)
+    lp = np.exp(-6.9 * t / (rt60 * 0.6))
+    smooth = np.convolve(tail, np.ones(4) / 4, mode="same")
+    tail = smooth * (1 - lp) + tail * lp
+    onset = int(r.uniform(0.002, 0.01) * SR)
+    tail[:onset] = 0
+    h = tail * r.uniform(0.1, 0.6)
+    for _ in range(int(r.integers(3, 10))):  # early reflections
+        h[int(r.uniform(0.002, 0.05) * SR)] += r.uniform(-0.6, 0.6)
+    h[0] = 1.0  # direct path
+    h /= np.sqrt(np.sum(h ** 2))
+    return {"audio": (h / max(1.0, np.max(np.abs(h))) * 32767).astype(np.int16), "speaker": "rir",
+            "session": f"rt60_{rt60:.2f}", "category": "rir", "utterance": f"rir/{i:05d}"}
