@@ -222,7 +222,15 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
         progress.update(len(host), loss=scalars["loss"], views_s=scalars["views_per_s"])
         pending, t_last = [], now
 
+    def validate(step):
+        res = evaluate_trials(cfg, graphdef, state["params"], state["rest"], mesh,
+                              max_trials=cfg.train.val_max_trials)
+        writer.write_scalars(step, {f"val_eer/{k}": v["eer"] for k, v in res.items()})
+        return res
+
     try:
+        if cfg.train.eval_every and start == 0:
+            validate(0)  # the network at initialisation, for comparison
         while step < stop:
             local = next(batches)
             batch = global_batch({k: local[k] for k in DEVICE_FIELDS}, mesh)
@@ -236,9 +244,7 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
                 mgr.save(step, args=ocp.args.StandardSave(state))
                 last_good = step
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < n_total:
-                res = evaluate_trials(cfg, graphdef, state["params"], state["rest"], mesh,
-                                      max_trials=cfg.train.val_max_trials)
-                writer.write_scalars(step, {f"val_eer/{k}": v["eer"] for k, v in res.items()})
+                validate(step)
                 t_last = time.perf_counter()  # validation time is not training throughput
     finally:
         progress.close()

@@ -111,4 +111,4 @@ def masked_softmax(logits, mask, axis=1):
 
 def downsample_mask(mask, stride: int):
     """Mask after a stride-``stride`` conv with 'same'-style padding: frame j valid iff j*s valid."""
-    return None if mask is None or stride == 1 else mask[:, ::stride]
+    return mask if mask is None or stride == 1 else mask[:, ::stride]

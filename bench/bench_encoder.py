@@ -1,0 +1,132 @@
+"""Train-step benchmark of Fast ResNet-34 on this CPU (prints figures; nothing asserted).
+
+Step = front-end (log-mel + instance norm) + forward (train-mode BN) + symmetric NT-Xent loss +
+backward + Adam update, on ``batch`` utterances x ``views`` views x ``seconds`` s, jitted.
+Reports s/step, views/s, XLA cost-analysis GFLOP, achieved GFLOP/s, and that as a fraction of the
+fp32 matmul rate (4096^2) measured in the same process.
+
+    .venv/bin/python bench/bench_encoder.py                # with ssv_jax.models.CPU_XLA_FLAGS
+    .venv/bin/python bench/bench_encoder.py --no_flags     # stock XLA flags
+    .venv/bin/python bench/bench_encoder.py --compare      # both, in two fresh processes
+Options: --no_s2d (plain strided convs), --model ecapa_tdnn, --steps N.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--batch", type=int, default=32)
+ap.add_argument("--views", type=int, default=2)
+ap.add_argument("--seconds", type=float, default=2.0)
+ap.add_argument("--steps", type=int, default=6)
+ap.add_argument("--model", default="fast_resnet34")
+ap.add_argument("--no_flags", action="store_true")
+ap.add_argument("--no_s2d", action="store_true")
+ap.add_argument("--compare", action="store_true")
+ap.add_argument("--extra_flags", default="")
+args = ap.parse_args()
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+if args.compare:
+    base = [sys.executable, __file__, "--steps", str(args.steps), "--model", args.model]
+    for extra in (["--no_flags"], []):
+        subprocess.run(base + extra, check=True)
+    sys.exit(0)
+
+if not args.no_flags:
+    from ssv_jax.models import CPU_XLA_FLAGS  # noqa: E402  (imports no jax backend yet)
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + CPU_XLA_FLAGS).strip()
+if args.extra_flags:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.extra_flags).strip()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from ssv_jax import frontend  # noqa: E402
+from ssv_jax.models import build_encoder, default_model_config  # noqa: E402
+
+
+def matmul_gflops(n=4096, reps=5):
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, a).block_until_ready()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f(a, a).block_until_ready()
+        ts.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / min(ts) / 1e9
+
+
+def nt_xent(z1, z2, scale=30.0):
+    z = jnp.concatenate([z1, z2]) / jnp.linalg.norm(jnp.concatenate([z1, z2]), axis=1,
+                                                    keepdims=True)
+    n = z1.shape[0]
+    logits = scale * z @ z.T - 1e9 * jnp.eye(2 * n)
+    labels = jnp.concatenate([jnp.arange(n) + n, jnp.arange(n)])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def main():
+    print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} jax {jax.__version__} "
+          f"{jax.devices()[0].platform}")
+    peak0 = matmul_gflops()
+    cfg = default_model_config(args.model)
+    if args.no_s2d and args.model == "fast_resnet34":
+        cfg.s2d = False
+    model = build_encoder(cfg, rngs=nnx.Rngs(0))
+    model.train()
+    tx = optax.adam(1e-3)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    opt_state = tx.init(params)
+    fcfg = frontend.default_frontend_config()
+    if args.model == "ecapa_tdnn":
+        fcfg.n_mels = cfg.n_mels
+
+    def step(params, rest, opt_state, waves):
+        def loss_fn(params):
+            m = nnx.merge(graphdef, params, rest, copy=True)
+            feats, _ = frontend.features(waves, fcfg)
+            emb = m(feats)
+            z = emb.reshape(args.views, args.batch, -1)
+            return nt_xent(z[0], z[1]), nnx.state(m, nnx.BatchStat)
+        (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), new_rest, opt_state, loss
+
+    n_views = args.batch * args.views
+    waves = 0.1 * jax.random.normal(jax.random.key(1), (n_views, int(args.seconds * 16000)))
+    jstep = jax.jit(step, donate_argnums=(0, 1, 2))
+    t0 = time.perf_counter()
+    compiled = jstep.lower(params, rest, opt_state, waves).compile()
+    t_compile = time.perf_counter() - t0
+    ca = compiled.cost_analysis()
+    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+    gflop = ca.get("flops", float("nan")) / 1e9
+    state = (params, rest, opt_state)
+    times = []
+    for i in range(args.steps + 1):
+        t0 = time.perf_counter()
+        *state, loss = compiled(*state, waves)
+        loss.block_until_ready()
+        times.append(time.perf_counter() - t0)
+    times = np.array(times[1:])
+    peak1 = matmul_gflops()
+    peak = max(peak0, peak1)
+    t = float(np.median(times))
+    print(f"model={args.model} s2d={not args.no_s2d} batch={args.batch}x{args.views} views x "
+          f"{args.seconds}s  compile {t_compile:.1f}s")
+    print(f"step: median {t:.3f}s (min {times.min():.3f}, max {times.max():.3f}) -> "
+          f"{n_views / t:.1f} views/s; {gflop:.1f} GFLOP/step -> {gflop / t:.1f} GFLOP/s = "
+          f"{gflop / t / peak:.2f} of fp32 matmul peak {peak:.0f} GFLOP/s "
+          f"(before {peak0:.0f}, after {peak1:.0f})")
+
+
+if __name__ == "__main__":
+    main()

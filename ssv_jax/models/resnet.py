@@ -1,0 +1,267 @@
+"""Fast ResNet-34 (sslsv ``ResNet34`` / "ResNetSE34L"): 1,437,078 parameters with SAP pooling.
+
+Layout: input feats ``[B, frames, n_mels]`` -> image ``[B, time, freq, 1]`` (NHWC with H = time,
+W = freq; kernels ``[k_time, k_freq, C_in, C_out]``). A PyTorch weight ``[C_out, C_in, k_freq,
+k_time]`` maps to ours by ``w.permute(3, 2, 1, 0)``; Linear weights are transposed.
+
+Speed rewrites (numerically equivalent, parameters unchanged):
+- 3x3 stride-2 convolutions run as space-to-depth + a 2x2 stride-1 convolution over 4x the
+  channels (``s2d=True``), whose backward is much cheaper on CPU than a strided convolution's;
+- the 1x1 stride-2 shortcut is a slice + matmul; BatchNorm statistics are one pass.
+
+Variable-length batches: with ``mask`` ``[B, frames]`` every convolution input is zeroed outside
+each utterance, the SE/attention/statistics poolings use valid frames only, and train-mode
+BatchNorm statistics count valid frames only, so a padded utterance gets the embedding it gets
+alone (eval mode).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ssv_jax.models.layers import (BatchNorm, Linear, apply_mask, downsample_mask,
+                                   kaiming_fan_out, masked_mean, masked_softmax)
+
+_DN = ("NHWC", "HWIO", "NHWC")
+import os
+_BARRIER = int(os.environ.get("SSV_BARRIER", "0"))
+_STEM_S2D = int(os.environ.get("SSV_STEM_S2D", "1"))
+
+
+@jax.custom_vjp
+def _barrier(x):
+    return jax.lax.optimization_barrier(x)
+
+
+def _barrier_fwd(x):
+    return jax.lax.optimization_barrier(x), None
+
+
+def _barrier_bwd(_, g):
+    return (jax.lax.optimization_barrier(g),)
+
+
+_barrier.defvjp(_barrier_fwd, _barrier_bwd)
+
+
+def conv2d(x, kernel, stride=(1, 1), padding="SAME"):
+    """Plain NHWC convolution; ``padding`` "SAME" means k // 2 zeros each side (odd kernels)."""
+    if padding == "SAME":
+        padding = [(k // 2, k // 2) for k in kernel.shape[:2]]
+    if _BARRIER & 1:
+        x = _barrier(x)
+    y = jax.lax.conv_general_dilated(x, kernel, stride, padding, dimension_numbers=_DN)
+    if _BARRIER & 2:
+        y = _barrier(y)
+    return y
+
+
+def conv_space_to_depth(x, kernel, stride=(2, 2), padding=None):
+    """Strided NHWC conv (strides 1 or 2 per axis, zero padding) via space-to-depth.
+
+    Equals ``conv2d(x, kernel, stride, padding)`` (default padding k // 2 each side): on every
+    stride-2 axis, out[j] = sum_k w[k] x'[2j + k] with x' the padded input; grouping x' in pairs
+    turns it into a stride-1 conv over ceil(k / 2) block taps with the 2 phases moved into the
+    channels (taps beyond k get zero weight). Stride-1 convolutions have a much cheaper backward
+    on CPU than strided ones.
+    """
+    if padding is None:
+        padding = [(k // 2, k // 2) for k in kernel.shape[:2]]
+    b, c = x.shape[0], x.shape[-1]
+    co = kernel.shape[-1]
+    pads, xshape, kshape, kpads = [(0, 0)], [b], [], []
+    x_phase_axes, k_phase_axes = [], []
+    for ax, (n, k, s, (lo, hi)) in enumerate(zip(x.shape[1:3], kernel.shape[:2], stride, padding)):
+        if s == 1:
+            pads.append((lo, hi))
+            xshape.append(n + lo + hi)
+            kshape.append(k)
+            kpads.append((0, 0))
+            continue
+        if s != 2:
+            raise ValueError(f"space-to-depth conv supports strides 1 and 2, got {stride}.")
+        out = (n + lo + hi - k) // 2 + 1
+        kb = -(-k // 2)
+        total = 2 * (out + kb - 1)
+        pads.append((lo, total - n - lo))
+        xshape += [total // 2, 2]
+        kshape += [kb, 2]
+        kpads.append((0, 2 * kb - k))
+        x_phase_axes.append(len(xshape) - 1)
+        k_phase_axes.append(len(kshape) - 1)
+    pads.append((0, 0))
+    if any(hi < 0 for _, hi in pads):          # input longer than needed: crop the tail
+        x = x[tuple(slice(0, x.shape[i] + min(hi, 0)) for i, (_, hi) in enumerate(pads))]
+        pads = [(lo, max(hi, 0)) for lo, hi in pads]
+    x = jnp.pad(x, pads).reshape(xshape + [c])
+    spatial = [i for i in range(1, len(xshape)) if i not in x_phase_axes]
+    x = x.transpose([0] + spatial + x_phase_axes + [len(xshape)])
+    x = x.reshape(x.shape[:3] + (-1,))
+    kernel = jnp.pad(kernel, kpads + [(0, 0), (0, 0)]).reshape(kshape + [c, co])
+    kspatial = [i for i in range(len(kshape)) if i not in k_phase_axes]
+    kernel = kernel.transpose(kspatial + k_phase_axes + [len(kshape), len(kshape) + 1])
+    kernel = kernel.reshape(kernel.shape[:2] + (-1, co))
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=_DN)
+
+
+def conv3x3_s2_space_to_depth(x, kernel):
+    """3x3 conv, stride 2, padding 1 (== ``conv2d(x, kernel, (2, 2))``) via space-to-depth."""
+    return conv_space_to_depth(x, kernel, (2, 2))
+
+
+class ConvKernel(nnx.Module):
+    """Bias-free conv weight ``[kh, kw, C_in, C_out]`` (kaiming normal, fan_out, as sslsv)."""
+
+    def __init__(self, kh, kw, cin, cout, *, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(kaiming_fan_out(rngs.params(), (kh, kw, cin, cout)))
+
+
+class SEBasicBlock(nnx.Module):
+    """conv3x3 -> ReLU -> BN -> conv3x3 -> BN -> squeeze-excitation -> + shortcut -> ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int, *, se_reduction: int = 8,
+                 s2d: bool = True, bn_momentum: float = 0.1, bn_eps: float = 1e-5,
+                 rngs: nnx.Rngs):
+        bn = dict(momentum=bn_momentum, eps=bn_eps)
+        self.stride = stride
+        self.s2d = s2d
+        self.conv1 = ConvKernel(3, 3, cin, cout, rngs=rngs)
+        self.bn1 = BatchNorm(cout, **bn)
+        self.conv2 = ConvKernel(3, 3, cout, cout, rngs=rngs)
+        self.bn2 = BatchNorm(cout, **bn)
+        self.se_fc1 = Linear(cout, cout // se_reduction, rngs=rngs)
+        self.se_fc2 = Linear(cout // se_reduction, cout, rngs=rngs)
+        if stride != 1 or cin != cout:
+            self.down_conv = ConvKernel(1, 1, cin, cout, rngs=rngs)
+            self.down_bn = BatchNorm(cout, **bn)
+        else:
+            self.down_conv = self.down_bn = None
+
+    def __call__(self, x, mask=None):
+        s = self.stride
+        xm = apply_mask(x, mask)
+        k1 = self.conv1.kernel[...]
+        if s == 2 and self.s2d:
+            out = conv3x3_s2_space_to_depth(xm, k1)
+        else:
+            out = conv2d(xm, k1, (s, s))
+        mask = downsample_mask(mask, s)
+        out = self.bn1(jax.nn.relu(out), mask)
+        out = self.bn2(conv2d(apply_mask(out, mask), self.conv2.kernel[...]), mask)
+        se = masked_mean(out, mask, axes=(1, 2))
+        se = jax.nn.sigmoid(self.se_fc2(jax.nn.relu(self.se_fc1(se))))
+        out = out * se[:, None, None, :]
+        if self.down_conv is None:
+            res = x
+        else:
+            res = x[:, ::s, ::s] @ self.down_conv.kernel[0, 0]
+            res = self.down_bn(res, mask)
+        return jax.nn.relu(out + res), mask
+
+
+class SelfAttentivePooling(nnx.Module):
+    """w_t = tanh(W h_t + b); a = softmax_t(w_t . v); pooled = sum_t a_t h_t."""
+
+    def __init__(self, dim: int, *, rngs: nnx.Rngs):
+        self.linear = Linear(dim, dim, rngs=rngs)
+        std = math.sqrt(2.0 / (dim + 1))                    # xavier_normal_ of a [dim, 1] tensor
+        self.attention = nnx.Param(std * jax.random.normal(rngs.params(), (dim, 1)))
+
+    def __call__(self, h, mask=None):                       # h [B, T, C]
+        logits = (jnp.tanh(self.linear(h)) @ self.attention[...])[..., 0]
+        a = masked_softmax(logits, mask, axis=1)
+        return jnp.einsum("bt,btc->bc", a, h)
+
+
+def stats_pool(h, mask=None, min_var: float = 1e-5):
+    """Mean and standard deviation over time of ``h`` ``[B, T, D]`` -> ``[B, 2D]``.
+
+    std = sqrt(max(biased var, min_var)), as sslsv's ``StatsPooling``.
+    """
+    mean = masked_mean(h, mask, axes=(1,))
+    var = masked_mean(jnp.square(h - mean[:, None]), mask, axes=(1,))
+    return jnp.concatenate([mean, jnp.sqrt(jnp.maximum(var, min_var))], axis=-1)
+
+
+class FastResNet34(nnx.Module):
+    """Fast ResNet-34 speaker encoder (METHOD.md), ``[B, frames, n_mels]`` -> ``[B, embed_dim]``.
+
+    Args:
+      n_mels: input bands. channels / blocks / strides: per stage (first-block stride, applied to
+        time and frequency). embed_dim: embedding size. pooling: "sap" (self-attentive pooling of
+        the frequency-averaged map, 1,437,078 parameters by default) or "stats" (mean + std over
+        time of the channel x frequency map, 2,010,262). stem_kernel: stem conv size (stride 2 on
+        frequency only). se_reduction: SE bottleneck ratio. last_bn: BatchNorm on the embedding
+        (sslsv ``enable_last_bn``). s2d: space-to-depth rewrite of stride-2 convs (speed only).
+        bn_momentum / bn_eps: PyTorch-sense BatchNorm settings.
+    Train/eval: ``model.train()`` (batch statistics) / ``model.eval()`` (running averages).
+    """
+
+    def __init__(self, *, rngs: nnx.Rngs, n_mels: int = 40,
+                 channels: Sequence[int] = (16, 32, 64, 128), blocks: Sequence[int] = (3, 4, 6, 3),
+                 strides: Sequence[int] = (1, 2, 2, 1), embed_dim: int = 512,
+                 pooling: str = "sap", stem_kernel: int = 7, se_reduction: int = 8,
+                 last_bn: bool = False, s2d: bool = True, bn_momentum: float = 0.1,
+                 bn_eps: float = 1e-5):
+        if pooling not in ("sap", "stats"):
+            raise ValueError(f"unknown pooling {pooling!r}; use 'sap' or 'stats'.")
+        if not len(channels) == len(blocks) == len(strides):
+            raise ValueError("channels, blocks and strides need one entry per stage, got "
+                             f"{len(channels)}, {len(blocks)}, {len(strides)}.")
+        if any(s not in (1, 2) for s in strides):
+            raise ValueError(f"stage strides must be 1 or 2, got {tuple(strides)}.")
+        bn = dict(bn_momentum=bn_momentum, bn_eps=bn_eps)
+        self.n_mels = n_mels
+        self.pooling = pooling
+        self.stem_kernel = stem_kernel
+        self.s2d = s2d
+        self.stem = ConvKernel(stem_kernel, stem_kernel, 1, channels[0], rngs=rngs)
+        self.stem_bn = BatchNorm(channels[0], momentum=bn_momentum, eps=bn_eps)
+        layers = []
+        cin = channels[0]
+        freq = (n_mels + 2 * (stem_kernel // 2) - stem_kernel) // 2 + 1
+        for cout, n, stride in zip(channels, blocks, strides):
+            for i in range(n):
+                layers.append(SEBasicBlock(cin, cout, stride if i == 0 else 1,
+                                           se_reduction=se_reduction, s2d=s2d, rngs=rngs, **bn))
+                cin = cout
+            freq = -(-freq // stride)
+        self.blocks = nnx.List(layers)
+        self.out_freq = freq
+        if pooling == "sap":
+            self.sap = SelfAttentivePooling(cin, rngs=rngs)
+            pooled = cin
+        else:
+            self.sap = None
+            pooled = 2 * cin * freq
+        self.fc = Linear(pooled, embed_dim, rngs=rngs)
+        self.last_bn = BatchNorm(embed_dim, momentum=bn_momentum, eps=bn_eps) if last_bn else None
+
+    def __call__(self, feats, mask=None):
+        if feats.ndim != 3 or feats.shape[-1] != self.n_mels:
+            raise ValueError(f"feats must be [B, frames, {self.n_mels}] (instance-normalised "
+                             f"log-mel), got shape {feats.shape}.")
+        if mask is not None and mask.shape != feats.shape[:2]:
+            raise ValueError(f"mask must be [B, frames] = {feats.shape[:2]}, got {mask.shape}.")
+        x = apply_mask(feats.astype(jnp.float32), mask)[..., None]
+        p = self.stem_kernel // 2
+        if self.s2d and _STEM_S2D:
+            x = conv_space_to_depth(x, self.stem.kernel[...], (1, 2), [(p, p), (p, p)])
+        else:
+            x = conv2d(x, self.stem.kernel[...], (1, 2), [(p, p), (p, p)])
+        x = jax.nn.relu(self.stem_bn(x, mask))
+        for block in self.blocks:
+            x, mask = block(x, mask)
+        if self.pooling == "sap":
+            pooled = self.sap(jnp.mean(x, axis=2), mask)
+        else:
+            b, t, f, c = x.shape            # flatten (channel, freq) channel-major, as PyTorch
+            pooled = stats_pool(x.transpose(0, 1, 3, 2).reshape(b, t, c * f), mask)
+        emb = self.fc(pooled)
+        if self.last_bn is not None:
+            emb = self.last_bn(emb)
+        return emb

@@ -1,0 +1,239 @@
+"""Encoders: exact parameter counts, float64 numpy reference forward, masks, sync BN, configs."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ssv_jax import models
+from ssv_jax.models import (ECAPATDNN, FastResNet34, Projector, build_encoder, count_params,
+                            default_model_config)
+from ssv_jax.models.layers import BatchNorm
+from ssv_jax.models.resnet import conv2d, conv3x3_s2_space_to_depth
+
+TINY = dict(channels=(4, 8, 8, 16), blocks=(1, 2, 1, 1), embed_dim=12, se_reduction=4)
+
+
+def _eval_fn(model):
+    """Jitted eval-mode forward via split/merge (the pattern the train step uses)."""
+    model.eval()
+    graphdef, state = nnx.split(model)
+    f = jax.jit(lambda s, x, m: nnx.merge(graphdef, s, copy=True)(x, m))
+    return lambda x, m=None: f(state, x, m)
+
+
+# ---------------------------------------------------------------- parameter counts
+def test_fast_resnet34_parameter_counts():
+    sap = FastResNet34(rngs=nnx.Rngs(0))
+    assert count_params(sap) == 1_437_078
+    head = (count_params(sap.sap) + count_params(sap.fc))
+    assert count_params(sap) - head == 1_354_390
+    assert count_params(FastResNet34(rngs=nnx.Rngs(0), pooling="stats")) == 2_010_262
+    # BatchNorm running statistics are state, not parameters.
+    bn_stats = sum(x.size for x in jax.tree.leaves(nnx.state(sap, nnx.BatchStat)))
+    assert bn_stats > 0
+
+
+@pytest.mark.parametrize("n_mels,channels", [(40, 512), (80, 512), (80, 1024)])
+def test_ecapa_parameter_counts(n_mels, channels):
+    m = ECAPATDNN(rngs=nnx.Rngs(0), n_mels=n_mels, channels=channels, embed_dim=192)
+    assert count_params(m) == models.ECAPA_PARAM_COUNTS[(n_mels, channels, 192)]
+
+
+def test_projector():
+    p = Projector(rngs=nnx.Rngs(0))
+    lin = lambda a, b: a * b + b                                        # noqa: E731
+    assert count_params(p) == lin(512, 2048) + 2 * 2048 + lin(2048, 2048) + 2 * 2048 + lin(2048, 128)
+    p.train()
+    assert p(jnp.ones((4, 512)) * jnp.arange(4)[:, None]).shape == (4, 128)
+
+
+# ---------------------------------------------------------------- float64 numpy reference
+def np_conv(x, w, stride, pad):
+    """x [B, Ci, H, W], w [Co, Ci, kh, kw] (PyTorch layout), zero padding, float64."""
+    b, ci, h, wd = x.shape
+    co, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
+    ho = (h + 2 * pad[0] - kh) // stride[0] + 1
+    wo = (wd + 2 * pad[1] - kw) // stride[1] + 1
+    out = np.zeros((b, co, ho, wo))
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, :, i:i + stride[0] * ho:stride[0], j:j + stride[1] * wo:stride[1]]
+            out += np.einsum("bchw,oc->bohw", patch, w[:, :, i, j])
+    return out
+
+
+def np_bn(x, bn, train):
+    """BatchNorm2d/1d over channel axis 1; returns output (train: biased batch variance)."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    if train:
+        mean, var = x.mean(axes), x.var(axes)
+    else:
+        mean, var = np.asarray(bn.mean[...], np.float64), np.asarray(bn.var[...], np.float64)
+    g, b = np.asarray(bn.scale[...], np.float64), np.asarray(bn.bias[...], np.float64)
+    return (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + 1e-5) * g.reshape(shape) \
+        + b.reshape(shape)
+
+
+def np_resnet(model, feats, train):
+    """METHOD.md's Fast ResNet-34 in PyTorch layout: feats [B, T, F] -> x [B, 1, F, T]."""
+    t = lambda k: np.asarray(k[...], np.float64).transpose(3, 2, 1, 0)  # noqa: E731 -> [Co,Ci,kf,kt]
+    lin = lambda layer, v: v @ np.asarray(layer.kernel[...], np.float64) + \
+        np.asarray(layer.bias[...], np.float64)                          # noqa: E731
+    relu = lambda v: np.maximum(v, 0)                                     # noqa: E731
+    x = np.asarray(feats, np.float64).transpose(0, 2, 1)[:, None]
+    x = relu(np_bn(np_conv(x, t(model.stem.kernel), (2, 1), (3, 3)), model.stem_bn, train))
+    for blk in model.blocks:
+        s = blk.stride
+        z = np_bn(relu(np_conv(x, t(blk.conv1.kernel), (s, s), (1, 1))), blk.bn1, train)
+        z = np_bn(np_conv(z, t(blk.conv2.kernel), (1, 1), (1, 1)), blk.bn2, train)
+        e = 1 / (1 + np.exp(-lin(blk.se_fc2, relu(lin(blk.se_fc1, z.mean((2, 3)))))))
+        z = z * e[:, :, None, None]
+        res = x if blk.down_conv is None else np_bn(
+            np_conv(x, t(blk.down_conv.kernel), (s, s), (0, 0)), blk.down_bn, train)
+        x = relu(z + res)
+    if model.pooling == "sap":
+        h = x.mean(2).transpose(0, 2, 1)                                  # [B, T, C]
+        w = np.tanh(lin(model.sap.linear, h)) @ np.asarray(model.sap.attention[...], np.float64)
+        w = np.exp(w - w.max(1, keepdims=True))
+        w = w / w.sum(1, keepdims=True)
+        pooled = (h * w).sum(1)
+    else:
+        b, c, f, tt = x.shape
+        h = x.reshape(b, c * f, tt)
+        mean = h.mean(-1)
+        pooled = np.concatenate([mean, np.sqrt(np.maximum(h.var(-1), 1e-5))], 1)
+    return lin(model.fc, pooled)
+
+
+def test_space_to_depth_conv_equals_strided_conv():
+    rng = np.random.default_rng(0)
+    k = rng.standard_normal((3, 3, 3, 5)).astype(np.float32)
+    for h, w in [(20, 201), (10, 101), (5, 8)]:
+        x = rng.standard_normal((2, h, w, 3)).astype(np.float32)
+        ref = np_conv(x.transpose(0, 3, 1, 2).astype(np.float64),
+                      k.transpose(3, 2, 0, 1).astype(np.float64), (2, 2), (1, 1))
+        for out in (conv3x3_s2_space_to_depth(x, k), conv2d(x, k, (2, 2))):
+            np.testing.assert_allclose(np.asarray(out).transpose(0, 3, 1, 2), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("pooling", ["sap", "stats"])
+def test_resnet_matches_float64_reference_train_and_eval(pooling):
+    model = FastResNet34(rngs=nnx.Rngs(1), pooling=pooling, **TINY)
+    feats = np.random.default_rng(1).standard_normal((3, 23, 40)).astype(np.float32)
+    model.train()
+    out_train = np.asarray(model(jnp.asarray(feats)))
+    np.testing.assert_allclose(out_train, np_resnet(model, feats, True), atol=1e-4, rtol=1e-4)
+    # Random running statistics so eval mode is a real check.
+    for bn in [m for _, m in nnx.iter_graph(model) if isinstance(m, BatchNorm)]:
+        n = bn.mean[...].shape[0]
+        bn.mean[...] = jnp.linspace(-0.3, 0.3, n)
+        bn.var[...] = jnp.linspace(0.5, 2.0, n)
+    model.eval()
+    out_eval = np.asarray(model(jnp.asarray(feats)))
+    np.testing.assert_allclose(out_eval, np_resnet(model, feats, False), atol=1e-4, rtol=1e-4)
+
+
+def test_batchnorm_train_update_and_eval():
+    bn = BatchNorm(3, momentum=0.1)
+    x = np.random.default_rng(2).standard_normal((4, 5, 3)) * [1.0, 2.0, 3.0] + [0.0, 1.0, -1.0]
+    y = np.asarray(bn(jnp.asarray(x, jnp.float32)))
+    flat = x.reshape(-1, 3)
+    np.testing.assert_allclose(y.reshape(-1, 3), (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5),
+                               atol=1e-5)
+    np.testing.assert_allclose(bn.mean[...], 0.1 * flat.mean(0), atol=1e-6)
+    np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * flat.var(0, ddof=1), atol=1e-5)  # unbiased
+    bn.use_running_average = True
+    np.testing.assert_allclose(np.asarray(bn(jnp.asarray(x, jnp.float32))),
+                               (x - bn.mean[...]) / np.sqrt(bn.var[...] + 1e-5), atol=1e-5)
+
+
+# ---------------------------------------------------------------- shapes, masks, sharding
+@pytest.mark.parametrize("name", ["fast_resnet34", "ecapa_tdnn"])
+def test_shapes_1s_2s_10s(name):
+    cfg = default_model_config(name)
+    if name == "ecapa_tdnn":
+        cfg.channels = 256                     # shapes only; keeps the test fast
+    fwd = _eval_fn(build_encoder(cfg, rngs=nnx.Rngs(0)))
+    for seconds in (1, 2, 10):
+        frames = 1 + seconds * 16000 // 160
+        out = fwd(jnp.ones((2, frames, 40)) * jnp.linspace(-1, 1, 40))
+        assert out.shape == (2, cfg.embed_dim) and out.dtype == jnp.float32
+        assert np.all(np.isfinite(np.asarray(out)))
+
+
+@pytest.mark.parametrize("name,kw", [("fast_resnet34", dict(TINY, pooling="sap")),
+                                     ("fast_resnet34", dict(TINY, pooling="stats")),
+                                     ("ecapa_tdnn", dict(channels=64, mfa_channels=96,
+                                                         embed_dim=16, dense_residual=True))])
+def test_masked_batch_equals_one_at_a_time(name, kw):
+    model = build_encoder(ml_collections.ConfigDict(dict(name=name, **kw)), rngs=nnx.Rngs(3))
+    fwd = _eval_fn(model)
+    rng = np.random.default_rng(4)
+    lens = [31, 57, 101, 64]                   # frames; odd lengths exercise the stride-2 masks
+    feats = np.zeros((4, 101, 40), np.float32)
+    for i, n in enumerate(lens):
+        feats[i, :n] = rng.standard_normal((n, 40))
+    feats[0, 31:] = 100.0                      # garbage in padding must not leak
+    mask = np.arange(101)[None] < np.array(lens)[:, None]
+    batched = np.asarray(fwd(jnp.asarray(feats), jnp.asarray(mask)))
+    for i, n in enumerate(lens):
+        alone = np.asarray(fwd(jnp.asarray(feats[i:i + 1, :n])))[0]
+        np.testing.assert_allclose(batched[i], alone, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name,kw", [("fast_resnet34", TINY),
+                                     ("ecapa_tdnn", dict(channels=64, mfa_channels=96,
+                                                         embed_dim=16))])
+def test_sharded_train_forward_equals_single_device(name, kw):
+    """Train-mode BN under jit over a batch sharded on 8 devices uses global-batch statistics."""
+    assert jax.device_count() == 8
+    model = build_encoder(ml_collections.ConfigDict(dict(name=name, **kw)), rngs=nnx.Rngs(5))
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def step(params, rest, x):
+        def loss_fn(params):
+            m = nnx.merge(graphdef, params, rest, copy=True)
+            emb = m(x)
+            return jnp.sum(emb ** 2), (emb, nnx.state(m, nnx.BatchStat))
+        (_, (emb, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return emb, stats, grads
+
+    x = jnp.asarray(np.random.default_rng(6).standard_normal((16, 40, 40)), jnp.float32)
+    single = jax.jit(step)(params, rest, x)
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+    rep = NamedSharding(mesh, P())
+    sharded = jax.jit(step, in_shardings=(rep, rep, NamedSharding(mesh, P("data"))))(
+        params, rest, xs)
+    assert len(sharded[0].sharding.device_set) == 8
+    for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
+    # Batch statistics really are used in train mode: per-device statistics would differ.
+    per_dev = jax.jit(step)(params, rest, x[:2])[0]
+    assert not np.allclose(np.asarray(per_dev), np.asarray(single[0][:2]), atol=1e-3)
+
+
+# ---------------------------------------------------------------- configs and errors
+def test_configs_and_errors():
+    for name in ("fast_resnet34", "ecapa_tdnn"):
+        cfg = default_model_config(name)
+        assert cfg.name == name
+    cfg = default_model_config("fast_resnet34")
+    assert type(build_encoder(cfg, rngs=nnx.Rngs(0))) is FastResNet34
+    cfg.bogus = 1
+    with pytest.raises(ValueError, match="bogus"):
+        build_encoder(cfg, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="unknown encoder"):
+        default_model_config("resnet999")
+    with pytest.raises(ValueError, match="pooling"):
+        FastResNet34(rngs=nnx.Rngs(0), pooling="max")
+    m = FastResNet34(rngs=nnx.Rngs(0), **TINY)
+    with pytest.raises(ValueError, match=r"\[B, frames, 40\]"):
+        m(jnp.zeros((2, 40, 20)))
+    assert "ynn" in models.cpu_xla_flags()
