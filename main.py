@@ -18,7 +18,7 @@ if "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _CPU_FLAG).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -52,6 +52,9 @@ def main(argv):
         jax.distributed.initialize()
     from ssv_jax import config as config_lib
     from ssv_jax import train as train_lib
+    from ssv_jax.writers import setup_console_logging
+
+    setup_console_logging()
 
     cfg = _CONFIG.value
     config_lib.validate(cfg)
@@ -60,8 +63,8 @@ def main(argv):
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(cfg.to_json_best_effort(indent=2))
-    logging.info("devices: %d x %s, processes: %d", jax.device_count(),
-                 jax.devices()[0].platform, jax.process_count())
+    print(f"ssv_jax: {jax.device_count()} {jax.devices()[0].platform} device(s), "
+          f"{jax.process_count()} process(es); workdir {workdir}", flush=True)
     graphdef = state = mesh = None
     if _MODE.value in ("train_and_evaluate", "train"):
         graphdef, state, mesh = train_lib.train(cfg, workdir)

@@ -8,7 +8,8 @@ fp32 matmul rate (4096^2) measured in the same process.
     .venv/bin/python bench/bench_encoder.py                # with ssv_jax.models.CPU_XLA_FLAGS
     .venv/bin/python bench/bench_encoder.py --no_flags     # stock XLA flags
     .venv/bin/python bench/bench_encoder.py --compare      # both, in two fresh processes
-Options: --no_s2d (plain strided convs), --model ecapa_tdnn, --steps N.
+Options: --no_s2d (plain strided convs), --ab_s2d (both, interleaved in one process),
+--model ecapa_tdnn, --steps N, --extra_flags '...'.
 """
 import argparse
 import os
@@ -25,6 +26,7 @@ ap.add_argument("--model", default="fast_resnet34")
 ap.add_argument("--no_flags", action="store_true")
 ap.add_argument("--no_s2d", action="store_true")
 ap.add_argument("--compare", action="store_true")
+ap.add_argument("--ab_s2d", action="store_true", help="interleave s2d and strided steps")
 ap.add_argument("--extra_flags", default="")
 args = ap.parse_args()
 
@@ -73,13 +75,11 @@ def nt_xent(z1, z2, scale=30.0):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def main():
-    print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} jax {jax.__version__} "
-          f"{jax.devices()[0].platform}")
-    peak0 = matmul_gflops()
+def build(s2d):
+    """Compiled train step, its initial state, waves and XLA cost-analysis GFLOP."""
     cfg = default_model_config(args.model)
-    if args.no_s2d and args.model == "fast_resnet34":
-        cfg.s2d = False
+    if args.model == "fast_resnet34":
+        cfg.s2d = s2d
     model = build_encoder(cfg, rngs=nnx.Rngs(0))
     model.train()
     tx = optax.adam(1e-3)
@@ -102,20 +102,43 @@ def main():
 
     n_views = args.batch * args.views
     waves = 0.1 * jax.random.normal(jax.random.key(1), (n_views, int(args.seconds * 16000)))
-    jstep = jax.jit(step, donate_argnums=(0, 1, 2))
     t0 = time.perf_counter()
-    compiled = jstep.lower(params, rest, opt_state, waves).compile()
+    compiled = jax.jit(step).lower(params, rest, opt_state, waves).compile()
     t_compile = time.perf_counter() - t0
     ca = compiled.cost_analysis()
     ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-    gflop = ca.get("flops", float("nan")) / 1e9
-    state = (params, rest, opt_state)
-    times = []
-    for i in range(args.steps + 1):
-        t0 = time.perf_counter()
-        *state, loss = compiled(*state, waves)
-        loss.block_until_ready()
-        times.append(time.perf_counter() - t0)
+    return compiled, [params, rest, opt_state], waves, ca.get("flops", float("nan")) / 1e9, t_compile
+
+
+def run_once(compiled, state, waves):
+    t0 = time.perf_counter()
+    *new, loss = compiled(*state, waves)
+    loss.block_until_ready()
+    state[:] = new
+    return time.perf_counter() - t0
+
+
+def main():
+    print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} jax {jax.__version__} "
+          f"{jax.devices()[0].platform}")
+    n_views = args.batch * args.views
+    if args.ab_s2d:          # same process, interleaved: robust to other load on the machine
+        a, b = build(True), build(False)
+        for v in (a, b):
+            run_once(v[0], v[1], v[2])
+        ta, tb = [], []
+        for _ in range(args.steps):
+            ta.append(run_once(a[0], a[1], a[2]))
+            tb.append(run_once(b[0], b[1], b[2]))
+        peak = matmul_gflops()
+        print(f"interleaved A/B over {args.steps} steps each (matmul peak now {peak:.0f} GFLOP/s):")
+        for name, t, v in (("s2d", ta, a), ("strided", tb, b)):
+            print(f"  {name:8s} median {np.median(t):.3f}s min {min(t):.3f}s -> "
+                  f"{n_views / np.median(t):.1f} views/s ({v[3]:.1f} GFLOP/step)")
+        return
+    peak0 = matmul_gflops()
+    compiled, state, waves, gflop, t_compile = build(not args.no_s2d)
+    times = [run_once(compiled, state, waves) for _ in range(args.steps + 1)]
     times = np.array(times[1:])
     peak1 = matmul_gflops()
     peak = max(peak0, peak1)

@@ -216,6 +216,8 @@ def instance_norm(feats, mask=None, eps: float = 1e-5) -> jax.Array:
 def features(wave, frontend_cfg=None, lengths=None):
     """``log_mel`` + ``instance_norm`` in one call -> (feats ``[B, frames, n_mels]``, mask or None).
 
+    ``wave``: ``[B, T]`` (a single utterance needs ``wave[None]``).
+
     ``frontend_cfg``: a ConfigDict like ``default_frontend_config()`` (None = defaults). With
     ``lengths`` (true sample counts of a zero-padded batch) also returns the ``frame_mask``.
     """
@@ -226,6 +228,9 @@ def features(wave, frontend_cfg=None, lengths=None):
             raise ValueError(f"unknown front-end config field(s) {sorted(unknown)}; "
                              f"known: {sorted(cfg.keys())}.")
         cfg.update(dict(frontend_cfg))
+    if jnp.ndim(wave) != 2:
+        raise ValueError(f"features needs wave [B, T], got shape {jnp.shape(wave)}; "
+                         "use wave[None] for one utterance.")
     kw = {k: v for k, v in cfg.items() if k != "instance_norm_eps"}
     logmel = log_mel(wave, lengths=lengths, **kw)
     mask = None

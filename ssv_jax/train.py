@@ -29,6 +29,7 @@ from ssv_jax.evaluate import evaluate_trials, write_results
 from ssv_jax.frontend import features
 from ssv_jax.optim import lr_schedule, make_optimizer
 from ssv_jax.sharding import batch_sharding, data_mesh, global_batch, replicated
+from ssv_jax.writers import create_writer
 
 log = logging.getLogger("ssv_jax")
 
@@ -163,8 +164,6 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
 
     ``max_steps``: stop after this many steps of this call (tests: interrupted runs).
     """
-    from clu import metric_writers
-
     config_lib.validate(cfg)
     data_lib.ensure_dataset(cfg.data)
     mesh = mesh or data_mesh()
@@ -188,11 +187,14 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
         state = jax.device_put(state, repl)
     step_fn = make_train_step(cfg, graphdef, mesh, tx, schedule, n_total)
 
-    writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+    writer = create_writer(workdir)
     if start == 0:
         writer.write_hparams({k: v for k, v in _flat(cfg.to_dict()).items()})
     stop = n_total if max_steps is None else min(n_total, start + max_steps)
+    log.info("training %s (%s, s=%g, m=%g) with %s: steps %d -> %d of %d, global batch %d x 2 "
+             "views of %.2f s, %d steps per epoch, %d device(s)", cfg.method.name, cfg.method.loss,
+             cfg.method.scale, cfg.method.margin, cfg.model.name, start, stop, n_total, bsz,
+             cfg.data.crop_seconds, spe, mesh.size)
     batches = data_lib.train_batches(cfg.data, global_batch=bsz, seed=cfg.data.seed,
                                      start_step=start)
     pending, last_good = [], start if mgr.latest_step() is not None else None
@@ -257,8 +259,6 @@ def evaluate(cfg, workdir: str, *, mesh=None, graphdef=None, state=None) -> dict
     """Evaluate the trained network (the average of the last ``train.average_last``
     checkpoints when set, else the latest state) on the config's trial lists; write
     ``workdir/results.json``."""
-    from clu import metric_writers
-
     mesh = mesh or data_mesh()
     data_lib.ensure_dataset(cfg.data)
     g, init = init_state(cfg)
@@ -285,7 +285,7 @@ def evaluate(cfg, workdir: str, *, mesh=None, graphdef=None, state=None) -> dict
         params, rest = state["params"], state["rest"]
     results = evaluate_trials(cfg, graphdef, params, rest, mesh)
     path = write_results(workdir, results)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    writer = create_writer(workdir)
     step = int(mgr.latest_step() or 0)
     writer.write_scalars(step, {f"eer/{k}": v["eer"] for k, v in results.items()}
                          | {f"min_dcf/{k}": v["min_dcf"] for k, v in results.items()})

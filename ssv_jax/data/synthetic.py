@@ -14,8 +14,8 @@ Deterministic (every draw comes from ``np.random.default_rng`` seeded by
   through a speaker-coloured band), plosives (closure + burst), pauses.
 * Session (differs per recording, so that channel is not speaker): random
   smooth EQ (3-5 bumps of +-6 dB, +-3 dB/oct tilt), optional band limits, coloured
-  noise floor at 15-40 dB SNR or mains hum, level; and small within-speaker
-  drift (F0 +-1.5 semitones, rate, vocal effort).
+  noise floor at 25-45 dB SNR or mains hum, level; and small within-speaker
+  drift (F0 +-0.75 semitones, rate, vocal effort).
 
 Synthesis runs in the STFT domain (512-point frames, hop 128): the glottal
 pulse train is analysed once, white noise is drawn directly as STFT frames,
@@ -37,7 +37,7 @@ import numpy as np
 import scipy.fft as sfft
 
 SR = 16000
-GENERATOR_VERSION = 3  # bump when the generator's output changes: cached corpora are rebuilt
+GENERATOR_VERSION = 4  # bump when the generator's output changes: cached corpora are rebuilt
 N_FFT = 512
 HOP = 128
 _NB = N_FFT // 2 + 1
@@ -152,15 +152,15 @@ def make_session(seed: int, speaker_index: int, session_index: int) -> Session:
         eq_gains=r.uniform(-6, 6, k).astype(np.float32),
         eq_widths=r.uniform(0.2, 0.8, k).astype(np.float32),
         eq_tilt=float(r.uniform(-3, 3)),
-        lowpass=float(r.uniform(3400, 7000)) if r.random() < 0.35 else 0.0,
-        highpass=float(r.uniform(100, 300)) if r.random() < 0.5 else 0.0,
-        noise_snr=float(r.uniform(15, 40)),
+        lowpass=float(r.uniform(4500, 7500)) if r.random() < 0.2 else 0.0,
+        highpass=float(r.uniform(80, 200)) if r.random() < 0.3 else 0.0,
+        noise_snr=float(r.uniform(25, 45)),
         noise_curve=noise_curve.astype(np.float32),
         hum=float(r.choice([50.0, 60.0])) if r.random() < 0.2 else 0.0,
         level_db=float(r.uniform(-32, -18)),
-        f0_shift=float(r.uniform(-1.5, 1.5)),
-        rate_scale=float(r.uniform(0.92, 1.08)),
-        tilt_shift=float(r.uniform(-2, 2)),
+        f0_shift=float(r.uniform(-0.75, 0.75)),
+        rate_scale=float(r.uniform(0.95, 1.05)),
+        tilt_shift=float(r.uniform(-1, 1)),
     )
 
 

@@ -88,7 +88,8 @@ def build_encoder(model_cfg, *, rngs: nnx.Rngs) -> nnx.Module:
 def count_params(model: nnx.Module) -> int:
     """Number of trainable parameters (``nnx.Param`` leaves; running BN statistics excluded)."""
     import jax
-    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    import numpy as np
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
 __all__ = ["FastResNet34", "ECAPATDNN", "Projector", "BatchNorm", "Linear", "build_encoder",

@@ -6,7 +6,8 @@ k_time]`` maps to ours by ``w.permute(3, 2, 1, 0)``; Linear weights are transpos
 
 Speed rewrites (numerically equivalent, parameters unchanged):
 - 3x3 stride-2 convolutions run as space-to-depth + a 2x2 stride-1 convolution over 4x the
-  channels (``s2d=True``), whose backward is much cheaper on CPU than a strided convolution's;
+  channels, and the 7x7 stem (stride 2 on frequency) as a 7x4 conv over 2 channels
+  (``s2d=True``): stride-1 convolutions have a much cheaper backward on CPU;
 - the 1x1 stride-2 shortcut is a slice + matmul; BatchNorm statistics are one pass.
 
 Variable-length batches: with ``mask`` ``[B, frames]`` every convolution input is zeroed outside
@@ -27,37 +28,13 @@ from ssv_jax.models.layers import (BatchNorm, Linear, apply_mask, downsample_mas
                                    kaiming_fan_out, masked_mean, masked_softmax)
 
 _DN = ("NHWC", "HWIO", "NHWC")
-import os
-_BARRIER = int(os.environ.get("SSV_BARRIER", "0"))
-_STEM_S2D = int(os.environ.get("SSV_STEM_S2D", "1"))
-
-
-@jax.custom_vjp
-def _barrier(x):
-    return jax.lax.optimization_barrier(x)
-
-
-def _barrier_fwd(x):
-    return jax.lax.optimization_barrier(x), None
-
-
-def _barrier_bwd(_, g):
-    return (jax.lax.optimization_barrier(g),)
-
-
-_barrier.defvjp(_barrier_fwd, _barrier_bwd)
 
 
 def conv2d(x, kernel, stride=(1, 1), padding="SAME"):
     """Plain NHWC convolution; ``padding`` "SAME" means k // 2 zeros each side (odd kernels)."""
     if padding == "SAME":
         padding = [(k // 2, k // 2) for k in kernel.shape[:2]]
-    if _BARRIER & 1:
-        x = _barrier(x)
-    y = jax.lax.conv_general_dilated(x, kernel, stride, padding, dimension_numbers=_DN)
-    if _BARRIER & 2:
-        y = _barrier(y)
-    return y
+    return jax.lax.conv_general_dilated(x, kernel, stride, padding, dimension_numbers=_DN)
 
 
 def conv_space_to_depth(x, kernel, stride=(2, 2), padding=None):
@@ -249,7 +226,7 @@ class FastResNet34(nnx.Module):
             raise ValueError(f"mask must be [B, frames] = {feats.shape[:2]}, got {mask.shape}.")
         x = apply_mask(feats.astype(jnp.float32), mask)[..., None]
         p = self.stem_kernel // 2
-        if self.s2d and _STEM_S2D:
+        if self.s2d:
             x = conv_space_to_depth(x, self.stem.kernel[...], (1, 2), [(p, p), (p, p)])
         else:
             x = conv2d(x, self.stem.kernel[...], (1, 2), [(p, p), (p, p)])
