@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "clu==0.0.12",
     "librosa==0.11.0",
     "soundfile==0.14.0",
+    "av==18.1.0",  # m4a/AAC decoding (VoxCeleb2)
     "absl-py==2.5.1",
     "matplotlib==3.11.2",
     "tqdm==4.70.1",

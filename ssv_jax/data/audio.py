@@ -40,22 +40,42 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
         return resample_poly(x, sr_out // g, sr_in // g).astype(np.float32)
 
 
+def _read_pyav(av, path: str, sample_rate: int) -> np.ndarray:
+    """Decode with PyAV: channels averaged (as for soundfile files), then ``resample``.
+
+    AAC's encoder priming is dropped by the decoder; its end padding (< 1 frame) is
+    cut to the duration the MP4 container declares.
+    """
+    with av.open(path) as container:
+        if not container.streams.audio:
+            raise RuntimeError("no audio stream")
+        stream = container.streams.audio[0]
+        resampler, sr_in, chunks = None, 0, []
+        for frame in container.decode(stream):
+            if resampler is None:  # planar float, first frame's layout and rate for the whole file
+                sr_in = frame.sample_rate
+                resampler = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=sr_in)
+            chunks += [out.to_ndarray() for out in resampler.resample(frame)]
+        if resampler is not None:
+            chunks += [out.to_ndarray() for out in resampler.resample(None)]  # flush
+        if not chunks:
+            return np.zeros(0, np.float32)
+        x = np.concatenate(chunks, axis=1).mean(axis=0, dtype=np.float32)
+        if stream.duration and stream.time_base and "mp4" in container.format.name:
+            declared = int(round(float(stream.duration * stream.time_base) * sr_in))
+            if 0 < x.size - declared <= 4096:  # encoder end padding only, never a real cut
+                x = x[:declared]
+    return resample(np.ascontiguousarray(x, np.float32), sr_in, sample_rate)
+
+
 def _read_ffmpeg(path: str, sample_rate: int) -> np.ndarray:
-    """Decode any format ffmpeg reads (m4a/AAC) to mono float32 at ``sample_rate``."""
+    """Decode any format ffmpeg reads (m4a/AAC) to mono float32 at ``sample_rate`` (PyAV, else the ffmpeg command)."""
     try:
         import av  # PyAV bundles ffmpeg's libraries
-
-        with av.open(path) as container:
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-            chunks = []
-            for frame in container.decode(audio=0):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
-        return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     except ImportError:
-        pass
+        av = None
+    if av is not None:
+        return _read_pyav(av, path, sample_rate)
     exe = shutil.which("ffmpeg")
     if exe is None:
         raise RuntimeError(
