@@ -128,6 +128,15 @@ def test_resume_equals_uninterrupted(data_dir, tmp_path):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
     for a, b in zip(jax.tree.leaves(full["opt_state"]), jax.tree.leaves(resumed["opt_state"])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    # Checkpoint averaging (evaluation of the last N checkpoints' mean, as sslsv does).
+    mgr = train_lib.checkpoint_manager(str(tmp_path / "full"), cfg)
+    assert mgr.all_steps() == [2, 4]
+    (params, rest), steps = train_lib.averaged_network(mgr, None, 2)
+    assert steps == [2, 4]
+    p2, p4 = mgr.restore(2)["params"], mgr.restore(4)["params"]
+    for avg, a, b in zip(jax.tree.leaves(params), jax.tree.leaves(p2), jax.tree.leaves(p4)):
+        np.testing.assert_allclose(np.asarray(avg), (np.asarray(a) + np.asarray(b)) / 2, rtol=1e-6)
+    assert train_lib.averaged_network(mgr, None, 1) is None
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
