@@ -38,8 +38,13 @@ def make_embed_fn(cfg, graphdef, mesh):
                    out_shardings=replicated(mesh))
 
 
-def embed_utterances(cfg, graphdef, params, rest, mesh, utterances) -> dict[str, np.ndarray]:
-    """{utterance id: embedding} for an iterable of (id, float32 wave)."""
+def embed_utterances(cfg, graphdef, params, rest, mesh, utterances,
+                     embed_fn=None) -> dict[str, np.ndarray]:
+    """{utterance id: embedding} for an iterable of (id, float32 wave).
+
+    ``embed_fn``: a ``make_embed_fn`` result to reuse (its compiled shapes are kept, so
+    repeated evaluations during training do not recompile).
+    """
     items = list(utterances)
     if not items:
         return {}
@@ -48,7 +53,7 @@ def embed_utterances(cfg, graphdef, params, rest, mesh, utterances) -> dict[str,
     if max_len:
         items = [(u, w[:max_len]) for u, w in items]
     items.sort(key=lambda x: len(x[1]))
-    fn = make_embed_fn(cfg, graphdef, mesh)
+    fn = embed_fn or make_embed_fn(cfg, graphdef, mesh)
     bucket = max(int(cfg.eval.bucket_seconds * sr), 1)
     n_dev = mesh.size
     bs = max(int(cfg.eval.batch_size) // n_dev, 1) * n_dev
@@ -89,7 +94,8 @@ def score_trials(embeddings: dict, trials) -> np.ndarray:
     return np.asarray(cosine_scores(emb, a, b))
 
 
-def evaluate_trials(cfg, graphdef, params, rest, mesh, max_trials: int = 0) -> dict:
+def evaluate_trials(cfg, graphdef, params, rest, mesh, max_trials: int = 0,
+                    embed_fn=None) -> dict:
     """{trial list name: {"eer", "min_dcf", "n_trials"}} on the config's trial lists."""
     all_trials = data_lib.load_trials(cfg.data)
     wanted = {}
@@ -106,7 +112,8 @@ def evaluate_trials(cfg, graphdef, params, rest, mesh, max_trials: int = 0) -> d
     for t in wanted.values():
         needed.update(t.utterances)
     embeddings = embed_utterances(
-        cfg, graphdef, params, rest, mesh, data_lib.eval_utterances(cfg.data, only=needed))
+        cfg, graphdef, params, rest, mesh, data_lib.eval_utterances(cfg.data, only=needed),
+        embed_fn=embed_fn)
     results = {}
     for name, t in wanted.items():
         scores = score_trials(embeddings, t)

@@ -25,7 +25,7 @@ from ssv_jax import augment as augment_lib
 from ssv_jax import config as config_lib
 from ssv_jax import data as data_lib
 from ssv_jax import methods
-from ssv_jax.evaluate import evaluate_trials, write_results
+from ssv_jax.evaluate import evaluate_trials, make_embed_fn, write_results
 from ssv_jax.frontend import features
 from ssv_jax.optim import lr_schedule, make_optimizer
 from ssv_jax.sharding import batch_sharding, data_mesh, global_batch, replicated
@@ -192,7 +192,7 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
 
     writer = create_writer(workdir)
     if start == 0:
-        writer.write_hparams({k: v for k, v in _flat(cfg.to_dict()).items()})
+        writer.write_hparams(_flat(cfg.to_dict()))
     stop = n_total if max_steps is None else min(n_total, start + max_steps)
     log.info("training %s (%s, s=%g, m=%g) with %s: steps %d -> %d of %d, global batch %d x 2 "
              "views of %.2f s, %d steps per epoch, %d device(s)", cfg.method.name, cfg.method.loss,
@@ -227,9 +227,11 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
         progress.update(len(host), loss=scalars["loss"], views_s=scalars["views_per_s"])
         pending, t_last = [], now
 
+    embed_fn = make_embed_fn(cfg, graphdef, mesh)  # one jit for every validation
+
     def validate(step):
         res = evaluate_trials(cfg, graphdef, state["params"], state["rest"], mesh,
-                              max_trials=cfg.train.val_max_trials)
+                              max_trials=cfg.train.val_max_trials, embed_fn=embed_fn)
         writer.write_scalars(step, {f"val_eer/{k}": v["eer"] for k, v in res.items()})
         return res
 

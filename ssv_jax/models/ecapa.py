@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssv_jax.models.layers import (BatchNorm, Linear, apply_mask, masked_mean, masked_softmax,
-                                   torch_uniform)
+from ssv_jax.models.layers import (BatchNorm, Linear, apply_mask, check_encoder_input, masked_mean,
+                                   masked_softmax, torch_uniform)
 
 # (n_mels, channels, embed_dim) -> parameters, checked in tests/test_models.py.
 ECAPA_PARAM_COUNTS = {
@@ -164,11 +164,7 @@ class ECAPATDNN(nnx.Module):
         self.fc = Linear(2 * mfa_channels, embed_dim, rngs=rngs)
 
     def __call__(self, feats, mask=None):
-        if feats.ndim != 3 or feats.shape[-1] != self.n_mels:
-            raise ValueError(f"feats must be [B, frames, {self.n_mels}] (instance-normalised "
-                             f"log-mel), got shape {feats.shape}.")
-        if mask is not None and mask.shape != feats.shape[:2]:
-            raise ValueError(f"mask must be [B, frames] = {feats.shape[:2]}, got {mask.shape}.")
+        check_encoder_input(feats, mask, self.n_mels)
         x = self.stem(feats.astype(jnp.float32), mask)
         outs = []
         acc = x

@@ -84,6 +84,15 @@ class BatchNorm(nnx.Module):
         return x * mul + (self.bias[...] - mean * mul)
 
 
+def check_encoder_input(feats, mask, n_mels: int) -> None:
+    """Encoders take [B, frames, n_mels] features and an optional [B, frames] mask."""
+    if feats.ndim != 3 or feats.shape[-1] != n_mels:
+        raise ValueError(f"feats must be [B, frames, {n_mels}] (instance-normalised "
+                         f"log-mel), got shape {feats.shape}.")
+    if mask is not None and mask.shape != feats.shape[:2]:
+        raise ValueError(f"mask must be [B, frames] = {feats.shape[:2]}, got {mask.shape}.")
+
+
 def expand_mask(mask, x):
     """``[B, T]`` mask -> float mask broadcastable to x (``[B, T, ...]``)."""
     return mask.astype(x.dtype).reshape(mask.shape + (1,) * (x.ndim - 2))

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssv_jax.models.layers import (BatchNorm, Linear, apply_mask, downsample_mask,
+from ssv_jax.models.layers import (BatchNorm, Linear, apply_mask, check_encoder_input, downsample_mask,
                                    kaiming_fan_out, masked_mean, masked_softmax)
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -219,11 +219,7 @@ class FastResNet34(nnx.Module):
         self.last_bn = BatchNorm(embed_dim, momentum=bn_momentum, eps=bn_eps) if last_bn else None
 
     def __call__(self, feats, mask=None):
-        if feats.ndim != 3 or feats.shape[-1] != self.n_mels:
-            raise ValueError(f"feats must be [B, frames, {self.n_mels}] (instance-normalised "
-                             f"log-mel), got shape {feats.shape}.")
-        if mask is not None and mask.shape != feats.shape[:2]:
-            raise ValueError(f"mask must be [B, frames] = {feats.shape[:2]}, got {mask.shape}.")
+        check_encoder_input(feats, mask, self.n_mels)
         x = apply_mask(feats.astype(jnp.float32), mask)[..., None]
         p = self.stem_kernel // 2
         if self.s2d:
