@@ -8,8 +8,11 @@ fp32 matmul rate (4096^2) measured in the same process.
     .venv/bin/python bench/bench_encoder.py                # with ssv_jax.models.CPU_XLA_FLAGS
     .venv/bin/python bench/bench_encoder.py --no_flags     # stock XLA flags
     .venv/bin/python bench/bench_encoder.py --compare      # both, in two fresh processes
-Options: --no_s2d (plain strided convs), --ab_s2d (both, interleaved in one process),
---model ecapa_tdnn, --steps N, --extra_flags '...'.
+    .venv/bin/python bench/bench_encoder.py --ab barrier   # barrier=True vs False, interleaved
+    .venv/bin/python bench/bench_encoder.py --profile      # where the step's op time goes
+Options: --no_s2d / --no_barrier (turn a speed rewrite off), --ab s2d|barrier (both settings,
+interleaved in one process: step times vary by up to 20% between processes on this VM, so compare
+within one), --model ecapa_tdnn, --steps N, --extra_flags '...'.
 """
 import argparse
 import os
@@ -26,7 +29,9 @@ ap.add_argument("--model", default="fast_resnet34")
 ap.add_argument("--no_flags", action="store_true")
 ap.add_argument("--no_s2d", action="store_true")
 ap.add_argument("--compare", action="store_true")
-ap.add_argument("--ab_s2d", action="store_true", help="interleave s2d and strided steps")
+ap.add_argument("--no_barrier", action="store_true")
+ap.add_argument("--ab", choices=["s2d", "barrier"], help="interleave steps with it on and off")
+ap.add_argument("--profile", action="store_true", help="op time by HLO op kind (jax.profiler)")
 ap.add_argument("--extra_flags", default="")
 args = ap.parse_args()
 
@@ -75,11 +80,14 @@ def nt_xent(z1, z2, scale=30.0):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def build(s2d):
-    """Compiled train step, its initial state, waves and XLA cost-analysis GFLOP."""
+def build(**speed):
+    """Compiled train step, its initial state, waves and XLA cost-analysis GFLOP.
+
+    ``speed``: Fast ResNet-34 speed-rewrite switches (s2d, barrier) to override.
+    """
     cfg = default_model_config(args.model)
     if args.model == "fast_resnet34":
-        cfg.s2d = s2d
+        cfg.update(speed)
     model = build_encoder(cfg, rngs=nnx.Rngs(0))
     model.train()
     tx = optax.adam(1e-3)
@@ -118,12 +126,41 @@ def run_once(compiled, state, waves):
     return time.perf_counter() - t0
 
 
+def profile(compiled, state, waves, steps=2):
+    """Print the step's op time (summed over threads) by HLO op kind, from a jax.profiler trace.
+
+    Eigen convolutions run inside their own thread pool and are not listed: wall time minus the
+    listed time (per thread) is mostly convolution.
+    """
+    import collections
+    import glob
+    import gzip
+    import json
+    import re
+    import tempfile
+    run_once(compiled, state, waves)
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d):
+            wall = sum(run_once(compiled, state, waves) for _ in range(steps)) / steps
+        events = json.load(gzip.open(glob.glob(f"{d}/plugins/profile/*/*.trace.json.gz")[0]))
+    kinds = collections.Counter()
+    for e in events["traceEvents"]:
+        name = e.get("name", "")
+        if e.get("ph") == "X" and not name.startswith(("$", "ThunkExecutor", "Pjit", "PjRt")):
+            kinds[re.sub(r"[.\d]+$", "", name)] += e["dur"] / 1e3 / steps
+    print(f"step wall {wall * 1e3:.0f} ms; listed op time {sum(kinds.values()):.0f} ms "
+          f"(summed over threads); top op kinds:")
+    for kind, ms in kinds.most_common(12):
+        print(f"  {ms:8.1f} ms  {kind}")
+
+
 def main():
     print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} jax {jax.__version__} "
           f"{jax.devices()[0].platform}")
     n_views = args.batch * args.views
-    if args.ab_s2d:          # same process, interleaved: robust to other load on the machine
-        a, b = build(True), build(False)
+    speed = dict(s2d=not args.no_s2d, barrier=not args.no_barrier)
+    if args.ab:              # same process, interleaved: robust to other load on the machine
+        a, b = build(**{**speed, args.ab: True}), build(**{**speed, args.ab: False})
         for v in (a, b):
             run_once(v[0], v[1], v[2])
         ta, tb = [], []
@@ -132,18 +169,22 @@ def main():
             tb.append(run_once(b[0], b[1], b[2]))
         peak = matmul_gflops()
         print(f"interleaved A/B over {args.steps} steps each (matmul peak now {peak:.0f} GFLOP/s):")
-        for name, t, v in (("s2d", ta, a), ("strided", tb, b)):
-            print(f"  {name:8s} median {np.median(t):.3f}s min {min(t):.3f}s -> "
+        for name, t, v in ((f"{args.ab}=True", ta, a), (f"{args.ab}=False", tb, b)):
+            print(f"  {name:14s} median {np.median(t):.3f}s min {min(t):.3f}s -> "
                   f"{n_views / np.median(t):.1f} views/s ({v[3]:.1f} GFLOP/step)")
         return
+    if args.profile:
+        compiled, state, waves = build(**speed)[:3]
+        profile(compiled, state, waves)
+        return
     peak0 = matmul_gflops()
-    compiled, state, waves, gflop, t_compile = build(not args.no_s2d)
+    compiled, state, waves, gflop, t_compile = build(**speed)
     times = [run_once(compiled, state, waves) for _ in range(args.steps + 1)]
     times = np.array(times[1:])
     peak1 = matmul_gflops()
     peak = max(peak0, peak1)
     t = float(np.median(times))
-    print(f"model={args.model} s2d={not args.no_s2d} batch={args.batch}x{args.views} views x "
+    print(f"model={args.model} {speed} batch={args.batch}x{args.views} views x "
           f"{args.seconds}s  compile {t_compile:.1f}s")
     print(f"step: median {t:.3f}s (min {times.min():.3f}, max {times.max():.3f}) -> "
           f"{n_views / t:.1f} views/s; {gflop:.1f} GFLOP/step -> {gflop / t:.1f} GFLOP/s = "

@@ -43,7 +43,8 @@ def embed_utterances(cfg, graphdef, params, rest, mesh, utterances,
     """{utterance id: embedding} for an iterable of (id, float32 wave).
 
     ``embed_fn``: a ``make_embed_fn`` result to reuse (its compiled shapes are kept, so
-    repeated evaluations during training do not recompile).
+    repeated evaluations during training do not recompile). Multi-process: every process passes
+    the same utterances; each feeds its own devices' rows and gets every embedding back.
     """
     items = list(utterances)
     if not items:
@@ -56,6 +57,7 @@ def embed_utterances(cfg, graphdef, params, rest, mesh, utterances,
     fn = embed_fn or make_embed_fn(cfg, graphdef, mesh)
     bucket = max(int(cfg.eval.bucket_seconds * sr), 1)
     n_dev = mesh.size
+    sharding = batch_sharding(mesh)
     bs = max(int(cfg.eval.batch_size) // n_dev, 1) * n_dev
     out = {}
     for start in range(0, len(items), bs):
@@ -67,10 +69,15 @@ def embed_utterances(cfg, graphdef, params, rest, mesh, utterances,
         for i, (_, w) in enumerate(chunk):
             waves[i, :len(w)] = w
             lengths[i] = max(len(w), 1)
-        emb = np.asarray(fn(params, rest, waves, lengths))
+        emb = np.asarray(fn(params, rest, *(_global(a, sharding) for a in (waves, lengths))))
         for i, (u, _) in enumerate(chunk):
             out[u] = emb[i]
     return out
+
+
+def _global(host: np.ndarray, sharding) -> jax.Array:
+    """A global array from a host array every process holds whole (each fills its devices)."""
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 @jax.jit

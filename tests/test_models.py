@@ -10,7 +10,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ssv_jax import models
 from ssv_jax.models import (ECAPATDNN, FastResNet34, Projector, build_encoder, count_params,
                             default_model_config)
-from ssv_jax.models.layers import BatchNorm
+from ssv_jax.models.layers import BatchNorm, fusion_barrier
 from ssv_jax.models.resnet import conv2d, conv3x3_s2_space_to_depth
 
 TINY = dict(channels=(4, 8, 8, 16), blocks=(1, 2, 1, 1), embed_dim=12, se_reduction=4)
@@ -121,6 +121,38 @@ def test_space_to_depth_conv_equals_strided_conv():
                       k.transpose(3, 2, 0, 1).astype(np.float64), (2, 2), (1, 1))
         for out in (conv3x3_s2_space_to_depth(x, k), conv2d(x, k, (2, 2))):
             np.testing.assert_allclose(np.asarray(out).transpose(0, 3, 1, 2), ref, atol=1e-4)
+
+
+def test_fusion_barrier_is_exact_and_keeps_fusions_small():
+    x = np.random.default_rng(0).standard_normal((2, 7, 5, 16)).astype(np.float32) * 1e3
+    x[0, 0, 0] = [0.0, 1e-37, 3e38] + [1.0] * 13       # zero, tiny, near max
+    np.testing.assert_array_equal(np.asarray(jax.jit(fusion_barrier)(x)), x)
+    # Subnormals: flushed to zero, as XLA:CPU's elementwise ops (the ReLU before it) already do.
+    relu = jax.jit(lambda v: jnp.maximum(v, 0.0))
+    x[1, 0, 0] = [1e-40, 1e-45] + [2.0] * 14
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda v: fusion_barrier(relu(v)))(x)),
+                                  np.asarray(relu(x)))
+    # Fast ResNet-34 train-mode loss and parameter gradients: the same with or without (up to
+    # float32 summation order: XLA fuses the reductions differently).
+    feats = jnp.asarray(np.random.default_rng(1).standard_normal((2, 40, 40)), jnp.float32)
+    results = {}
+    for barrier in (True, False):
+        model = FastResNet34(rngs=nnx.Rngs(0), barrier=barrier)
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss(p):
+            return jnp.sum(jnp.square(nnx.merge(graphdef, p, rest, copy=True)(feats)))
+        step = jax.jit(jax.value_and_grad(loss))
+        results[barrier] = step(params)
+        hlo = step.lower(params).compile().as_text()
+        # The widest fusion: with the barrier no consumer re-computes a stage's residual chain.
+        widest = max(line.split(" fusion(")[1].split("), kind")[0].count("%")
+                     for line in hlo.splitlines() if " fusion(" in line and "), kind" in line)
+        results[barrier, "widest"] = widest
+    for a, b in zip(jax.tree.leaves(results[True][:2]), jax.tree.leaves(results[False][:2])):
+        b = np.asarray(b)
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+    assert results[True, "widest"] <= 12 < results[False, "widest"], results
 
 
 @pytest.mark.parametrize("pooling", ["sap", "stats"])

@@ -8,7 +8,9 @@ Speed rewrites (numerically equivalent, parameters unchanged):
 - 3x3 stride-2 convolutions run as space-to-depth + a 2x2 stride-1 convolution over 4x the
   channels, and the 7x7 stem (stride 2 on frequency) as a 7x4 conv over 2 channels
   (``s2d=True``): stride-1 convolutions have a much cheaper backward on CPU;
-- the 1x1 stride-2 shortcut is a slice + matmul; BatchNorm statistics are one pass.
+- the 1x1 stride-2 shortcut is a slice + matmul; BatchNorm statistics are one pass;
+- each block's output passes through ``layers.fusion_barrier`` (an exact ``x @ I``) so XLA
+  stores it once instead of re-computing the residual chain in each consumer (``barrier=True``).
 
 Variable-length batches: with ``mask`` ``[B, frames]`` every convolution input is zeroed outside
 each utterance, the SE/attention/statistics poolings use valid frames only, and train-mode
@@ -25,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssv_jax.models.layers import (BatchNorm, Linear, apply_mask, check_encoder_input, downsample_mask,
-                                   kaiming_fan_out, masked_mean, masked_softmax)
+                                   fusion_barrier, kaiming_fan_out, masked_mean, masked_softmax)
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -101,11 +103,12 @@ class SEBasicBlock(nnx.Module):
     """conv3x3 -> ReLU -> BN -> conv3x3 -> BN -> squeeze-excitation -> + shortcut -> ReLU."""
 
     def __init__(self, cin: int, cout: int, stride: int, *, se_reduction: int = 8,
-                 s2d: bool = True, bn_momentum: float = 0.1, bn_eps: float = 1e-5,
-                 rngs: nnx.Rngs):
+                 s2d: bool = True, barrier: bool = True, bn_momentum: float = 0.1,
+                 bn_eps: float = 1e-5, rngs: nnx.Rngs):
         bn = dict(momentum=bn_momentum, eps=bn_eps)
         self.stride = stride
         self.s2d = s2d
+        self.barrier = barrier
         self.conv1 = ConvKernel(3, 3, cin, cout, rngs=rngs)
         self.bn1 = BatchNorm(cout, **bn)
         self.conv2 = ConvKernel(3, 3, cout, cout, rngs=rngs)
@@ -137,7 +140,8 @@ class SEBasicBlock(nnx.Module):
         else:
             res = x[:, ::s, ::s] @ self.down_conv.kernel[0, 0]
             res = self.down_bn(res, mask)
-        return jax.nn.relu(out + res), mask
+        out = jax.nn.relu(out + res)
+        return (fusion_barrier(out) if self.barrier else out), mask
 
 
 class SelfAttentivePooling(nnx.Module):
@@ -182,8 +186,8 @@ class FastResNet34(nnx.Module):
                  channels: Sequence[int] = (16, 32, 64, 128), blocks: Sequence[int] = (3, 4, 6, 3),
                  strides: Sequence[int] = (1, 2, 2, 1), embed_dim: int = 512,
                  pooling: str = "sap", stem_kernel: int = 7, se_reduction: int = 8,
-                 last_bn: bool = False, s2d: bool = True, bn_momentum: float = 0.1,
-                 bn_eps: float = 1e-5):
+                 last_bn: bool = False, s2d: bool = True, barrier: bool = True,
+                 bn_momentum: float = 0.1, bn_eps: float = 1e-5):
         if pooling not in ("sap", "stats"):
             raise ValueError(f"unknown pooling {pooling!r}; use 'sap' or 'stats'.")
         if not len(channels) == len(blocks) == len(strides):
@@ -204,7 +208,8 @@ class FastResNet34(nnx.Module):
         for cout, n, stride in zip(channels, blocks, strides):
             for i in range(n):
                 layers.append(SEBasicBlock(cin, cout, stride if i == 0 else 1,
-                                           se_reduction=se_reduction, s2d=s2d, rngs=rngs, **bn))
+                                           se_reduction=se_reduction, s2d=s2d, barrier=barrier,
+                                           rngs=rngs, **bn))
                 cin = cout
             freq = -(-freq // stride)
         self.blocks = nnx.List(layers)
