@@ -116,7 +116,9 @@ def checkpoint_manager(workdir: str, cfg) -> ocp.CheckpointManager:
 
 
 def restore(mgr, step: int, abstract_state):
-    """The checkpoint at ``step``, placed like ``abstract_state`` (None: as saved, on the host)."""
+    """The checkpoint at ``step``, placed like ``abstract_state`` (ShapeDtypeStructs with
+    shardings for this run's mesh: a checkpoint saved by another process/device layout restores
+    onto this one). None: as saved, which needs the saving run's devices."""
     if abstract_state is None:
         return mgr.restore(step)
     return mgr.restore(step, args=ocp.args.StandardRestore(abstract_state))

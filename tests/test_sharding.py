@@ -61,7 +61,7 @@ def test_two_processes_equal_one(tmp_path):
 def test_two_process_evaluation_equals_one(tmp_path):
     """Embeddings with the eval mesh spanning 2 processes x 4 devices == 1 process x 8."""
     from ssv_jax import evaluate, train
-    from tests.helpers.embed_case import embed_case
+    from tests.helpers.cases import embed_case
     worker = os.path.join(os.path.dirname(__file__), "helpers", "mp_embed_worker.py")
     out = str(tmp_path / "emb")
     launch(worker, [f"--out={out}"], n_proc=2, devices_per_proc=4)

@@ -15,34 +15,9 @@ from ssv_jax import data as data_lib
 from ssv_jax import train as train_lib
 from ssv_jax.sharding import data_mesh, global_batch
 from ssv_jax.optim import lr_schedule, make_optimizer
+from tests.helpers.cases import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(data_dir, method="simclr", **method_kw):
-    cfg = config_lib.recipe("demo", name=method, **method_kw)
-    cfg.data.data_dir = str(data_dir)
-    s = cfg.data.synthetic
-    s.train_speakers, s.test_speakers = 8, 4
-    s.train_sessions, s.test_sessions, s.utterances_per_session = 2, 2, 2
-    s.min_seconds, s.max_seconds = 1.0, 1.5
-    s.n_trials = 40
-    s.noise_clips, s.speech_clips, s.music_clips, s.rirs = 4, 4, 4, 4
-    s.bank_seconds = 1.0
-    cfg.data.crop_seconds = 0.5
-    cfg.data.num_workers = 0
-    cfg.model.channels = (8, 16, 16, 16)
-    cfg.model.blocks = (1, 1, 1, 1)
-    cfg.model.embed_dim = 32
-    cfg.train.batch_size = 16
-    cfg.train.num_steps = 4
-    cfg.train.log_every = 1
-    cfg.train.checkpoint_every = 2
-    cfg.train.eval_every = 0
-    cfg.train.progress_bar = False
-    cfg.method.queue_size = 64
-    cfg.eval.batch_size = 8
-    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +66,37 @@ def test_sharded_step_equals_single_device(data_dir, method):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     init = jax.tree.leaves(train_lib.init_state(cfg)[1]["params"])
     assert any(not np.allclose(a, b) for a, b in zip(leaves8, init)), "parameters did not move"
+
+
+def test_two_process_training_equals_one(data_dir, tmp_path):
+    """train.train on 2 processes x 4 devices (each loads its half of every batch, gloo
+    collectives, one shared checkpoint) == 1 process x 8 devices, MoCo queues included."""
+    from tests.helpers.multiprocess import launch
+    cfg = tiny_config(data_dir, "moco")
+    cfg.optim.name, cfg.optim.lr = "sgd", 0.05
+    _, ref, _ = train_lib.train(cfg, str(tmp_path / "one"), max_steps=2)
+    worker = os.path.join(ROOT, "tests", "helpers", "mp_train_worker.py")
+    out = str(tmp_path / "res")
+    launch(worker, [f"--data_dir={data_dir}", "--method=moco", f"--workdir={tmp_path / 'two'}",
+                    f"--out={out}"], n_proc=2, devices_per_proc=4, timeout=400)
+    ref_leaves = [np.asarray(x) for x in jax.tree.leaves(ref["params"])]
+    for i in range(2):
+        r = np.load(f"{out}.{i}.npz")
+        assert (int(r["devices"]), int(r["processes"]), int(r["step"])) == (8, 2, 2)
+        for k, b in enumerate(ref_leaves):
+            np.testing.assert_allclose(r[f"arr_{k}"], b, rtol=1e-5, atol=1e-5)
+    # The 2-process checkpoint restores here (1 process x 8 devices), as evaluation does.
+    mgr = train_lib.checkpoint_manager(str(tmp_path / "two"), cfg)
+    assert mgr.all_steps() == [2]
+    restored = train_lib.restore(mgr, 2, train_lib._abstract(ref, train_lib.replicated(data_mesh())))
+    for a, b in zip(jax.tree.leaves(restored["params"]), ref_leaves):
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-5)
+    for q in ("queue1", "queue2"):
+        np.testing.assert_allclose(np.asarray(restored["extra"][q]),
+                                   np.asarray(ref["extra"][q]), rtol=1e-5, atol=1e-5)
+    two, one = (train_lib.evaluate(cfg, str(tmp_path / d))["synthetic_test"] for d in ("two", "one"))
+    assert two["n_trials"] == one["n_trials"] > 20
+    assert two["eer"] == pytest.approx(one["eer"], abs=1e-6)
 
 
 def test_moco_queue_and_ema(data_dir):

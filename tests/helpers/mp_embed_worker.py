@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 
 from ssv_jax import evaluate, train  # noqa: E402
 from ssv_jax.sharding import data_mesh, replicated  # noqa: E402
-from embed_case import embed_case  # noqa: E402  (this script's folder is on sys.path)
+from cases import embed_case  # noqa: E402  (this script's folder is on sys.path)
 
 cfg, utterances = embed_case()
 graphdef, state = train.init_state(cfg)

@@ -1,0 +1,43 @@
+"""Tiny configs and inputs shared by the tests and their multi-process workers."""
+import numpy as np
+
+from ssv_jax import config as config_lib
+
+
+def tiny_config(data_dir, method="simclr", **method_kw):
+    cfg = config_lib.recipe("demo", name=method, **method_kw)
+    cfg.data.data_dir = str(data_dir)
+    s = cfg.data.synthetic
+    s.train_speakers, s.test_speakers = 8, 4
+    s.train_sessions, s.test_sessions, s.utterances_per_session = 2, 2, 2
+    s.min_seconds, s.max_seconds = 1.0, 1.5
+    s.n_trials = 40
+    s.noise_clips, s.speech_clips, s.music_clips, s.rirs = 4, 4, 4, 4
+    s.bank_seconds = 1.0
+    cfg.data.crop_seconds = 0.5
+    cfg.data.num_workers = 0
+    cfg.model.channels = (8, 16, 16, 16)
+    cfg.model.blocks = (1, 1, 1, 1)
+    cfg.model.embed_dim = 32
+    cfg.train.batch_size = 16
+    cfg.train.num_steps = 4
+    cfg.train.log_every = 1
+    cfg.train.checkpoint_every = 2
+    cfg.train.eval_every = 0
+    cfg.train.progress_bar = False
+    cfg.method.queue_size = 64
+    cfg.eval.batch_size = 8
+    return cfg
+
+
+def embed_case():
+    cfg = config_lib.recipe("demo", name="simclr")
+    cfg.model.channels = (8, 16, 16, 16)
+    cfg.model.blocks = (1, 1, 1, 1)
+    cfg.model.embed_dim = 32
+    cfg.eval.batch_size = 8
+    rng = np.random.default_rng(3)
+    sr = cfg.data.sample_rate
+    utterances = [(f"u{i:02d}", (0.1 * rng.standard_normal(int(sr * rng.uniform(0.6, 2.1))))
+                   .astype(np.float32)) for i in range(13)]
+    return cfg, utterances

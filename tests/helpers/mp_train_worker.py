@@ -1,0 +1,28 @@
+"""One process of the multi-process training test: ssv_jax.train.train over 2 processes."""
+import argparse
+
+import jax
+
+p = argparse.ArgumentParser()
+p.add_argument("--coordinator")
+p.add_argument("--process_id", type=int)
+p.add_argument("--num_processes", type=int)
+p.add_argument("--data_dir")
+p.add_argument("--method")
+p.add_argument("--workdir")
+p.add_argument("--out")
+a = p.parse_args()
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(a.coordinator, a.num_processes, a.process_id)
+
+import numpy as np  # noqa: E402
+
+from cases import tiny_config  # noqa: E402  (this script's folder is on sys.path)
+from ssv_jax import train  # noqa: E402
+
+cfg = tiny_config(a.data_dir, a.method)
+cfg.optim.name, cfg.optim.lr = "sgd", 0.05
+_, state, _ = train.train(cfg, a.workdir, max_steps=2)
+leaves = [np.asarray(x) for x in jax.tree.leaves(state["params"])]
+np.savez(f"{a.out}.{a.process_id}.npz", *leaves, step=int(state["step"]),
+         devices=jax.device_count(), processes=jax.process_count())
