@@ -4,7 +4,8 @@
         [--mode=train_and_evaluate|train|evaluate]
 
 Writes DIR/config.json (the resolved config), DIR/checkpoints/ (Orbax), TensorBoard event
-files, and DIR/results.json ({trial list: {"eer", "min_dcf", "n_trials"}}). Rerunning with the
+files, DIR/results.json ({trial list: {"eer", "min_dcf", "n_trials"}}) and DIR/eval/ (scores,
+EER thresholds, DET curve, score histograms). Rerunning with the
 same --workdir resumes from the latest checkpoint.
 """
 import os

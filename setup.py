@@ -29,6 +29,7 @@ setup(
     packages=find_packages(include=["ssv_jax", "ssv_jax.*"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
+    entry_points={"console_scripts": ["ssv-jax=ssv_jax.cli:main"]},
     extras_require={
         # scikit-learn is the independent reference in tests and benchmarks.
         "test": ["pytest==9.2.0", "scikit-learn==1.9.1"],

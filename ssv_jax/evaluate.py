@@ -101,9 +101,9 @@ def score_trials(embeddings: dict, trials) -> np.ndarray:
     return np.asarray(cosine_scores(emb, a, b))
 
 
-def evaluate_trials(cfg, graphdef, params, rest, mesh, max_trials: int = 0,
-                    embed_fn=None) -> dict:
-    """{trial list name: {"eer", "min_dcf", "n_trials"}} on the config's trial lists."""
+def score_trial_lists(cfg, graphdef, params, rest, mesh, max_trials: int = 0,
+                      embed_fn=None) -> dict:
+    """{trial list name: (Trials, cosine scores)} for the config's trial lists."""
     all_trials = data_lib.load_trials(cfg.data)
     wanted = {}
     for name in cfg.data.trials:
@@ -121,12 +121,23 @@ def evaluate_trials(cfg, graphdef, params, rest, mesh, max_trials: int = 0,
     embeddings = embed_utterances(
         cfg, graphdef, params, rest, mesh, data_lib.eval_utterances(cfg.data, only=needed),
         embed_fn=embed_fn)
+    return {name: (t, score_trials(embeddings, t)) for name, t in wanted.items()}
+
+
+def trial_metrics(scored: dict) -> dict:
+    """{name: {"eer", "min_dcf", "n_trials"}} (results.json) from ``score_trial_lists``."""
     results = {}
-    for name, t in wanted.items():
-        scores = score_trials(embeddings, t)
+    for name, (t, scores) in scored.items():
         m = metrics.verification_metrics(scores, t.labels, p_targets=(0.01,))
         results[name] = {"eer": m["eer"], "min_dcf": m["min_dcf"][0.01], "n_trials": len(t)}
     return results
+
+
+def evaluate_trials(cfg, graphdef, params, rest, mesh, max_trials: int = 0,
+                    embed_fn=None) -> dict:
+    """{trial list name: {"eer", "min_dcf", "n_trials"}} on the config's trial lists."""
+    return trial_metrics(score_trial_lists(cfg, graphdef, params, rest, mesh, max_trials,
+                                           embed_fn))
 
 
 def write_results(workdir: str, results: dict) -> str:
@@ -135,3 +146,30 @@ def write_results(workdir: str, results: dict) -> str:
         with open(path, "w") as f:
             json.dump(results, f, indent=2)
     return path
+
+
+def write_scores(workdir: str, scored: dict) -> str:
+    """Per trial list, under ``workdir/eval/``: ``NAME_scores.txt`` (``label enroll test score``
+    per trial, the trial list's order), ``NAME_hist.png`` (target / non-target score
+    histograms), one ``det.png`` with every list's DET curve, and ``thresholds.json``
+    ({name: {"eer_threshold": t}}: accept score >= t; ``ssv-jax verify`` reads it)."""
+    from ssv_jax import plots
+    out = os.path.join(workdir, "eval")
+    if jax.process_index() != 0:
+        return out
+    os.makedirs(out, exist_ok=True)
+    thresholds, curves = {}, {}
+    for name, (t, scores) in scored.items():
+        with open(os.path.join(out, f"{name}_scores.txt"), "w") as f:
+            for lab, a, b, sc in zip(t.labels, t.enroll, t.test, scores):
+                f.write(f"{int(lab)} {a} {b} {float(sc):.6f}\n")
+        thr = metrics.eer_threshold(scores, t.labels)
+        thresholds[name] = {"eer_threshold": thr}
+        fpr, fnr, _ = metrics.det_curve(scores, t.labels)
+        curves[name] = (fpr, fnr, metrics.eer(scores, t.labels))
+        plots.score_histogram(scores, t.labels, thr, os.path.join(out, f"{name}_hist.png"),
+                              title=name)
+    plots.det_plot(curves, os.path.join(out, "det.png"))
+    with open(os.path.join(out, "thresholds.json"), "w") as f:
+        json.dump(thresholds, f, indent=2)
+    return out

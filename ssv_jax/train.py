@@ -25,7 +25,8 @@ from ssv_jax import augment as augment_lib
 from ssv_jax import config as config_lib
 from ssv_jax import data as data_lib
 from ssv_jax import methods
-from ssv_jax.evaluate import evaluate_trials, make_embed_fn, write_results
+from ssv_jax.evaluate import (evaluate_trials, make_embed_fn, score_trial_lists, trial_metrics,
+                              write_results, write_scores)
 from ssv_jax.frontend import features
 from ssv_jax.optim import lr_schedule, make_optimizer
 from ssv_jax.sharding import batch_sharding, data_mesh, global_batch, replicated
@@ -262,38 +263,47 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
     return graphdef, state, mesh
 
 
-def evaluate(cfg, workdir: str, *, mesh=None, graphdef=None, state=None) -> dict:
-    """Evaluate the trained network (the average of the last ``train.average_last``
-    checkpoints when set, else the latest state) on the config's trial lists; write
-    ``workdir/results.json``."""
-    mesh = mesh or data_mesh()
-    data_lib.ensure_dataset(cfg.data)
-    g, init = init_state(cfg)
-    graphdef = graphdef or g
+def load_network(cfg, workdir: str, mesh, state=None):
+    """(graphdef, params, rest, description) of a trained run, as evaluation uses it: the
+    average of the last ``train.average_last`` checkpoints when set and available, else
+    ``state`` when given, else the latest checkpoint (restored onto ``mesh``)."""
+    graphdef, init = init_state(cfg)
     mgr = checkpoint_manager(workdir, cfg)
     spe = data_lib.steps_per_epoch(cfg.data, int(cfg.train.batch_size))
     tx = make_optimizer(cfg.optim, lr_schedule(cfg.optim, spe, total_steps(cfg, spe)))
     init["opt_state"] = tx.init(init["params"])
     abstract = _abstract(init, replicated(mesh))
-    params = rest = None
     if cfg.train.average_last and cfg.train.average_last > 1 and mgr.latest_step() is not None:
         avg = averaged_network(mgr, abstract, int(cfg.train.average_last))
         if avg is not None:
             (params, rest), steps = avg
-            log.info("evaluating the average of checkpoints %s", steps)
-    if params is None:
-        if state is None:
-            latest = mgr.latest_step()
-            if latest is None:
-                raise FileNotFoundError(
-                    f"no checkpoint in {mgr.directory}: train first (--mode=train) or point "
-                    "--workdir at a trained run.")
-            state = restore(mgr, latest, abstract)
-        params, rest = state["params"], state["rest"]
-    results = evaluate_trials(cfg, graphdef, params, rest, mesh)
+            return graphdef, params, rest, f"the average of checkpoints {steps}"
+    if state is not None:
+        return graphdef, state["params"], state["rest"], "the trained state"
+    latest = mgr.latest_step()
+    if latest is None:
+        raise FileNotFoundError(
+            f"no checkpoint in {mgr.directory}: train first (--mode=train) or point "
+            "--workdir at a trained run.")
+    state = restore(mgr, latest, abstract)
+    return graphdef, state["params"], state["rest"], f"checkpoint {latest}"
+
+
+def evaluate(cfg, workdir: str, *, mesh=None, graphdef=None, state=None) -> dict:
+    """Evaluate the trained network (see ``load_network``) on the config's trial lists; write
+    ``workdir/results.json`` and the scores, DET curve and score histograms under
+    ``workdir/eval/`` (``evaluate.write_scores``)."""
+    mesh = mesh or data_mesh()
+    data_lib.ensure_dataset(cfg.data)
+    g, params, rest, what = load_network(cfg, workdir, mesh, state)
+    graphdef = graphdef or g
+    log.info("evaluating %s", what)
+    scored = score_trial_lists(cfg, graphdef, params, rest, mesh)
+    results = trial_metrics(scored)
     path = write_results(workdir, results)
+    write_scores(workdir, scored)
     writer = create_writer(workdir)
-    step = int(mgr.latest_step() or 0)
+    step = int(checkpoint_manager(workdir, cfg).latest_step() or 0)
     writer.write_scalars(step, {f"eer/{k}": v["eer"] for k, v in results.items()}
                          | {f"min_dcf/{k}": v["min_dcf"] for k, v in results.items()})
     writer.flush()

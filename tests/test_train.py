@@ -12,6 +12,7 @@ import pytest
 
 from ssv_jax import config as config_lib
 from ssv_jax import data as data_lib
+from ssv_jax import metrics
 from ssv_jax import train as train_lib
 from ssv_jax.sharding import data_mesh, global_batch
 from ssv_jax.optim import lr_schedule, make_optimizer
@@ -207,8 +208,9 @@ def test_unknown_config_key_is_refused_by_name(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_main_trains_evaluates_and_writes_results(data_dir, tmp_path):
-    """main.py end to end (tiny): results.json per the public contract."""
+@pytest.fixture(scope="module")
+def main_run(data_dir, tmp_path_factory):
+    """A workdir trained and evaluated by main.py (tiny config, 2 steps on 2 devices)."""
     cfg = tiny_config(data_dir)
     overrides = [f"--config.data.data_dir={data_dir}"]
     for k in ("train_speakers", "test_speakers", "train_sessions", "test_sessions",
@@ -219,13 +221,19 @@ def test_main_trains_evaluates_and_writes_results(data_dir, tmp_path):
                   "--config.model.blocks=(1,1,1,1)", "--config.model.embed_dim=32",
                   "--config.train.batch_size=8", "--config.train.num_steps=2",
                   "--config.train.progress_bar=False"]
-    workdir = tmp_path / "run"
+    workdir = tmp_path_factory.mktemp("main") / "run"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "main.py"),
          "--config=" + os.path.join(ROOT, "configs/simclr_am.py:demo"), f"--workdir={workdir}",
          *overrides], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return workdir
+
+
+def test_main_trains_evaluates_and_writes_results(main_run):
+    """main.py end to end (tiny): results.json per the public contract, scores and plots."""
+    workdir = main_run
     results = json.loads((workdir / "results.json").read_text())
     assert set(results) == {"synthetic_test"}
     r = results["synthetic_test"]
@@ -233,3 +241,61 @@ def test_main_trains_evaluates_and_writes_results(data_dir, tmp_path):
     assert 0 <= r["eer"] <= 100 and 0 <= r["min_dcf"]
     assert json.loads((workdir / "config.json").read_text())["train"]["num_steps"] == 2
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+    # eval/: the scores behind results.json, the EER threshold, a DET plot, a histogram.
+    rows = [line.split() for line in (workdir / "eval" / "synthetic_test_scores.txt")
+            .read_text().splitlines()]
+    assert len(rows) == r["n_trials"] and all(len(row) == 4 for row in rows)
+    labels = np.array([int(row[0]) for row in rows])
+    scores = np.array([float(row[3]) for row in rows])
+    assert metrics.eer(scores, labels) == pytest.approx(r["eer"], abs=1e-3)
+    thr = json.loads((workdir / "eval" / "thresholds.json").read_text())
+    assert thr["synthetic_test"]["eer_threshold"] == pytest.approx(
+        metrics.eer_threshold(scores, labels), abs=1e-5)
+    for png in ("det.png", "synthetic_test_hist.png"):
+        data = (workdir / "eval" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def _ssv_jax(*args):
+    """Run the installed ``ssv-jax`` console script (as a user would)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "ssv-jax")
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_console_embed_and_verify(main_run, tmp_path):
+    import soundfile as sf
+    rng = np.random.default_rng(0)
+    audio = tmp_path / "audio"
+    (audio / "spk").mkdir(parents=True)
+    a = (0.1 * rng.standard_normal(24000)).astype(np.float32)
+    b = (0.1 * np.sin(np.arange(30000) * 0.05) + 0.02 * rng.standard_normal(30000)).astype(np.float32)
+    sf.write(audio / "spk" / "a.wav", a, 16000)
+    sf.write(audio / "spk" / "a_copy.flac", a, 16000)
+    sf.write(audio / "b.wav", b, 16000)
+    (audio / "broken.wav").write_bytes(b"not audio at all")
+    out = tmp_path / "emb.npz"
+    proc = _ssv_jax("embed", f"--workdir={main_run}", f"--out={out}", audio)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3 embedding(s) of size 32" in proc.stdout and "1 unreadable file(s) skipped" in proc.stdout
+    assert "broken.wav" in proc.stderr
+    res = np.load(out)
+    ids, emb = list(res["ids"]), res["embeddings"]
+    assert ids == ["b.wav", "spk/a.wav", "spk/a_copy.flac"] and emb.shape == (3, 32)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(emb[1], emb[2], atol=1e-4)   # same audio, wav vs flac
+    # verify: the workdir's EER threshold by default; the score is embed's cosine.
+    thr = json.loads((main_run / "eval" / "thresholds.json").read_text())
+    thr = thr["synthetic_test"]["eer_threshold"]
+    proc = _ssv_jax("verify", f"--workdir={main_run}", audio / "spk" / "a.wav", audio / "b.wav")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    score = float(proc.stdout.split()[1])
+    assert score == pytest.approx(float(emb[0] @ emb[1]), abs=1e-4)
+    assert f"threshold {thr:.4f} (EER threshold of synthetic_test)" in proc.stdout
+    assert ("same speaker" if score >= thr else "different speakers") in proc.stdout
+    proc = _ssv_jax("verify", f"--workdir={main_run}", "--threshold=1.5",
+                    audio / "spk" / "a.wav", audio / "spk" / "a_copy.flac")
+    assert proc.returncode == 0 and "different speakers" in proc.stdout
+    assert float(proc.stdout.split()[1]) == pytest.approx(1.0, abs=1e-4)
+    # A directory that main.py did not train: the error says what --workdir must be.
+    proc = _ssv_jax("verify", f"--workdir={tmp_path}", audio / "b.wav", audio / "b.wav")
+    assert proc.returncode != 0 and "config.json not found" in proc.stderr

@@ -1,0 +1,164 @@
+"""``ssv-jax``: console commands for a trained workdir (one written by ``main.py``).
+
+    ssv-jax embed  --workdir=DIR --out=emb.npz PATH [PATH ...]   # audio files or folders
+    ssv-jax verify --workdir=DIR ENROLL.wav TEST.wav [--threshold=T]
+
+Both load DIR/config.json and the network evaluation uses (the average of the last
+``train.average_last`` checkpoints, else the latest), and embed whole utterances exactly as
+evaluation does (16 kHz mono, eval-mode BatchNorm, L2-normalised). ``embed`` writes an .npz
+with ``ids`` (the paths as given, or relative to a folder given) and ``embeddings`` [N, D];
+unreadable files are skipped with a warning and counted. ``verify`` prints the cosine score and
+the decision at ``--threshold``, by default the EER threshold of the first trial list that
+evaluation stored in DIR/eval/thresholds.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+log = logging.getLogger("ssv_jax")
+
+
+def _set_cpu_flags() -> None:
+    """Before jax is imported: the CPU convolution setting main.py uses (see models.CPU_XLA_FLAGS)."""
+    flag = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+    if "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def load_workdir(workdir: str):
+    """(cfg, embed) for a trained workdir; ``embed([(id, wave), ...])`` -> {id: embedding}."""
+    import ml_collections
+
+    from ssv_jax import evaluate, train
+    from ssv_jax.sharding import data_mesh
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise SystemExit(f"ssv-jax: {path} not found: --workdir must be a directory that "
+                         "`python main.py --workdir=...` trained.")
+    with open(path) as f:
+        cfg = ml_collections.ConfigDict(json.load(f))
+    mesh = data_mesh()
+    try:
+        graphdef, params, rest, what = train.load_network(cfg, workdir, mesh)
+    except FileNotFoundError as err:
+        raise SystemExit(f"ssv-jax: {err}") from None
+    log.info("using %s of %s", what, workdir)
+    fn = evaluate.make_embed_fn(cfg, graphdef, mesh)
+
+    def embed(items):
+        return evaluate.embed_utterances(cfg, graphdef, params, rest, mesh, items, embed_fn=fn)
+    return cfg, embed
+
+
+def _audio_files(paths):
+    """(id, path) for audio files given directly or found (recursively, sorted) in folders."""
+    from ssv_jax.data.audio import AUDIO_EXTENSIONS
+    out = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = []
+            for root, _, files in os.walk(p):
+                found += [os.path.join(root, f) for f in files
+                          if os.path.splitext(f)[1].lower() in AUDIO_EXTENSIONS]
+            if not found:
+                raise SystemExit(f"ssv-jax: no audio files ({', '.join(AUDIO_EXTENSIONS)}) "
+                                 f"under {p}.")
+            out += [(os.path.relpath(f, p), f) for f in sorted(found)]
+        elif os.path.isfile(p):
+            out.append((p, p))
+        else:
+            raise SystemExit(f"ssv-jax: {p} is neither an audio file nor a folder.")
+    return out
+
+
+def _read(path: str, sample_rate: int):
+    from ssv_jax.data.audio import read_audio
+    wave = read_audio(path, sample_rate)
+    if wave.size < sample_rate // 10:
+        raise RuntimeError(f"only {wave.size / sample_rate:.3f} s of audio (0.1 s at least)")
+    return wave
+
+
+def cmd_embed(args) -> int:
+    import numpy as np
+
+    files = _audio_files(args.paths)
+    cfg, embed = load_workdir(args.workdir)
+    sr = int(cfg.data.sample_rate)
+    items, skipped = [], 0
+    for uid, path in files:
+        try:
+            items.append((uid, _read(path, sr)))
+        except Exception as err:  # noqa: BLE001  (any decoder failure: skip, warn, count)
+            skipped += 1
+            log.warning("skipping %s: %s", path, err)
+    if not items:
+        raise SystemExit(f"ssv-jax: none of the {len(files)} file(s) could be read.")
+    emb = embed(items)
+    ids = [uid for uid, _ in items]
+    np.savez(args.out, ids=np.asarray(ids), embeddings=np.stack([emb[u] for u in ids]))
+    print(f"{len(ids)} embedding(s) of size {emb[ids[0]].shape[0]} written to {args.out}"
+          + (f"; {skipped} unreadable file(s) skipped" if skipped else ""))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    import numpy as np
+
+    for p in (args.enroll, args.test):
+        if not os.path.isfile(p):
+            raise SystemExit(f"ssv-jax: {p} is not a file.")
+    threshold, source = args.threshold, "--threshold"
+    if threshold is None:
+        path = os.path.join(args.workdir, "eval", "thresholds.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                name, entry = next(iter(json.load(f).items()))
+            threshold, source = float(entry["eer_threshold"]), f"EER threshold of {name}"
+    cfg, embed = load_workdir(args.workdir)
+    sr = int(cfg.data.sample_rate)
+    waves = []
+    for p in (args.enroll, args.test):
+        try:
+            waves.append(_read(p, sr))
+        except Exception as err:  # noqa: BLE001
+            raise SystemExit(f"ssv-jax: cannot read {p}: {err}") from None
+    emb = embed([("enroll", waves[0]), ("test", waves[1])])
+    score = float(np.dot(emb["enroll"], emb["test"]))
+    if threshold is None:
+        print(f"score {score:.4f} (no threshold: evaluate the workdir first or pass --threshold)")
+        return 0
+    same = score >= threshold
+    print(f"score {score:.4f} {'>=' if same else '<'} threshold {threshold:.4f} ({source}): "
+          f"{'same speaker' if same else 'different speakers'}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="ssv-jax", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("embed", help="speaker embeddings of audio files or folders -> .npz")
+    e.add_argument("--workdir", required=True)
+    e.add_argument("--out", required=True, help="output .npz (ids, embeddings)")
+    e.add_argument("paths", nargs="+", help="audio files and/or folders (searched recursively)")
+    v = sub.add_parser("verify", help="same speaker or not: cosine score of two recordings")
+    v.add_argument("--workdir", required=True)
+    v.add_argument("--threshold", type=float, default=None,
+                   help="accept when score >= this (default: the workdir's EER threshold)")
+    v.add_argument("enroll")
+    v.add_argument("test")
+    args = parser.parse_args(argv)
+    _set_cpu_flags()
+    from ssv_jax.writers import setup_console_logging
+    setup_console_logging()
+    return {"embed": cmd_embed, "verify": cmd_verify}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
