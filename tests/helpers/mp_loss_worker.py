@@ -1,17 +1,9 @@
 """One process of the multi-process loss test: global batch from local slices, sharded loss."""
-import argparse
+from multiprocess import init_worker  # this script's folder is on sys.path
 
-import jax
+a = init_worker("out")
 
-p = argparse.ArgumentParser()
-p.add_argument("--coordinator")
-p.add_argument("--process_id", type=int)
-p.add_argument("--num_processes", type=int)
-p.add_argument("--out")
-a = p.parse_args()
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.distributed.initialize(a.coordinator, a.num_processes, a.process_id)
-
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 

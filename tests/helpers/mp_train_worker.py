@@ -1,20 +1,9 @@
 """One process of the multi-process training test: ssv_jax.train.train over 2 processes."""
-import argparse
+from multiprocess import init_worker  # this script's folder is on sys.path
 
-import jax
+a = init_worker("data_dir", "method", "workdir", "out")
 
-p = argparse.ArgumentParser()
-p.add_argument("--coordinator")
-p.add_argument("--process_id", type=int)
-p.add_argument("--num_processes", type=int)
-p.add_argument("--data_dir")
-p.add_argument("--method")
-p.add_argument("--workdir")
-p.add_argument("--out")
-a = p.parse_args()
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.distributed.initialize(a.coordinator, a.num_processes, a.process_id)
-
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cases import tiny_config  # noqa: E402  (this script's folder is on sys.path)

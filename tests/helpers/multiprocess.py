@@ -11,6 +11,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def init_worker(*extra_args: str):
+    """In a worker started by ``launch``: parse its flags (plus ``--NAME`` for each of
+    ``extra_args``), join the other processes (gloo CPU collectives) and return the flags."""
+    import argparse
+
+    import jax
+    p = argparse.ArgumentParser()
+    for name in ("coordinator", "process_id", "num_processes", *extra_args):
+        p.add_argument(f"--{name}", type=int if name in ("process_id", "num_processes") else str)
+    args = p.parse_args()
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    return args
+
+
 def launch(script: str, args: list[str], n_proc: int, devices_per_proc: int, timeout: float = 240):
     """Run `python script --coordinator=... --process_id=i --num_processes=n ARGS` n times.
 
