@@ -23,10 +23,10 @@ log = logging.getLogger("ssv_jax")
 
 
 def _set_cpu_flags() -> None:
-    """Before jax is imported: the CPU convolution setting main.py uses (see models.CPU_XLA_FLAGS)."""
-    flag = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+    """Before jax's backend starts: the CPU convolution setting main.py uses."""
+    from ssv_jax.models import CPU_XLA_FLAGS   # imports jax, starts no backend
     if "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + CPU_XLA_FLAGS).strip()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
