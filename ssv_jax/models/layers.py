@@ -84,19 +84,25 @@ class BatchNorm(nnx.Module):
         return x * mul + (self.bias[...] - mean * mul)
 
 
+@jax.custom_vjp
 def fusion_barrier(x):
     """Identity on ``x`` ``[..., C]`` that XLA must compute once: ``x @ I_C`` in full fp32.
 
     Exact for finite x (each output is x_j * 1 plus zeros; ``Precision.HIGHEST`` keeps TF32/bf16
-    passes out); subnormals flush to zero, as XLA:CPU's elementwise ops already do. A matmul is not an elementwise op, so XLA cannot fuse (re-compute) the ops that
-    produce x into x's consumers. Without it XLA:CPU re-computes a residual stage's whole chain
-    of BatchNorm/SE/add/ReLU ops inside every consumer of a block output, e.g. the transposes
-    that feed the weight-gradient convolutions: up to 34 input arrays per fusion in Fast
-    ResNet-34. (``jax.lax.optimization_barrier`` does not help: XLA:CPU removes it before fusion.)
+    passes out); subnormals flush to zero, as XLA:CPU's elementwise ops already do. A matmul is
+    not an elementwise op, so XLA cannot fuse (re-compute) the ops that produce x into x's
+    consumers. Without it XLA:CPU re-computes a residual stage's whole chain of
+    BatchNorm/SE/add/ReLU ops inside every consumer of a block output, e.g. the transposes that
+    feed the weight-gradient convolutions: up to 34 input arrays per fusion in Fast ResNet-34.
+    (``jax.lax.optimization_barrier`` does not help: XLA:CPU removes it before fusion.) The
+    gradient passes straight through (d(x @ I)/dx = I), which skips a second matmul.
     """
     c = x.shape[-1]
     eye = jnp.eye(c, dtype=x.dtype)
     return jnp.matmul(x.reshape(-1, c), eye, precision=jax.lax.Precision.HIGHEST).reshape(x.shape)
+
+
+fusion_barrier.defvjp(lambda x: (fusion_barrier(x), None), lambda _, g: (g,))
 
 
 def check_encoder_input(feats, mask, n_mels: int) -> None:
