@@ -119,8 +119,10 @@ def cmd_verify(args) -> int:
         path = os.path.join(args.workdir, "eval", "thresholds.json")
         if os.path.isfile(path):
             with open(path) as f:
-                name, entry = next(iter(json.load(f).items()))
-            threshold, source = float(entry["eer_threshold"]), f"EER threshold of {name}"
+                stored = list(json.load(f).items())
+            if stored:
+                name, entry = stored[0]
+                threshold, source = float(entry["eer_threshold"]), f"EER threshold of {name}"
     cfg, embed = load_workdir(args.workdir)
     sr = int(cfg.data.sample_rate)
     waves = []
