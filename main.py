@@ -11,13 +11,13 @@ same --workdir resumes from the latest checkpoint.
 import os
 import sys
 
-# Eigen instead of YNNPACK for individual convolutions on the CPU backend (faster for the
-# encoders here; see bench/bench_encoder.py). Must be set before jax is imported; it has no
-# effect on GPU/TPU backends. An XLA_FLAGS that already sets it wins.
-_CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-if "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _CPU_FLAG).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Eigen instead of YNNPACK for individual convolutions on the CPU backend (faster for the
+# encoders here; see bench/bench_encoder.py), set before jax starts its backend.
+from ssv_jax.models import use_cpu_xla_flags  # noqa: E402
+
+use_cpu_xla_flags()
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

@@ -44,8 +44,8 @@ if args.compare:
     sys.exit(0)
 
 if not args.no_flags:
-    from ssv_jax.models import CPU_XLA_FLAGS  # noqa: E402  (imports no jax backend yet)
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + CPU_XLA_FLAGS).strip()
+    from ssv_jax.models import use_cpu_xla_flags  # noqa: E402  (imports no jax backend yet)
+    use_cpu_xla_flags()
 if args.extra_flags:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.extra_flags).strip()
 

@@ -26,13 +26,14 @@ ARGS = _p.parse_args()
 flags_ = os.environ.get("XLA_FLAGS", "")
 if ARGS.devices > 1:
     flags_ += f" --xla_force_host_platform_device_count={ARGS.devices}"
-if not ARGS.no_cpu_flags:
-    flags_ += " --xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 os.environ["XLA_FLAGS"] = flags_.strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
+if not ARGS.no_cpu_flags:
+    from ssv_jax.models import use_cpu_xla_flags  # noqa: E402  (imports no jax backend yet)
+    use_cpu_xla_flags()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

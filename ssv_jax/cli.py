@@ -22,14 +22,6 @@ import sys
 log = logging.getLogger("ssv_jax")
 
 
-def _set_cpu_flags() -> None:
-    """Before jax's backend starts: the CPU convolution setting main.py uses."""
-    from ssv_jax.models import CPU_XLA_FLAGS   # imports jax, starts no backend
-    if "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + CPU_XLA_FLAGS).strip()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
 def load_workdir(workdir: str):
     """(cfg, embed) for a trained workdir; ``embed([(id, wave), ...])`` -> {id: embedding}."""
     import ml_collections
@@ -156,7 +148,9 @@ def main(argv=None) -> int:
     v.add_argument("enroll")
     v.add_argument("test")
     args = parser.parse_args(argv)
-    _set_cpu_flags()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from ssv_jax.models import use_cpu_xla_flags   # before jax starts its backend, as main.py
+    use_cpu_xla_flags()
     from ssv_jax.writers import setup_console_logging
     setup_console_logging()
     return {"embed": cmd_embed, "verify": cmd_verify}[args.command](args)

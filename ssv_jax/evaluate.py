@@ -148,11 +148,12 @@ def write_results(workdir: str, results: dict) -> str:
     return path
 
 
-def write_scores(workdir: str, scored: dict) -> str:
+def write_scores(workdir: str, scored: dict, results: dict) -> str:
     """Per trial list, under ``workdir/eval/``: ``NAME_scores.txt`` (``label enroll test score``
     per trial, the trial list's order), ``NAME_hist.png`` (target / non-target score
     histograms), one ``det.png`` with every list's DET curve, and ``thresholds.json``
-    ({name: {"eer_threshold": t}}: accept score >= t; ``ssv-jax verify`` reads it)."""
+    ({name: {"eer_threshold": t}}: accept score >= t; ``ssv-jax verify`` reads it).
+    ``results``: ``trial_metrics(scored)`` (its EERs label the DET curves)."""
     from ssv_jax import plots
     out = os.path.join(workdir, "eval")
     if jax.process_index() != 0:
@@ -166,7 +167,7 @@ def write_scores(workdir: str, scored: dict) -> str:
         thr = metrics.eer_threshold(scores, t.labels)
         thresholds[name] = {"eer_threshold": thr}
         fpr, fnr, _ = metrics.det_curve(scores, t.labels)
-        curves[name] = (fpr, fnr, metrics.eer(scores, t.labels))
+        curves[name] = (fpr, fnr, results[name]["eer"])
         plots.score_histogram(scores, t.labels, thr, os.path.join(out, f"{name}_hist.png"),
                               title=name)
     plots.det_plot(curves, os.path.join(out, "det.png"))

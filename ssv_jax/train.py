@@ -301,7 +301,7 @@ def evaluate(cfg, workdir: str, *, mesh=None, graphdef=None, state=None) -> dict
     scored = score_trial_lists(cfg, graphdef, params, rest, mesh)
     results = trial_metrics(scored)
     path = write_results(workdir, results)
-    write_scores(workdir, scored)
+    write_scores(workdir, scored, results)
     writer = create_writer(workdir)
     step = int(checkpoint_manager(workdir, cfg).latest_step() or 0)
     writer.write_scalars(step, {f"eer/{k}": v["eer"] for k, v in results.items()}

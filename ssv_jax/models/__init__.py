@@ -49,9 +49,14 @@ _DEFAULTS = {
 }
 
 
-def cpu_xla_flags() -> str:
-    """XLA_FLAGS worth adding on CPU hosts (append to os.environ['XLA_FLAGS'] before importing jax)."""
-    return CPU_XLA_FLAGS
+def use_cpu_xla_flags() -> None:
+    """Append ``CPU_XLA_FLAGS`` to ``os.environ['XLA_FLAGS']`` unless it already sets the YNN
+    fusion type (a user's setting wins). Call before jax initialises its backend (importing jax
+    is fine); it has no effect on GPU/TPU backends."""
+    import os
+    current = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_experimental_ynn_fusion_type" not in current:
+        os.environ["XLA_FLAGS"] = (current + " " + CPU_XLA_FLAGS).strip()
 
 
 def default_model_config(name: str = "fast_resnet34") -> ml_collections.ConfigDict:
@@ -93,5 +98,5 @@ def count_params(model: nnx.Module) -> int:
 
 
 __all__ = ["FastResNet34", "ECAPATDNN", "Projector", "BatchNorm", "Linear", "build_encoder",
-           "default_model_config", "count_params", "cpu_xla_flags", "CPU_XLA_FLAGS",
+           "default_model_config", "count_params", "use_cpu_xla_flags", "CPU_XLA_FLAGS",
            "ECAPA_PARAM_COUNTS"]
