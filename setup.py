@@ -20,6 +20,9 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",
     "tqdm==4.70.1",
     "tensorboard==2.21.0",  # clu writes TensorBoard event files through it
+    # oneDNN convolution kernels for the CPU backend (ssv_jax/kernels): library and headers.
+    'onednn-cpu-gomp==2023.2.0; platform_system == "Linux" and platform_machine == "x86_64"',
+    'onednn-devel-cpu-gomp==2023.2.0; platform_system == "Linux" and platform_machine == "x86_64"',
 ]
 
 setup(
@@ -27,6 +30,7 @@ setup(
     version="0.1.0",
     description="Self-supervised speaker verification (SimCLR/MoCo with NT-Xent-AM) in JAX/Flax",
     packages=find_packages(include=["ssv_jax", "ssv_jax.*"]),
+    package_data={"ssv_jax.kernels": ["*.cc"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     entry_points={"console_scripts": ["ssv-jax=ssv_jax.cli:main"]},

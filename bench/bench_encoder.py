@@ -30,7 +30,9 @@ ap.add_argument("--no_flags", action="store_true")
 ap.add_argument("--no_s2d", action="store_true")
 ap.add_argument("--compare", action="store_true")
 ap.add_argument("--no_barrier", action="store_true")
-ap.add_argument("--ab", choices=["s2d", "barrier"], help="interleave steps with it on and off")
+ap.add_argument("--no_onednn", action="store_true")
+ap.add_argument("--ab", choices=["s2d", "barrier", "onednn"],
+                help="interleave steps with it on and off")
 ap.add_argument("--profile", action="store_true", help="op time by HLO op kind (jax.profiler)")
 ap.add_argument("--extra_flags", default="")
 args = ap.parse_args()
@@ -158,7 +160,7 @@ def main():
     print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} jax {jax.__version__} "
           f"{jax.devices()[0].platform}")
     n_views = args.batch * args.views
-    speed = dict(s2d=not args.no_s2d, barrier=not args.no_barrier)
+    speed = dict(s2d=not args.no_s2d, barrier=not args.no_barrier, onednn=not args.no_onednn)
     if args.ab:              # same process, interleaved: robust to other load on the machine
         a, b = build(**{**speed, args.ab: True}), build(**{**speed, args.ab: False})
         for v in (a, b):

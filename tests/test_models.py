@@ -13,7 +13,7 @@ from ssv_jax import models
 from ssv_jax.models import (ECAPATDNN, FastResNet34, Projector, build_encoder, count_params,
                             default_model_config)
 from ssv_jax.models.layers import BatchNorm, fusion_barrier
-from ssv_jax.models.resnet import conv2d, conv3x3_s2_space_to_depth
+from ssv_jax.models.resnet import conv2d, conv_space_to_depth
 
 TINY = dict(channels=(4, 8, 8, 16), blocks=(1, 2, 1, 1), embed_dim=12, se_reduction=4)
 
@@ -121,7 +121,7 @@ def test_space_to_depth_conv_equals_strided_conv():
         x = rng.standard_normal((2, h, w, 3)).astype(np.float32)
         ref = np_conv(x.transpose(0, 3, 1, 2).astype(np.float64),
                       k.transpose(3, 2, 0, 1).astype(np.float64), (2, 2), (1, 1))
-        for out in (conv3x3_s2_space_to_depth(x, k), conv2d(x, k, (2, 2))):
+        for out in (conv_space_to_depth(x, k, (2, 2)), conv2d(x, k, (2, 2))):
             np.testing.assert_allclose(np.asarray(out).transpose(0, 3, 1, 2), ref, atol=1e-4)
 
 

@@ -40,7 +40,7 @@ _ENCODERS = {"fast_resnet34": FastResNet34, "ecapa_tdnn": ECAPATDNN}
 _DEFAULTS = {
     "fast_resnet34": dict(n_mels=40, channels=(16, 32, 64, 128), blocks=(3, 4, 6, 3),
                           strides=(1, 2, 2, 1), embed_dim=512, pooling="sap", stem_kernel=7,
-                          se_reduction=8, last_bn=False, s2d=True, barrier=True,
+                          se_reduction=8, last_bn=False, s2d=True, barrier=True, onednn=True,
                           bn_momentum=0.1, bn_eps=1e-5),
     "ecapa_tdnn": dict(n_mels=40, channels=512, embed_dim=192, mfa_channels=1536,
                        kernel_sizes=(5, 3, 3, 3), dilations=(1, 2, 3, 4), res2net_scale=8,
@@ -63,7 +63,7 @@ def default_model_config(name: str = "fast_resnet34") -> ml_collections.ConfigDi
     """ConfigDict with ``name`` plus every constructor keyword of that encoder at its default.
 
     Fields: fast_resnet34 -> n_mels, channels, blocks, strides, embed_dim, pooling, stem_kernel,
-    se_reduction, last_bn, s2d, barrier, bn_momentum, bn_eps. ecapa_tdnn -> n_mels, channels, embed_dim,
+    se_reduction, last_bn, s2d, barrier, onednn, bn_momentum, bn_eps. ecapa_tdnn -> n_mels, channels, embed_dim,
     mfa_channels, kernel_sizes, dilations, res2net_scale, se_channels, attention_channels,
     global_context, dense_residual, bn_momentum, bn_eps.
     """

@@ -19,6 +19,8 @@ alone (eval mode).
 """
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from typing import Sequence
 
@@ -26,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ssv_jax.kernels import onednn
 from ssv_jax.models.layers import (BatchNorm, Linear, apply_mask, check_encoder_input, downsample_mask,
                                    fusion_barrier, kaiming_fan_out, masked_mean, masked_softmax)
 
@@ -87,9 +90,29 @@ def conv_space_to_depth(x, kernel, stride=(2, 2), padding=None):
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=_DN)
 
 
-def conv3x3_s2_space_to_depth(x, kernel):
-    """3x3 conv, stride 2, padding 1 (== ``conv2d(x, kernel, (2, 2))``) via space-to-depth."""
-    return conv_space_to_depth(x, kernel, (2, 2))
+@functools.cache
+def _onednn_ready() -> bool:
+    """oneDNN kernels usable: CPU backend and the kernel library builds (warns once if not)."""
+    if jax.default_backend() != "cpu":
+        return False
+    if not onednn.available():
+        logging.warning("oneDNN convolution kernels unavailable (%s); using XLA's convolutions, "
+                        "which are slower on CPU.", onednn.unavailable_reason())
+        return False
+    return True
+
+
+def conv(x, kernel, stride=(1, 1), padding=None, *, use_onednn=False, s2d=False):
+    """The encoder's convolution: oneDNN on CPU (``use_onednn``, where the shapes allow),
+    else space-to-depth for strided convs (``s2d``), else XLA's convolution. All are equal up to
+    float32 summation order."""
+    if padding is None:
+        padding = [(k // 2, k // 2) for k in kernel.shape[:2]]
+    if use_onednn and onednn.supports(x.shape, kernel.shape, x.dtype) and _onednn_ready():
+        return onednn.conv2d(x, kernel, stride, padding)
+    if s2d and any(s != 1 for s in stride):
+        return conv_space_to_depth(x, kernel, stride, padding)
+    return conv2d(x, kernel, stride, padding)
 
 
 class ConvKernel(nnx.Module):
@@ -103,11 +126,12 @@ class SEBasicBlock(nnx.Module):
     """conv3x3 -> ReLU -> BN -> conv3x3 -> BN -> squeeze-excitation -> + shortcut -> ReLU."""
 
     def __init__(self, cin: int, cout: int, stride: int, *, se_reduction: int = 8,
-                 s2d: bool = True, barrier: bool = True, bn_momentum: float = 0.1,
-                 bn_eps: float = 1e-5, rngs: nnx.Rngs):
+                 s2d: bool = True, barrier: bool = True, onednn: bool = True,
+                 bn_momentum: float = 0.1, bn_eps: float = 1e-5, rngs: nnx.Rngs):
         bn = dict(momentum=bn_momentum, eps=bn_eps)
         self.stride = stride
         self.s2d = s2d
+        self.onednn = onednn
         self.barrier = barrier
         self.conv1 = ConvKernel(3, 3, cin, cout, rngs=rngs)
         self.bn1 = BatchNorm(cout, **bn)
@@ -124,14 +148,11 @@ class SEBasicBlock(nnx.Module):
     def __call__(self, x, mask=None):
         s = self.stride
         xm = apply_mask(x, mask)
-        k1 = self.conv1.kernel[...]
-        if s == 2 and self.s2d:
-            out = conv3x3_s2_space_to_depth(xm, k1)
-        else:
-            out = conv2d(xm, k1, (s, s))
+        opts = dict(use_onednn=self.onednn, s2d=self.s2d)
+        out = conv(xm, self.conv1.kernel[...], (s, s), **opts)
         mask = downsample_mask(mask, s)
         out = self.bn1(jax.nn.relu(out), mask)
-        out = self.bn2(conv2d(apply_mask(out, mask), self.conv2.kernel[...]), mask)
+        out = self.bn2(conv(apply_mask(out, mask), self.conv2.kernel[...], **opts), mask)
         se = masked_mean(out, mask, axes=(1, 2))
         se = jax.nn.sigmoid(self.se_fc2(jax.nn.relu(self.se_fc1(se))))
         out = out * se[:, None, None, :]
@@ -187,7 +208,7 @@ class FastResNet34(nnx.Module):
                  strides: Sequence[int] = (1, 2, 2, 1), embed_dim: int = 512,
                  pooling: str = "sap", stem_kernel: int = 7, se_reduction: int = 8,
                  last_bn: bool = False, s2d: bool = True, barrier: bool = True,
-                 bn_momentum: float = 0.1, bn_eps: float = 1e-5):
+                 onednn: bool = True, bn_momentum: float = 0.1, bn_eps: float = 1e-5):
         if pooling not in ("sap", "stats"):
             raise ValueError(f"unknown pooling {pooling!r}; use 'sap' or 'stats'.")
         if not len(channels) == len(blocks) == len(strides):
@@ -200,6 +221,7 @@ class FastResNet34(nnx.Module):
         self.pooling = pooling
         self.stem_kernel = stem_kernel
         self.s2d = s2d
+        self.onednn = onednn
         self.stem = ConvKernel(stem_kernel, stem_kernel, 1, channels[0], rngs=rngs)
         self.stem_bn = BatchNorm(channels[0], momentum=bn_momentum, eps=bn_eps)
         layers = []
@@ -209,7 +231,7 @@ class FastResNet34(nnx.Module):
             for i in range(n):
                 layers.append(SEBasicBlock(cin, cout, stride if i == 0 else 1,
                                            se_reduction=se_reduction, s2d=s2d, barrier=barrier,
-                                           rngs=rngs, **bn))
+                                           onednn=onednn, rngs=rngs, **bn))
                 cin = cout
             freq = -(-freq // stride)
         self.blocks = nnx.List(layers)
@@ -227,10 +249,8 @@ class FastResNet34(nnx.Module):
         check_encoder_input(feats, mask, self.n_mels)
         x = apply_mask(feats.astype(jnp.float32), mask)[..., None]
         p = self.stem_kernel // 2
-        if self.s2d:
-            x = conv_space_to_depth(x, self.stem.kernel[...], (1, 2), [(p, p), (p, p)])
-        else:
-            x = conv2d(x, self.stem.kernel[...], (1, 2), [(p, p), (p, p)])
+        x = conv(x, self.stem.kernel[...], (1, 2), [(p, p), (p, p)], use_onednn=self.onednn,
+                 s2d=self.s2d)
         x = jax.nn.relu(self.stem_bn(x, mask))
         for block in self.blocks:
             x, mask = block(x, mask)
