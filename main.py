@@ -13,11 +13,11 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# Eigen instead of YNNPACK for individual convolutions on the CPU backend (faster for the
-# encoders here; see bench/bench_encoder.py), set before jax starts its backend.
-from ssv_jax.models import use_cpu_xla_flags  # noqa: E402
+# Huge-page malloc (re-executes once) and XLA CPU flags, before jax starts its backend:
+# see ssv_jax/cpu.py.
+from ssv_jax import cpu  # noqa: E402
 
-use_cpu_xla_flags()
+cpu.configure()
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

@@ -5,12 +5,13 @@ backward + Adam update, on ``batch`` utterances x ``views`` views x ``seconds`` 
 Reports s/step, views/s, XLA cost-analysis GFLOP, achieved GFLOP/s, and that as a fraction of the
 fp32 matmul rate (4096^2) measured in the same process.
 
-    .venv/bin/python bench/bench_encoder.py                # with ssv_jax.models.CPU_XLA_FLAGS
-    .venv/bin/python bench/bench_encoder.py --no_flags     # stock XLA flags
+    .venv/bin/python bench/bench_encoder.py                # with ssv_jax.cpu.configure()
+    .venv/bin/python bench/bench_encoder.py --no_flags     # stock: 4 KiB-page malloc, XLA flags
     .venv/bin/python bench/bench_encoder.py --compare      # both, in two fresh processes
-    .venv/bin/python bench/bench_encoder.py --ab barrier   # barrier=True vs False, interleaved
+    .venv/bin/python bench/bench_encoder.py --ab onednn    # oneDNN vs XLA convs, interleaved
     .venv/bin/python bench/bench_encoder.py --profile      # where the step's op time goes
-Options: --no_s2d / --no_barrier (turn a speed rewrite off), --ab s2d|barrier (both settings,
+Options: --no_onednn / --no_s2d / --no_barrier (turn a speed rewrite off), --ab
+onednn|s2d|barrier (both settings,
 interleaved in one process: step times vary by up to 20% between processes on this VM, so compare
 within one), --model ecapa_tdnn, --steps N, --extra_flags '...'.
 """
@@ -46,8 +47,8 @@ if args.compare:
     sys.exit(0)
 
 if not args.no_flags:
-    from ssv_jax.models import use_cpu_xla_flags  # noqa: E402  (imports no jax backend yet)
-    use_cpu_xla_flags()
+    from ssv_jax import cpu  # noqa: E402  (imports no jax backend yet)
+    cpu.configure()
 if args.extra_flags:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.extra_flags).strip()
 
@@ -115,9 +116,12 @@ def build(**speed):
     t0 = time.perf_counter()
     compiled = jax.jit(step).lower(params, rest, opt_state, waves).compile()
     t_compile = time.perf_counter() - t0
-    ca = compiled.cost_analysis()
-    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-    return compiled, [params, rest, opt_state], waves, ca.get("flops", float("nan")) / 1e9, t_compile
+    if args.model == "fast_resnet34" and speed.get("onednn"):   # cost analysis: not in FFI calls
+        gflop = build(**{**speed, "onednn": False})[3]
+    else:
+        ca = compiled.cost_analysis()
+        gflop = (ca[0] if isinstance(ca, (list, tuple)) else ca).get("flops", float("nan")) / 1e9
+    return compiled, [params, rest, opt_state], waves, gflop, t_compile
 
 
 def run_once(compiled, state, waves):

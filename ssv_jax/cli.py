@@ -149,8 +149,8 @@ def main(argv=None) -> int:
     v.add_argument("test")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from ssv_jax.models import use_cpu_xla_flags   # before jax starts its backend, as main.py
-    use_cpu_xla_flags()
+    from ssv_jax import cpu   # before jax starts its backend, as main.py
+    cpu.configure()
     from ssv_jax.writers import setup_console_logging
     setup_console_logging()
     return {"embed": cmd_embed, "verify": cmd_verify}[args.command](args)

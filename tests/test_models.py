@@ -1,5 +1,4 @@
 """Encoders: exact parameter counts, float64 numpy reference forward, masks, sync BN, configs."""
-import os
 
 import jax
 import jax.numpy as jnp
@@ -273,16 +272,3 @@ def test_configs_and_errors():
     m = FastResNet34(rngs=nnx.Rngs(0), **TINY)
     with pytest.raises(ValueError, match=r"\[B, frames, 40\]"):
         m(jnp.zeros((2, 40, 20)))
-
-
-
-def test_use_cpu_xla_flags(monkeypatch):
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-    models.use_cpu_xla_flags()
-    models.use_cpu_xla_flags()
-    assert os.environ["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=8 "
-                                       + models.CPU_XLA_FLAGS)
-    mine = "--xla_cpu_experimental_ynn_fusion_type=individual_convolution"   # a user's choice wins
-    monkeypatch.setenv("XLA_FLAGS", mine)
-    models.use_cpu_xla_flags()
-    assert os.environ["XLA_FLAGS"] == mine

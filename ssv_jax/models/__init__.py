@@ -31,10 +31,6 @@ from ssv_jax.models.layers import BatchNorm, Linear
 from ssv_jax.models.projector import Projector
 from ssv_jax.models.resnet import FastResNet34
 
-# XLA CPU flags that speed up the encoder's convolutions on x86 CPUs (see bench/bench_encoder.py):
-# route individual convolutions to Eigen instead of YNNPACK. Set before jax initialises its backend.
-CPU_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-
 _ENCODERS = {"fast_resnet34": FastResNet34, "ecapa_tdnn": ECAPATDNN}
 
 _DEFAULTS = {
@@ -47,16 +43,6 @@ _DEFAULTS = {
                        se_channels=128, attention_channels=128, global_context=True,
                        dense_residual=False, bn_momentum=0.1, bn_eps=1e-5),
 }
-
-
-def use_cpu_xla_flags() -> None:
-    """Append ``CPU_XLA_FLAGS`` to ``os.environ['XLA_FLAGS']`` unless it already sets the YNN
-    fusion type (a user's setting wins). Call before jax initialises its backend (importing jax
-    is fine); it has no effect on GPU/TPU backends."""
-    import os
-    current = os.environ.get("XLA_FLAGS", "")
-    if "xla_cpu_experimental_ynn_fusion_type" not in current:
-        os.environ["XLA_FLAGS"] = (current + " " + CPU_XLA_FLAGS).strip()
 
 
 def default_model_config(name: str = "fast_resnet34") -> ml_collections.ConfigDict:
@@ -98,5 +84,4 @@ def count_params(model: nnx.Module) -> int:
 
 
 __all__ = ["FastResNet34", "ECAPATDNN", "Projector", "BatchNorm", "Linear", "build_encoder",
-           "default_model_config", "count_params", "use_cpu_xla_flags", "CPU_XLA_FLAGS",
-           "ECAPA_PARAM_COUNTS"]
+           "default_model_config", "count_params", "ECAPA_PARAM_COUNTS"]

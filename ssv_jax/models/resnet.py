@@ -5,6 +5,9 @@ W = freq; kernels ``[k_time, k_freq, C_in, C_out]``). A PyTorch weight ``[C_out,
 k_time]`` maps to ours by ``w.permute(3, 2, 1, 0)``; Linear weights are transposed.
 
 Speed rewrites (numerically equivalent, parameters unchanged):
+- on the CPU backend every convolution runs in oneDNN (``onednn=True``; ``ssv_jax.kernels``):
+  190-270 GFLOP/s against XLA's 50-195, and XLA's own convolution is the fallback where the
+  kernels cannot be built; the rewrites below then apply to XLA's convolutions;
 - 3x3 stride-2 convolutions run as space-to-depth + a 2x2 stride-1 convolution over 4x the
   channels, and the 7x7 stem (stride 2 on frequency) as a 7x4 conv over 2 channels
   (``s2d=True``): stride-1 convolutions have a much cheaper backward on CPU;
@@ -198,7 +201,9 @@ class FastResNet34(nnx.Module):
         the frequency-averaged map, 1,437,078 parameters by default) or "stats" (mean + std over
         time of the channel x frequency map, 2,010,262). stem_kernel: stem conv size (stride 2 on
         frequency only). se_reduction: SE bottleneck ratio. last_bn: BatchNorm on the embedding
-        (sslsv ``enable_last_bn``). s2d: space-to-depth rewrite of stride-2 convs (speed only).
+        (sslsv ``enable_last_bn``). onednn: oneDNN convolutions on the CPU backend (speed only).
+        s2d: space-to-depth rewrite of stride-2 XLA convs (speed only). barrier: fusion barrier
+        on block outputs (speed only).
         bn_momentum / bn_eps: PyTorch-sense BatchNorm settings.
     Train/eval: ``model.train()`` (batch statistics) / ``model.eval()`` (running averages).
     """
@@ -247,7 +252,7 @@ class FastResNet34(nnx.Module):
 
     def __call__(self, feats, mask=None):
         check_encoder_input(feats, mask, self.n_mels)
-        x = apply_mask(feats.astype(jnp.float32), mask)[..., None]
+        x = apply_mask(feats.astype(self.stem.kernel.dtype), mask)[..., None]
         p = self.stem_kernel // 2
         x = conv(x, self.stem.kernel[...], (1, 2), [(p, p), (p, p)], use_onednn=self.onednn,
                  s2d=self.s2d)
