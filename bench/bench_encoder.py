@@ -10,8 +10,8 @@ fp32 matmul rate (4096^2) measured in the same process.
     .venv/bin/python bench/bench_encoder.py --compare      # both, in two fresh processes
     .venv/bin/python bench/bench_encoder.py --ab onednn    # oneDNN vs XLA convs, interleaved
     .venv/bin/python bench/bench_encoder.py --profile      # where the step's op time goes
-Options: --no_onednn / --no_s2d / --no_barrier (turn a speed rewrite off), --ab
-onednn|s2d|barrier (both settings,
+Options: --no_onednn / --no_s2d / --no_barrier (turn a speed rewrite off; s2d and barrier act
+on XLA's convolutions, so combine them with --no_onednn), --ab onednn|s2d|barrier (both settings,
 interleaved in one process: step times vary by up to 20% between processes on this VM, so compare
 within one), --model ecapa_tdnn, --steps N, --extra_flags '...'.
 """
@@ -135,8 +135,9 @@ def run_once(compiled, state, waves):
 def profile(compiled, state, waves, steps=2):
     """Print the step's op time (summed over threads) by HLO op kind, from a jax.profiler trace.
 
-    Eigen convolutions run inside their own thread pool and are not listed: wall time minus the
-    listed time (per thread) is mostly convolution.
+    oneDNN convolutions are the ``ffi_call`` ops (their wall time: both cores work inside each).
+    XLA's Eigen convolutions (``--no_onednn``) run in their own thread pool and are not listed:
+    there, wall time minus the listed time (per thread) is mostly convolution.
     """
     import collections
     import glob

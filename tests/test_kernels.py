@@ -105,7 +105,7 @@ def test_fast_resnet34_with_onednn_is_as_accurate_as_xla():
         (i, e1, e0) for i, (e1, e0) in enumerate(zip(err[True], err[False])) if e1 > 4 * e0 + 1e-6]
 
 
-def test_onednn_conv_sharded_over_8_devices_equals_one():
+def test_onednn_conv_runs_per_batch_shard_over_8_devices_and_equals_one():
     mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.standard_normal((8, 10, 6, 16)), jnp.float32)
@@ -115,7 +115,12 @@ def test_onednn_conv_sharded_over_8_devices_equals_one():
         return jax.value_and_grad(lambda w: jnp.sum(onednn.conv2d(x, w, (2, 2)) ** 2))(w)
     l1, g1 = jax.jit(f)(x, w)
     xs = jax.device_put(x, NamedSharding(mesh, P("data")))
-    l8, g8 = jax.jit(f)(xs, jax.device_put(w, NamedSharding(mesh, P())))
+    ws = jax.device_put(w, NamedSharding(mesh, P()))
+    l8, g8 = jax.jit(f)(xs, ws)
+    # Each device convolves its own batch shard (no gather); the weight gradient is all-reduced.
+    hlo = jax.jit(f).lower(xs, ws).compile().as_text()
+    assert "all-gather" not in hlo and "all-reduce" in hlo
+    assert "custom-call(" in hlo and "f32[1,2,5,3,16]" in hlo        # local batch 1 of 8
     np.testing.assert_allclose(float(l8), float(l1), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(g8), np.asarray(g1), rtol=1e-5, atol=1e-5)
 

@@ -138,7 +138,7 @@ def test_fusion_barrier_is_exact_and_keeps_fusions_small():
     feats = jnp.asarray(np.random.default_rng(1).standard_normal((2, 40, 40)), jnp.float32)
     results = {}
     for barrier in (True, False):
-        model = FastResNet34(rngs=nnx.Rngs(0), barrier=barrier)
+        model = FastResNet34(rngs=nnx.Rngs(0), barrier=barrier, onednn=False)
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
         def loss(p):

@@ -15,8 +15,9 @@ Activations cross the FFI boundary channel-blocked, ``[N, C/16, H, W, 16]`` (one
 for C = 16 this is NHWC itself), so oneDNN never re-lays them out; ``conv2d`` converts to and from
 NHWC with transposes XLA can fuse into neighbouring ops. Supported: float32, C_out a multiple of
 16, C_in a multiple of 16 or 1 (a single-channel stem: its input gradient uses XLA). Under a
-multi-device ``jit`` the calls are not partitioned: XLA gathers their operands, so results equal
-the single-device ones (tests simulate 8 devices); CPU training uses one device per process.
+``jit`` whose batch is split over devices (the train step's data parallelism, one or many
+processes), each device runs the kernels on its own batch shard and the weight gradient is
+summed over shards (``custom_partitioning``); other shardings run replicated.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "onednn_conv.cc")
 _TARGETS = {"ssv_onednn_conv_fwd": "SsvConvForward",
@@ -132,9 +135,97 @@ def _attrs(geom):
     return dict(zip(("sh", "sw", "ph_lo", "ph_hi", "pw_lo", "pw_hi"), map(np.int64, geom)))
 
 
-def _ffi(name, out_shape, a, b, geom):
+def _ffi_local(name, out_shape, a, b, geom):
     return jax.ffi.ffi_call(name, jax.ShapeDtypeStruct(out_shape, jnp.float32))(
         a, b, **_attrs(geom))
+
+
+def _batch_split(sharding, shape):
+    """A 1-D mesh 'b' over ``sharding``'s devices if it splits only dim 0, evenly over all of
+    them (the data-parallel case); else None."""
+    devices = list(getattr(sharding, "_device_assignment", None) or sharding.device_set)
+    n = len(devices)
+    if n == 1 or shape[0] % n:
+        return None
+    mesh = Mesh(np.asarray(devices), ("b",), axis_types=(AxisType.Explicit,))
+    ok = sharding.is_equivalent_to(NamedSharding(mesh, P("b")), len(shape))
+    return mesh if ok else None
+
+
+def _make_partitioned(name: str, reduce_batch: bool):
+    """FFI call ``name(a, b)`` that runs per batch shard under a sharded ``jit``.
+
+    Operand ``a`` (and ``b`` if ``reduce_batch``) are activations with the batch first. When XLA
+    splits ``a``'s batch over devices, each device runs the kernel on its own shard: a batched
+    result stays split; the weight gradient (``reduce_batch``) is summed over the shards (psum).
+    Any other sharding runs replicated (XLA gathers the operands), as an unpartitioned call.
+    """
+    @functools.partial(custom_partitioning, static_argnums=(2, 3))
+    def call(a, b, out_shape, geom):
+        return _ffi_local(name, out_shape, a, b, geom)
+
+    def shardings(mesh, a_ndim, b_ndim, out_ndim):
+        batch = (lambda nd: NamedSharding(mesh, P("b", *[None] * (nd - 1))))
+        repl = NamedSharding(mesh, P())
+        args = (batch(a_ndim), batch(b_ndim) if reduce_batch else repl)
+        return args, repl if reduce_batch else batch(out_ndim)
+
+    def partition(out_shape, geom, mesh, arg_shapes, result_shape):
+        a, b = arg_shapes
+        split = _batch_split(a.sharding, a.shape)
+        if split is None:                       # replicated fallback
+            devices = list(getattr(a.sharding, "_device_assignment", None) or
+                           a.sharding.device_set)
+            m = Mesh(np.asarray(devices), ("b",), axis_types=(AxisType.Explicit,))
+            repl = NamedSharding(m, P())
+            return m, functools.partial(_ffi_local, name, out_shape, geom=geom), repl, \
+                (repl, repl)
+        n = split.size
+        arg_sh, out_sh = shardings(split, len(a.shape), len(b.shape), len(out_shape))
+        local_out = out_shape if reduce_batch else (out_shape[0] // n,) + tuple(out_shape[1:])
+
+        def lower(a, b):
+            r = _ffi_local(name, local_out, a, b, geom)
+            return jax.lax.psum(r, "b") if reduce_batch else r
+        return split, lower, out_sh, arg_sh
+
+    def infer(out_shape, geom, mesh, arg_shapes, result_shape):
+        a = arg_shapes[0]
+        split = _batch_split(a.sharding, a.shape)
+        if split is None:
+            return None
+        return shardings(split, len(a.shape), len(arg_shapes[1].shape), len(out_shape))[1]
+
+    def rule(out_shape, geom, mesh, operand_types, result_types):
+        del out_shape, geom, mesh, result_types
+        ranks = [len(t.shape) for t in operand_types]
+        a = "n " + " ".join(f"a{i}" for i in range(ranks[0] - 1))
+        if reduce_batch:                        # (x, dy) -> dw: the batch is summed
+            b = "n " + " ".join(f"b{i}" for i in range(ranks[1] - 1))
+            out = " ".join(f"o{i}" for i in range(4))
+            rep = [f"a{i}" for i in range(ranks[0] - 1)] + \
+                [f"b{i}" for i in range(ranks[1] - 1)] + [f"o{i}" for i in range(4)]
+            return f"{a}, {b} -> {out}", dict(reduction_factors=("n",),
+                                               need_replication_factors=tuple(rep))
+        b = " ".join(f"b{i}" for i in range(ranks[1]))
+        out = "n " + " ".join(f"o{i}" for i in range(4))
+        rep = [f"a{i}" for i in range(ranks[0] - 1)] + [f"b{i}" for i in range(ranks[1])] + \
+            [f"o{i}" for i in range(4)]
+        return f"{a}, {b} -> {out}", dict(need_replication_factors=tuple(rep))
+
+    call.def_partition(partition=partition, infer_sharding_from_operands=infer,
+                       sharding_rule=rule)
+    return call
+
+
+_PARTITIONED = {}
+
+
+def _ffi(name, out_shape, a, b, geom):
+    """``name(a, b)`` with batch partitioning under a sharded jit (see ``_make_partitioned``)."""
+    if name not in _PARTITIONED:
+        _PARTITIONED[name] = _make_partitioned(name, reduce_batch=name.endswith("weights"))
+    return _PARTITIONED[name](a, b, tuple(out_shape), geom)
 
 
 def _xla_conv(x, kernel, geom):

@@ -12,8 +12,9 @@ Speed rewrites (numerically equivalent, parameters unchanged):
   channels, and the 7x7 stem (stride 2 on frequency) as a 7x4 conv over 2 channels
   (``s2d=True``): stride-1 convolutions have a much cheaper backward on CPU;
 - the 1x1 stride-2 shortcut is a slice + matmul; BatchNorm statistics are one pass;
-- each block's output passes through ``layers.fusion_barrier`` (an exact ``x @ I``) so XLA
-  stores it once instead of re-computing the residual chain in each consumer (``barrier=True``).
+- with XLA's convolutions, each block's output passes through ``layers.fusion_barrier`` (an
+  exact ``x @ I``) so XLA stores it once instead of re-computing the residual chain in each
+  consumer (``barrier=True``).
 
 Variable-length batches: with ``mask`` ``[B, frames]`` every convolution input is zeroed outside
 each utterance, the SE/attention/statistics poolings use valid frames only, and train-mode
@@ -165,7 +166,11 @@ class SEBasicBlock(nnx.Module):
             res = x[:, ::s, ::s] @ self.down_conv.kernel[0, 0]
             res = self.down_bn(res, mask)
         out = jax.nn.relu(out + res)
-        return (fusion_barrier(out) if self.barrier else out), mask
+        # The barrier is for XLA's convolutions (see layers.fusion_barrier); oneDNN's take the
+        # block output as stored, and there it measured no faster (bench_encoder --ab barrier).
+        if self.barrier and not (self.onednn and _onednn_ready()):
+            out = fusion_barrier(out)
+        return out, mask
 
 
 class SelfAttentivePooling(nnx.Module):
@@ -203,7 +208,7 @@ class FastResNet34(nnx.Module):
         frequency only). se_reduction: SE bottleneck ratio. last_bn: BatchNorm on the embedding
         (sslsv ``enable_last_bn``). onednn: oneDNN convolutions on the CPU backend (speed only).
         s2d: space-to-depth rewrite of stride-2 XLA convs (speed only). barrier: fusion barrier
-        on block outputs (speed only).
+        on block outputs with XLA convs (speed only).
         bn_momentum / bn_eps: PyTorch-sense BatchNorm settings.
     Train/eval: ``model.train()`` (batch statistics) / ``model.eval()`` (running averages).
     """
