@@ -150,7 +150,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from ssv_jax import cpu   # before jax starts its backend, as main.py
-    cpu.configure()
+    if argv is None:          # the console command: may re-execute itself (huge-page malloc)
+        cpu.configure()
+    else:                     # called from Python: never replace the caller's process
+        cpu.use_cpu_xla_flags()
     from ssv_jax.writers import setup_console_logging
     setup_console_logging()
     return {"embed": cmd_embed, "verify": cmd_verify}[args.command](args)
