@@ -141,3 +141,21 @@ def test_unavailable_kernels_fall_back_to_xla_with_a_warning(monkeypatch, caplog
     np.testing.assert_allclose(got, want, atol=1e-4)
     with pytest.raises(RuntimeError, match="no compiler"):
         onednn.conv2d(jnp.zeros((1, 4, 4, 16)), jnp.zeros((3, 3, 16, 16)))
+
+
+def test_cpu_without_fast_onednn_kernels_uses_xla():
+    """Without AVX-512 oneDNN has only reference loops for 16-channel blocks (far slower than
+    XLA): the load-time probe turns the kernels off. Simulated with ONEDNN_MAX_CPU_ISA=AVX2."""
+    import os
+    import subprocess
+    import sys
+    code = ("from ssv_jax.kernels import onednn; from ssv_jax.models import resnet; "
+            "print(onednn.available(), resnet._onednn_ready()); print(onednn.unavailable_reason())")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=root, env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert out.returncode == 0, out.stderr
+    first, reason = out.stdout.splitlines()[:2]
+    assert first == "False False"
+    assert "reference kernels" in reason and "AVX-512" in reason
+    assert "using XLA's convolutions" in out.stderr

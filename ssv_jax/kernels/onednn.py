@@ -8,8 +8,9 @@ runs forward, input gradient and weight gradient in oneDNN (``onednn_conv.cc``).
 The kernel library is compiled on first use (g++, about 20 s, once per source / jaxlib / oneDNN
 version) into ``~/.cache/ssv_jax/kernels`` (``$SSV_JAX_KERNEL_DIR`` overrides), against the
 headers of the pip packages ``onednn-devel-cpu-gomp`` and ``jaxlib``. Where it cannot be built or
-loaded (no compiler, another OS), ``available()`` is False, ``unavailable_reason()`` says why and
-callers use XLA's convolution instead.
+loaded (no compiler, another OS), or oneDNN has only reference loops for these layouts on the CPU
+(16-channel blocks need AVX-512; a probe at load time checks), ``available()`` is False,
+``unavailable_reason()`` says why and callers use XLA's convolution instead.
 
 Activations cross the FFI boundary channel-blocked, ``[N, C/16, H, W, 16]`` (oneDNN's nChw16c;
 for C = 16 this is NHWC itself), so oneDNN never re-lays them out; ``conv2d`` converts to and from
@@ -92,6 +93,11 @@ def _load() -> None:
         return
     try:
         lib = ctypes.cdll.LoadLibrary(_build())
+        names = ctypes.create_string_buffer(1024)
+        if not lib.SsvConvProbe(names, len(names)):
+            raise RuntimeError("oneDNN has only reference kernels for 16-channel blocks on this "
+                               f"CPU (it needs AVX-512; got: {names.value.decode().strip()}), "
+                               "which are slower than XLA's")
         for name, symbol in _TARGETS.items():
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)),
                                         platform="cpu")

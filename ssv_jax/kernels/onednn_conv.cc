@@ -16,6 +16,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -49,6 +50,7 @@ struct Entry {
   memory::desc user_weights;       // HWIO
   dnnl::reorder weights_reorder;   // HWIO -> primitive (fwd, bwd data); primitive -> HWIO (bwd w)
   size_t scratch_bytes = 0;
+  std::string impl;                // oneDNN's implementation name, e.g. "jit:avx512_core"
 };
 
 dnnl::engine& Engine() {
@@ -101,6 +103,7 @@ Entry* GetEntry(int kind, const Geometry& g) {
     e->weights = fwd.weights_desc();
     e->dst = fwd.dst_desc();
     e->scratch_bytes = fwd.scratchpad_desc().get_size();
+    e->impl = fwd.impl_info_str();
     e->weights_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(eng, whwio, eng, e->weights));
   } else if (kind == kBackwardData) {
     dnnl::convolution_backward_data::primitive_desc pd(
@@ -111,6 +114,7 @@ Entry* GetEntry(int kind, const Geometry& g) {
     e->weights = pd.weights_desc();
     e->dst = pd.diff_dst_desc();
     e->scratch_bytes = pd.scratchpad_desc().get_size();
+    e->impl = pd.impl_info_str();
     e->weights_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(eng, whwio, eng, e->weights));
   } else {
     dnnl::convolution_backward_weights::primitive_desc pd(
@@ -121,6 +125,7 @@ Entry* GetEntry(int kind, const Geometry& g) {
     e->weights = pd.diff_weights_desc();
     e->dst = pd.diff_dst_desc();
     e->scratch_bytes = pd.scratchpad_desc().get_size();
+    e->impl = pd.impl_info_str();
     e->weights_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(eng, e->weights, eng, whwio));
   }
   if (e->src != src || e->dst != dst)
@@ -220,6 +225,34 @@ ffi::Error ConvBackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy
 }
 
 }  // namespace
+
+// Whether oneDNN has optimized (non-reference) kernels for these layouts on this CPU: 16-channel
+// blocks need AVX-512; elsewhere oneDNN would run its reference loops, far slower than XLA.
+// Writes the implementation names of the probed primitives to `out`. Returns 1 if all are fast.
+extern "C" int SsvConvProbe(char* out, int len) {
+  const Geometry probes[] = {
+      {2, 16, 16, 8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, false},   // 3x3, 16 channels
+      {2, 16, 32, 8, 8, 4, 4, 3, 3, 2, 2, 1, 1, 1, 1, false},   // 3x3 stride 2
+      {2, 1, 16, 8, 8, 8, 4, 7, 7, 1, 2, 3, 3, 3, 3, true},     // single-channel 7x7 stem
+  };
+  std::string names;
+  int fast = 1;
+  try {
+    for (const Geometry& g : probes) {
+      for (int kind : {kForward, kBackwardData, kBackwardWeights}) {
+        if (g.plain_src && kind == kBackwardData) continue;  // XLA computes that one
+        const std::string& impl = GetEntry(kind, g)->impl;
+        names += impl + " ";
+        if (impl.rfind("ref", 0) == 0) fast = 0;
+      }
+    }
+  } catch (const std::exception& ex) {
+    names += ex.what();
+    fast = 0;
+  }
+  std::snprintf(out, len, "%s", names.c_str());
+  return fast;
+}
 
 #define SSV_CONV_ATTRS                                                              \
   .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<int64_t>("ph_lo").Attr<int64_t>( \
