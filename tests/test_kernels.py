@@ -46,6 +46,8 @@ CASES = [  # x shape (N, H, W, C_in), kernel (kh, kw, C_out), stride, padding
 
 @pytest.mark.parametrize("xs,ks,stride,pads", CASES)
 def test_conv_and_gradients_match_float64(xs, ks, stride, pads):
+    if not onednn.supports(xs, ks[:2] + (xs[3], ks[2]), jnp.float32):
+        pytest.skip(f"not run in oneDNN on this CPU (channel block {onednn.block_size()})")
     rng = np.random.default_rng(0)
     x = rng.standard_normal(xs)
     w = rng.standard_normal(ks[:2] + (xs[3], ks[2])) / np.sqrt(np.prod(ks[:2]) * xs[3])
@@ -66,15 +68,17 @@ def test_conv_and_gradients_match_float64(xs, ks, stride, pads):
 
 def test_blocked_layout_round_trip_and_refusals():
     x = jnp.arange(2 * 3 * 4 * 32, dtype=jnp.float32).reshape(2, 3, 4, 32)
-    xb = onednn.to_blocked(x)
-    assert xb.shape == (2, 2, 3, 4, 16)
-    np.testing.assert_array_equal(xb[1, 1, 2, 3], x[1, 2, 3, 16:])
-    np.testing.assert_array_equal(onednn.from_blocked(xb), x)
-    assert not onednn.supports((2, 9, 7, 8), (3, 3, 8, 16), jnp.float32)      # C_in 8
-    assert not onednn.supports((2, 9, 7, 16), (3, 3, 16, 24), jnp.float32)    # C_out 24
-    assert not onednn.supports((2, 9, 7, 16), (3, 3, 16, 16), jnp.bfloat16)
-    with pytest.raises(ValueError, match="C_out % 16"):
-        onednn.conv2d(jnp.zeros((2, 9, 7, 8)), jnp.zeros((3, 3, 8, 16)))
+    for block in (16, 8):
+        xb = onednn.to_blocked(x, block)
+        assert xb.shape == (2, 32 // block, 3, 4, block)
+        np.testing.assert_array_equal(xb[1, 1, 2, 3], x[1, 2, 3, block:2 * block])
+        np.testing.assert_array_equal(onednn.from_blocked(xb), x)
+    b = onednn.block_size()
+    assert not onednn.supports((2, 9, 7, b // 2), (3, 3, b // 2, b), jnp.float32)      # C_in
+    assert not onednn.supports((2, 9, 7, b), (3, 3, b, b + b // 2), jnp.float32)       # C_out
+    assert not onednn.supports((2, 9, 7, b), (3, 3, b, b), jnp.bfloat16)
+    with pytest.raises(ValueError, match=f"C_out % {b}"):
+        onednn.conv2d(jnp.zeros((2, 9, 7, b // 2)), jnp.zeros((3, 3, b // 2, b)))
 
 
 def _model_loss_and_grads(model, feats, dtype=jnp.float32):
@@ -98,11 +102,14 @@ def test_fast_resnet34_with_onednn_is_as_accurate_as_xla():
     err = {on: [np.abs(a - b).max() / (np.abs(b).max() or 1.0)   # (dead SE units: all zero)
                 for a, b in zip(jax.tree.leaves(r), jax.tree.leaves(exact))]
            for on, r in runs.items()}
-    # oneDNN: every leaf within 1e-4 of its largest float64 value (max seen: 5e-5). XLA's own
-    # float32 run is further off (up to 5e-2 here); no leaf may be worse than it by over 4x.
-    assert max(err[True]) < 1e-4, err[True]
-    assert all(e1 <= 4 * e0 + 1e-6 for e1, e0 in zip(err[True], err[False])), [
-        (i, e1, e0) for i, (e1, e0) in enumerate(zip(err[True], err[False])) if e1 > 4 * e0 + 1e-6]
+    # Every leaf within 1e-4 of its largest float64 value (max seen: 5e-5) or, where XLA's own
+    # float32 run is further off (its stem kernel gradient: 4.5e-2 here), no worse than 4x that.
+    # With every convolution in oneDNN (AVX-512: the stem too), all leaves are within 1e-4.
+    bad = [(i, e1, e0) for i, (e1, e0) in enumerate(zip(err[True], err[False]))
+           if e1 > max(4 * e0, 1e-4)]
+    assert not bad, bad
+    if onednn.supports((4, 50, 40, 1), (7, 7, 1, 16), jnp.float32):
+        assert max(err[True]) < 1e-4, err[True]
 
 
 def test_onednn_conv_runs_per_batch_shard_over_8_devices_and_equals_one():
@@ -120,7 +127,8 @@ def test_onednn_conv_runs_per_batch_shard_over_8_devices_and_equals_one():
     # Each device convolves its own batch shard (no gather); the weight gradient is all-reduced.
     hlo = jax.jit(f).lower(xs, ws).compile().as_text()
     assert "all-gather" not in hlo and "all-reduce" in hlo
-    assert "custom-call(" in hlo and "f32[1,2,5,3,16]" in hlo        # local batch 1 of 8
+    b = onednn.block_size()
+    assert "custom-call(" in hlo and f"f32[1,{32 // b},5,3,{b}]" in hlo      # local batch 1 of 8
     np.testing.assert_allclose(float(l8), float(l1), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(g8), np.asarray(g1), rtol=1e-5, atol=1e-5)
 
@@ -143,19 +151,38 @@ def test_unavailable_kernels_fall_back_to_xla_with_a_warning(monkeypatch, caplog
         onednn.conv2d(jnp.zeros((1, 4, 4, 16)), jnp.zeros((3, 3, 16, 16)))
 
 
-def test_cpu_without_fast_onednn_kernels_uses_xla():
-    """Without AVX-512 oneDNN has only reference loops for 16-channel blocks (far slower than
-    XLA): the load-time probe turns the kernels off. Simulated with ONEDNN_MAX_CPU_ISA=AVX2."""
+def _run(args, isa, timeout=600):
     import os
     import subprocess
     import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                         timeout=timeout, cwd=root, env={**os.environ, "ONEDNN_MAX_CPU_ISA": isa})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def test_avx2_cpus_use_8_channel_blocks():
+    """Without AVX-512 oneDNN's fast kernels take 8-channel blocks (nChw8c, AVX2), and only
+    reference loops for the single-channel stem, which then runs in XLA. Simulated with
+    ONEDNN_MAX_CPU_ISA=AVX2; this file's exactness, model and sharding tests rerun there."""
+    code = ("import jax.numpy as jnp; from ssv_jax.kernels import onednn; "
+            "print(onednn.available(), onednn.block_size(), onednn.supports("
+            "(2, 8, 8, 1), (7, 7, 1, 16), jnp.float32), onednn.supports((2, 8, 8, 8), "
+            "(3, 3, 8, 24), jnp.float32))")
+    assert _run(["-c", code], "AVX2").stdout.split() == ["True", "8", "False", "True"]
+    out = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                "float64 or accurate or shard or refusals"], "AVX2")
+    assert "7 passed, 1 skipped" in out.stdout, out.stdout[-2000:]      # skipped: the stem
+
+
+def test_cpu_without_fast_onednn_kernels_uses_xla():
+    """With neither AVX-512 nor AVX2, oneDNN has only reference loops (far slower than XLA):
+    the load-time probe turns the kernels off. Simulated with ONEDNN_MAX_CPU_ISA=AVX."""
     code = ("from ssv_jax.kernels import onednn; from ssv_jax.models import resnet; "
             "print(onednn.available(), resnet._onednn_ready()); print(onednn.unavailable_reason())")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         cwd=root, env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
-    assert out.returncode == 0, out.stderr
+    out = _run(["-c", code], "AVX", timeout=300)
     first, reason = out.stdout.splitlines()[:2]
     assert first == "False False"
-    assert "reference kernels" in reason and "AVX-512" in reason
+    assert "reference kernels" in reason and "AVX2" in reason
     assert "using XLA's convolutions" in out.stderr

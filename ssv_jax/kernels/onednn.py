@@ -5,17 +5,19 @@ and 16-channel layers are the slow ones); oneDNN's JIT kernels reach 190-270 GFL
 them (``bench/bench_encoder.py``). ``conv2d`` is a drop-in, differentiable NHWC convolution that
 runs forward, input gradient and weight gradient in oneDNN (``onednn_conv.cc``).
 
-The kernel library is compiled on first use (g++, about 20 s, once per source / jaxlib / oneDNN
+The kernel library is compiled on first use (g++, about 3 s, once per source / jaxlib / oneDNN
 version) into ``~/.cache/ssv_jax/kernels`` (``$SSV_JAX_KERNEL_DIR`` overrides), against the
 headers of the pip packages ``onednn-devel-cpu-gomp`` and ``jaxlib``. Where it cannot be built or
-loaded (no compiler, another OS), or oneDNN has only reference loops for these layouts on the CPU
-(16-channel blocks need AVX-512; a probe at load time checks), ``available()`` is False,
-``unavailable_reason()`` says why and callers use XLA's convolution instead.
+loaded (no compiler, another OS), or oneDNN has only reference loops for the CPU (neither
+AVX-512 nor AVX2), ``available()`` is False, ``unavailable_reason()`` says why and callers use
+XLA's convolution instead.
 
-Activations cross the FFI boundary channel-blocked, ``[N, C/16, H, W, 16]`` (oneDNN's nChw16c;
-for C = 16 this is NHWC itself), so oneDNN never re-lays them out; ``conv2d`` converts to and from
-NHWC with transposes XLA can fuse into neighbouring ops. Supported: float32, C_out a multiple of
-16, C_in a multiple of 16 or 1 (a single-channel stem: its input gradient uses XLA). Under a
+Activations cross the FFI boundary channel-blocked, ``[N, C/b, H, W, b]``, so oneDNN never
+re-lays them out: b = 16 (nChw16c) where oneDNN has fast AVX-512 kernels for it, else 8
+(nChw8c, AVX2), as a probe at load time finds (``block_size()``); for C = b this is NHWC
+itself. ``conv2d`` converts to and from NHWC with transposes XLA can fuse into neighbouring ops.
+Supported: float32, C_out a multiple of b, C_in a multiple of b or 1 (a single-channel stem,
+where oneDNN has fast kernels for it, i.e. AVX-512; its input gradient uses XLA). Under a
 ``jit`` whose batch is split over devices (the train step's data parallelism, one or many
 processes), each device runs the kernels on its own batch shard and the weight gradient is
 summed over shards (``custom_partitioning``); other shardings run replicated.
@@ -94,14 +96,16 @@ def _load() -> None:
     try:
         lib = ctypes.cdll.LoadLibrary(_build())
         names = ctypes.create_string_buffer(1024)
-        if not lib.SsvConvProbe(names, len(names)):
-            raise RuntimeError("oneDNN has only reference kernels for 16-channel blocks on this "
-                               f"CPU (it needs AVX-512; got: {names.value.decode().strip()}), "
-                               "which are slower than XLA's")
+        block = next((b for b in (16, 8) if lib.SsvConvProbe(b, 0, names, len(names))), None)
+        if block is None:
+            raise RuntimeError("oneDNN has only reference kernels on this CPU (it needs AVX-512 "
+                               f"or AVX2; got: {names.value.decode().strip()}), which are slower "
+                               "than XLA's")
         for name, symbol in _TARGETS.items():
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)),
                                         platform="cpu")
-        _state.update(ok=True, lib=lib)
+        stem = bool(lib.SsvConvProbe(block, 1, names, len(names)))   # single-channel input
+        _state.update(ok=True, lib=lib, block=block, single_channel=stem)
     except Exception as e:  # noqa: BLE001  (any failure means: use XLA's convolutions)
         _state.update(ok=False, reason=f"{type(e).__name__}: {e}")
 
@@ -118,27 +122,39 @@ def unavailable_reason() -> str | None:
     return _state.get("reason")
 
 
+def block_size() -> int:
+    """Channel block of the activations passed to oneDNN: 16 (AVX-512) or 8 (AVX2)."""
+    if not available():
+        raise RuntimeError(f"oneDNN kernels unavailable: {unavailable_reason()}")
+    return _state["block"]
+
+
 def supports(x_shape, kernel_shape, dtype) -> bool:
-    """Whether ``conv2d`` can run this convolution in oneDNN (shapes NHWC / HWIO)."""
-    ci, co = kernel_shape[2], kernel_shape[3]
-    return (len(x_shape) == 4 and dtype == jnp.float32 and co % 16 == 0
-            and (ci % 16 == 0 or ci == 1))
+    """Whether ``conv2d`` can run this convolution in oneDNN (shapes NHWC / HWIO); False when
+    the kernels are unavailable."""
+    if not available():
+        return False
+    ci, co, b = kernel_shape[2], kernel_shape[3], block_size()
+    return (len(x_shape) == 4 and dtype == jnp.float32 and co % b == 0
+            and (ci % b == 0 or (ci == 1 and _state["single_channel"])))
 
 
-def to_blocked(x):
-    """``[N, H, W, C]`` -> ``[N, C/16, H, W, 16]`` (a bitcast for C = 16)."""
+def to_blocked(x, block: int):
+    """``[N, H, W, C]`` -> ``[N, C/block, H, W, block]`` (a bitcast for C = block)."""
     n, h, w, c = x.shape
-    return x.reshape(n, h, w, c // 16, 16).transpose(0, 3, 1, 2, 4)
+    return x.reshape(n, h, w, c // block, block).transpose(0, 3, 1, 2, 4)
 
 
 def from_blocked(x):
-    """``[N, C/16, H, W, 16]`` -> ``[N, H, W, C]``."""
-    n, cb, h, w, _ = x.shape
-    return x.transpose(0, 2, 3, 1, 4).reshape(n, h, w, cb * 16)
+    """``[N, C/b, H, W, b]`` -> ``[N, H, W, C]``."""
+    n, cb, h, w, b = x.shape
+    return x.transpose(0, 2, 3, 1, 4).reshape(n, h, w, cb * b)
 
 
 def _attrs(geom):
-    return dict(zip(("sh", "sw", "ph_lo", "ph_hi", "pw_lo", "pw_hi"), map(np.int64, geom)))
+    """FFI attributes of ``geom`` = (sh, sw, ph_lo, ph_hi, pw_lo, pw_hi, block); the kernel reads
+    the block from the activation shapes."""
+    return dict(zip(("sh", "sw", "ph_lo", "ph_hi", "pw_lo", "pw_hi"), map(np.int64, geom[:6])))
 
 
 def _ffi_local(name, out_shape, a, b, geom):
@@ -235,17 +251,17 @@ def _ffi(name, out_shape, a, b, geom):
 
 
 def _xla_conv(x, kernel, geom):
-    sh, sw, plo, phi, qlo, qhi = geom
+    sh, sw, plo, phi, qlo, qhi, _ = geom
     return jax.lax.conv_general_dilated(x, kernel, (sh, sw), [(plo, phi), (qlo, qhi)],
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def _out_shape(xb, kernel, geom):
-    sh, sw, plo, phi, qlo, qhi = geom
+    sh, sw, plo, phi, qlo, qhi, b = geom
     n, h, w = (xb.shape[0], xb.shape[1], xb.shape[2]) if xb.ndim == 4 else \
         (xb.shape[0], xb.shape[2], xb.shape[3])
     kh, kw, _, co = kernel.shape
-    return (n, co // 16, (h + plo + phi - kh) // sh + 1, (w + qlo + qhi - kw) // sw + 1, 16)
+    return (n, co // b, (h + plo + phi - kh) // sh + 1, (w + qlo + qhi - kw) // sw + 1, b)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -281,11 +297,15 @@ def conv2d(x, kernel, stride=(1, 1), padding=None):
     if not available():
         raise RuntimeError(f"oneDNN kernels unavailable: {unavailable_reason()}")
     if not supports(x.shape, kernel.shape, x.dtype):
-        raise ValueError(f"oneDNN conv needs float32, C_out % 16 == 0 and C_in % 16 == 0 or 1; "
-                         f"got x {x.shape} {x.dtype}, kernel {kernel.shape}.")
-    geom = (int(stride[0]), int(stride[1]), *map(int, padding[0]), *map(int, padding[1]))
-    xb = x if x.shape[-1] == 1 else to_blocked(x)
+        b = block_size()
+        raise ValueError(f"oneDNN conv needs float32, C_out % {b} == 0 and C_in % {b} == 0 or 1 "
+                         f"(channel block {b} on this CPU); got x {x.shape} {x.dtype}, kernel "
+                         f"{kernel.shape}.")
+    b = block_size()
+    geom = (int(stride[0]), int(stride[1]), *map(int, padding[0]), *map(int, padding[1]), b)
+    xb = x if x.shape[-1] == 1 else to_blocked(x, b)
     return from_blocked(_conv_blocked(xb, kernel, geom))
 
 
-__all__ = ["available", "unavailable_reason", "supports", "conv2d", "to_blocked", "from_blocked"]
+__all__ = ["available", "unavailable_reason", "block_size", "supports", "conv2d", "to_blocked",
+           "from_blocked"]

@@ -5,7 +5,8 @@
 // reach 190-270 GFLOP/s for every Fast ResNet-34 layer (bench/bench_encoder.py, issue 3).
 //
 // Layouts (row-major buffers as XLA passes them):
-//   blocked activations  [N, C/16, H, W, 16]  (oneDNN nChw16c; for C = 16 it is NHWC);
+//   blocked activations  [N, C/b, H, W, b]    (oneDNN nChw16c for b = 16, the AVX-512 kernels;
+//                                              nChw8c for b = 8, AVX2; for C = b it is NHWC);
 //   plain input          [N, H, W, 1]         (single-channel input, e.g. a network's stem);
 //   weights              [kh, kw, C_in, C_out] (HWIO, as in the JAX model).
 // Attributes: stride (sh, sw) and zero padding (ph_lo, ph_hi, pw_lo, pw_hi).
@@ -24,6 +25,7 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -38,9 +40,10 @@ enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 struct Geometry {
   int64_t n, ci, co, h, w, oh, ow, kh, kw, sh, sw, ph_lo, ph_hi, pw_lo, pw_hi;
   bool plain_src;  // [N, H, W, 1] input instead of blocked
+  int64_t block;   // channel block: 16 or 8
   auto key(int kind) const {
     return std::make_tuple(kind, n, ci, co, h, w, kh, kw, sh, sw, ph_lo, ph_hi, pw_lo, pw_hi,
-                           plain_src);
+                           plain_src, block);
   }
 };
 
@@ -84,9 +87,10 @@ Entry* GetEntry(int kind, const Geometry& g) {
   if (it != cache.end()) return it->second.get();
 
   auto& eng = Engine();
+  const tag blocked = g.block == 16 ? tag::nChw16c : tag::nChw8c;
   memory::desc src({g.n, g.ci, g.h, g.w}, memory::data_type::f32,
-                   g.plain_src ? tag::nchw : tag::nChw16c);
-  memory::desc dst({g.n, g.co, g.oh, g.ow}, memory::data_type::f32, tag::nChw16c);
+                   g.plain_src ? tag::nchw : blocked);
+  memory::desc dst({g.n, g.co, g.oh, g.ow}, memory::data_type::f32, blocked);
   memory::desc wany({g.co, g.ci, g.kh, g.kw}, memory::data_type::f32, tag::any);
   memory::desc whwio({g.co, g.ci, g.kh, g.kw}, memory::data_type::f32, tag::hwio);
   memory::dims strides{g.sh, g.sw}, pad_l{g.ph_lo, g.pw_lo}, pad_r{g.ph_hi, g.pw_hi};
@@ -129,28 +133,32 @@ Entry* GetEntry(int kind, const Geometry& g) {
     e->weights_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(eng, e->weights, eng, whwio));
   }
   if (e->src != src || e->dst != dst)
-    throw std::runtime_error("oneDNN chose other activation layouts than nChw16c");
+    throw std::runtime_error("oneDNN chose other activation layouts than the blocked ones");
   Entry* out = e.get();
   cache.emplace(g.key(kind), std::move(e));
   return out;
 }
 
-// Geometry from the activation shapes ([N, C/16, H, W, 16] or [N, H, W, 1]) and HWIO weights.
+// Geometry from the activation shapes ([N, C/b, H, W, b] or [N, H, W, 1]) and HWIO weights.
 ffi::Error MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
                         ffi::Span<const int64_t> y, int64_t sh, int64_t sw, int64_t ph_lo,
                         int64_t ph_hi, int64_t pw_lo, int64_t pw_hi, Geometry* g) {
-  if (w.size() != 4 || y.size() != 5 || y[4] != 16 || (x.size() != 5 && x.size() != 4))
-    return ffi::Error::InvalidArgument("onednn conv: expected blocked [N, C/16, H, W, 16] "
-                                       "activations, [N, H, W, 1] input and HWIO weights");
+  if (w.size() != 4 || y.size() != 5 || (y[4] != 16 && y[4] != 8) ||
+      (x.size() != 5 && x.size() != 4))
+    return ffi::Error::InvalidArgument("onednn conv: expected blocked [N, C/b, H, W, b] "
+                                       "activations (b 8 or 16), [N, H, W, 1] input and HWIO "
+                                       "weights");
+  g->block = y[4];
   g->plain_src = x.size() == 4;
   if (g->plain_src) {
     if (x[3] != 1) return ffi::Error::InvalidArgument("onednn conv: plain input needs C = 1");
     g->n = x[0], g->h = x[1], g->w = x[2], g->ci = 1;
   } else {
-    if (x[4] != 16) return ffi::Error::InvalidArgument("onednn conv: input block must be 16");
-    g->n = x[0], g->ci = x[1] * 16, g->h = x[2], g->w = x[3];
+    if (x[4] != g->block)
+      return ffi::Error::InvalidArgument("onednn conv: input and output blocks differ");
+    g->n = x[0], g->ci = x[1] * g->block, g->h = x[2], g->w = x[3];
   }
-  g->kh = w[0], g->kw = w[1], g->co = y[1] * 16, g->oh = y[2], g->ow = y[3];
+  g->kh = w[0], g->kw = w[1], g->co = y[1] * g->block, g->oh = y[2], g->ow = y[3];
   g->sh = sh, g->sw = sw, g->ph_lo = ph_lo, g->ph_hi = ph_hi, g->pw_lo = pw_lo, g->pw_hi = pw_hi;
   if (w[2] != g->ci || w[3] != g->co || y[0] != g->n)
     return ffi::Error::InvalidArgument("onednn conv: weight / batch shapes do not match");
@@ -226,15 +234,20 @@ ffi::Error ConvBackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy
 
 }  // namespace
 
-// Whether oneDNN has optimized (non-reference) kernels for these layouts on this CPU: 16-channel
-// blocks need AVX-512; elsewhere oneDNN would run its reference loops, far slower than XLA.
-// Writes the implementation names of the probed primitives to `out`. Returns 1 if all are fast.
-extern "C" int SsvConvProbe(char* out, int len) {
-  const Geometry probes[] = {
-      {2, 16, 16, 8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, false},   // 3x3, 16 channels
-      {2, 16, 32, 8, 8, 4, 4, 3, 3, 2, 2, 1, 1, 1, 1, false},   // 3x3 stride 2
-      {2, 1, 16, 8, 8, 8, 4, 7, 7, 1, 2, 3, 3, 3, 3, true},     // single-channel 7x7 stem
+// Whether oneDNN has optimized (non-reference) kernels for channel blocks of `block` (16 or 8)
+// on this CPU: 16-channel blocks need AVX-512, 8-channel blocks AVX2; elsewhere oneDNN would run
+// its reference loops, far slower than XLA. `plain` = 1 probes the single-channel-input stem
+// instead (forward and weight gradient). Writes the implementation names of the probed
+// primitives to `out`. Returns 1 if all are fast.
+extern "C" int SsvConvProbe(int block, int plain, char* out, int len) {
+  const int64_t b = block;
+  const Geometry blocked[] = {
+      {2, b, b, 8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, false, b},          // 3x3, one block
+      {2, b, 2 * b, 8, 8, 4, 4, 3, 3, 2, 2, 1, 1, 1, 1, false, b},      // 3x3 stride 2
   };
+  const Geometry stem[] = {{2, 1, 2 * b, 8, 8, 8, 4, 7, 7, 1, 2, 3, 3, 3, 3, true, b}};
+  const auto& probes = plain ? std::vector<Geometry>(std::begin(stem), std::end(stem))
+                             : std::vector<Geometry>(std::begin(blocked), std::end(blocked));
   std::string names;
   int fast = 1;
   try {

@@ -112,7 +112,7 @@ def conv(x, kernel, stride=(1, 1), padding=None, *, use_onednn=False, s2d=False)
     float32 summation order."""
     if padding is None:
         padding = [(k // 2, k // 2) for k in kernel.shape[:2]]
-    if use_onednn and onednn.supports(x.shape, kernel.shape, x.dtype) and _onednn_ready():
+    if use_onednn and _onednn_ready() and onednn.supports(x.shape, kernel.shape, x.dtype):
         return onednn.conv2d(x, kernel, stride, padding)
     if s2d and any(s != 1 for s in stride):
         return conv_space_to_depth(x, kernel, stride, padding)
