@@ -151,13 +151,14 @@ def test_unavailable_kernels_fall_back_to_xla_with_a_warning(monkeypatch, caplog
         onednn.conv2d(jnp.zeros((1, 4, 4, 16)), jnp.zeros((3, 3, 16, 16)))
 
 
-def _run(args, isa, timeout=600):
+def _run(args, isa="ALL", timeout=600, **env):
     import os
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                         timeout=timeout, cwd=root, env={**os.environ, "ONEDNN_MAX_CPU_ISA": isa})
+                         timeout=timeout, cwd=root,
+                         env={**os.environ, "ONEDNN_MAX_CPU_ISA": isa, **env})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
 
@@ -186,3 +187,19 @@ def test_cpu_without_fast_onednn_kernels_uses_xla():
     assert first == "False False"
     assert "reference kernels" in reason and "AVX2" in reason
     assert "using XLA's convolutions" in out.stderr
+
+
+def test_no_compiler_means_xla_convolutions_and_a_reason(tmp_path):
+    """A machine without a C++ compiler (or oneDNN headers) trains with XLA's convolutions; the
+    warning says why. Simulated with CXX pointing nowhere and an empty kernel cache."""
+    code = ("import jax.numpy as jnp; from flax import nnx; from ssv_jax.kernels import onednn; "
+            "from ssv_jax.models import FastResNet34; "
+            "m = FastResNet34(rngs=nnx.Rngs(0)); m.eval(); e = m(jnp.ones((2, 20, 40))); "
+            "print(onednn.available(), e.shape); print(onednn.unavailable_reason())")
+    out = _run(["-c", code], timeout=300, CXX="/nonexistent/g++",
+               SSV_JAX_KERNEL_DIR=str(tmp_path / "kernels"))
+    first, reason = out.stdout.splitlines()[:2]
+    assert first == "False (2, 512)"
+    assert "/nonexistent/g++" in reason
+    assert "using XLA's convolutions" in out.stderr
+    assert not list((tmp_path / "kernels").glob("*"))          # no half-written library left
