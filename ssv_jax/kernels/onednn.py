@@ -162,14 +162,18 @@ def _ffi_local(name, out_shape, a, b, geom):
         a, b, **_attrs(geom))
 
 
-def _batch_split(sharding, shape):
-    """A 1-D mesh 'b' over ``sharding``'s devices if it splits only dim 0, evenly over all of
-    them (the data-parallel case); else None."""
+def _mesh_over(sharding) -> Mesh:
+    """A 1-D mesh 'b' over ``sharding``'s devices, in its device order."""
     devices = list(getattr(sharding, "_device_assignment", None) or sharding.device_set)
-    n = len(devices)
-    if n == 1 or shape[0] % n:
+    return Mesh(np.asarray(devices), ("b",), axis_types=(AxisType.Explicit,))
+
+
+def _batch_split(sharding, shape):
+    """``_mesh_over(sharding)`` if the sharding splits only dim 0, evenly over all of its devices
+    (the data-parallel case); else None."""
+    mesh = _mesh_over(sharding)
+    if mesh.size == 1 or shape[0] % mesh.size:
         return None
-    mesh = Mesh(np.asarray(devices), ("b",), axis_types=(AxisType.Explicit,))
     ok = sharding.is_equivalent_to(NamedSharding(mesh, P("b")), len(shape))
     return mesh if ok else None
 
@@ -196,9 +200,7 @@ def _make_partitioned(name: str, reduce_batch: bool):
         a, b = arg_shapes
         split = _batch_split(a.sharding, a.shape)
         if split is None:                       # replicated fallback
-            devices = list(getattr(a.sharding, "_device_assignment", None) or
-                           a.sharding.device_set)
-            m = Mesh(np.asarray(devices), ("b",), axis_types=(AxisType.Explicit,))
+            m = _mesh_over(a.sharding)
             repl = NamedSharding(m, P())
             return m, functools.partial(_ffi_local, name, out_shape, geom=geom), repl, \
                 (repl, repl)
@@ -219,34 +221,28 @@ def _make_partitioned(name: str, reduce_batch: bool):
         return shardings(split, len(a.shape), len(arg_shapes[1].shape), len(out_shape))[1]
 
     def rule(out_shape, geom, mesh, operand_types, result_types):
+        """Shardy rule: batch factor n shared by ``a`` and (``reduce_batch``: summed away) ``b``
+        or the result; every other dimension stays whole."""
         del out_shape, geom, mesh, result_types
         ranks = [len(t.shape) for t in operand_types]
-        a = "n " + " ".join(f"a{i}" for i in range(ranks[0] - 1))
-        if reduce_batch:                        # (x, dy) -> dw: the batch is summed
-            b = "n " + " ".join(f"b{i}" for i in range(ranks[1] - 1))
-            out = " ".join(f"o{i}" for i in range(4))
-            rep = [f"a{i}" for i in range(ranks[0] - 1)] + \
-                [f"b{i}" for i in range(ranks[1] - 1)] + [f"o{i}" for i in range(4)]
-            return f"{a}, {b} -> {out}", dict(reduction_factors=("n",),
-                                               need_replication_factors=tuple(rep))
-        b = " ".join(f"b{i}" for i in range(ranks[1]))
-        out = "n " + " ".join(f"o{i}" for i in range(4))
-        rep = [f"a{i}" for i in range(ranks[0] - 1)] + [f"b{i}" for i in range(ranks[1])] + \
-            [f"o{i}" for i in range(4)]
-        return f"{a}, {b} -> {out}", dict(need_replication_factors=tuple(rep))
+        a = ["n"] + [f"a{i}" for i in range(ranks[0] - 1)]
+        b = ["n"] * reduce_batch + [f"b{i}" for i in range(ranks[1] - reduce_batch)]
+        out = ["n"] * (not reduce_batch) + [f"o{i}" for i in range(4)]
+        extra = dict(reduction_factors=("n",)) if reduce_batch else {}
+        return (f"{' '.join(a)}, {' '.join(b)} -> {' '.join(out)}",
+                dict(need_replication_factors=tuple(f for f in a + b + out if f != "n"), **extra))
 
     call.def_partition(partition=partition, infer_sharding_from_operands=infer,
                        sharding_rule=rule)
     return call
 
 
-_PARTITIONED = {}
+_PARTITIONED = {name: _make_partitioned(name, reduce_batch=name.endswith("weights"))
+                for name in _TARGETS}
 
 
 def _ffi(name, out_shape, a, b, geom):
     """``name(a, b)`` with batch partitioning under a sharded jit (see ``_make_partitioned``)."""
-    if name not in _PARTITIONED:
-        _PARTITIONED[name] = _make_partitioned(name, reduce_batch=name.endswith("weights"))
     return _PARTITIONED[name](a, b, tuple(out_shape), geom)
 
 
@@ -296,12 +292,11 @@ def conv2d(x, kernel, stride=(1, 1), padding=None):
         padding = [(k // 2, k // 2) for k in kernel.shape[:2]]
     if not available():
         raise RuntimeError(f"oneDNN kernels unavailable: {unavailable_reason()}")
+    b = block_size()
     if not supports(x.shape, kernel.shape, x.dtype):
-        b = block_size()
         raise ValueError(f"oneDNN conv needs float32, C_out % {b} == 0 and C_in % {b} == 0 or 1 "
                          f"(channel block {b} on this CPU); got x {x.shape} {x.dtype}, kernel "
                          f"{kernel.shape}.")
-    b = block_size()
     geom = (int(stride[0]), int(stride[1]), *map(int, padding[0]), *map(int, padding[1]), b)
     xb = x if x.shape[-1] == 1 else to_blocked(x, b)
     return from_blocked(_conv_blocked(xb, kernel, geom))

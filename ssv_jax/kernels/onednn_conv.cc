@@ -79,6 +79,19 @@ void* ThreadBuffer(int slot, size_t bytes) {
   return b.p;
 }
 
+// The primitive built from `pd`, the layouts it wants (activations: x or dx, weights or their
+// gradient, y or dy), its scratchpad size and implementation name.
+template <class Primitive, class PrimitiveDesc>
+void Fill(Entry* e, const PrimitiveDesc& pd, const memory::desc& src, const memory::desc& weights,
+          const memory::desc& dst) {
+  e->prim = Primitive(pd);
+  e->src = src;
+  e->weights = weights;
+  e->dst = dst;
+  e->scratch_bytes = pd.scratchpad_desc().get_size();
+  e->impl = pd.impl_info_str();
+}
+
 Entry* GetEntry(int kind, const Geometry& g) {
   static std::mutex mu;
   static std::map<decltype(g.key(0)), std::unique_ptr<Entry>> cache;
@@ -102,36 +115,25 @@ Entry* GetEntry(int kind, const Geometry& g) {
   auto e = std::make_unique<Entry>();
   e->user_weights = whwio;
   if (kind == kForward) {
-    e->prim = dnnl::convolution_forward(fwd);
-    e->src = fwd.src_desc();
-    e->weights = fwd.weights_desc();
-    e->dst = fwd.dst_desc();
-    e->scratch_bytes = fwd.scratchpad_desc().get_size();
-    e->impl = fwd.impl_info_str();
-    e->weights_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(eng, whwio, eng, e->weights));
+    Fill<dnnl::convolution_forward>(e.get(), fwd, fwd.src_desc(), fwd.weights_desc(),
+                                    fwd.dst_desc());
   } else if (kind == kBackwardData) {
     dnnl::convolution_backward_data::primitive_desc pd(
         eng, dnnl::algorithm::convolution_direct, src, wany, dst, strides, pad_l, pad_r, fwd,
         attr);
-    e->prim = dnnl::convolution_backward_data(pd);
-    e->src = pd.diff_src_desc();
-    e->weights = pd.weights_desc();
-    e->dst = pd.diff_dst_desc();
-    e->scratch_bytes = pd.scratchpad_desc().get_size();
-    e->impl = pd.impl_info_str();
-    e->weights_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(eng, whwio, eng, e->weights));
+    Fill<dnnl::convolution_backward_data>(e.get(), pd, pd.diff_src_desc(), pd.weights_desc(),
+                                          pd.diff_dst_desc());
   } else {
     dnnl::convolution_backward_weights::primitive_desc pd(
         eng, dnnl::algorithm::convolution_direct, src, wany, dst, strides, pad_l, pad_r, fwd,
         attr);
-    e->prim = dnnl::convolution_backward_weights(pd);
-    e->src = pd.src_desc();
-    e->weights = pd.diff_weights_desc();
-    e->dst = pd.diff_dst_desc();
-    e->scratch_bytes = pd.scratchpad_desc().get_size();
-    e->impl = pd.impl_info_str();
-    e->weights_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(eng, e->weights, eng, whwio));
+    Fill<dnnl::convolution_backward_weights>(e.get(), pd, pd.src_desc(),
+                                             pd.diff_weights_desc(), pd.diff_dst_desc());
   }
+  // Weights: HWIO -> the primitive's layout; for the weight gradient, the other way.
+  e->weights_reorder = kind == kBackwardWeights
+      ? dnnl::reorder(dnnl::reorder::primitive_desc(eng, e->weights, eng, whwio))
+      : dnnl::reorder(dnnl::reorder::primitive_desc(eng, whwio, eng, e->weights));
   if (e->src != src || e->dst != dst)
     throw std::runtime_error("oneDNN chose other activation layouts than the blocked ones");
   Entry* out = e.get();
