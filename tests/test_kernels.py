@@ -1,5 +1,8 @@
 """oneDNN convolution kernels (ssv_jax/kernels): exact against float64, in the model, sharded."""
 import logging
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +12,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ssv_jax.kernels import onednn
-from ssv_jax.models import FastResNet34
-from ssv_jax.models import resnet
+from ssv_jax.models import FastResNet34, resnet
 
 pytestmark = pytest.mark.skipif(not onednn.available(),
                                 reason=f"oneDNN kernels unavailable: {onednn.unavailable_reason()}")
@@ -152,9 +154,6 @@ def test_unavailable_kernels_fall_back_to_xla_with_a_warning(monkeypatch, caplog
 
 
 def _run(args, isa="ALL", timeout=600, **env):
-    import os
-    import subprocess
-    import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, *args], capture_output=True, text=True,
                          timeout=timeout, cwd=root,

@@ -49,8 +49,8 @@ def default_model_config(name: str = "fast_resnet34") -> ml_collections.ConfigDi
     """ConfigDict with ``name`` plus every constructor keyword of that encoder at its default.
 
     Fields: fast_resnet34 -> n_mels, channels, blocks, strides, embed_dim, pooling, stem_kernel,
-    se_reduction, last_bn, s2d, barrier, onednn, bn_momentum, bn_eps. ecapa_tdnn -> n_mels, channels, embed_dim,
-    mfa_channels, kernel_sizes, dilations, res2net_scale, se_channels, attention_channels,
+    se_reduction, last_bn, s2d, barrier, onednn, bn_momentum, bn_eps. ecapa_tdnn -> n_mels,
+    channels, embed_dim, mfa_channels, kernel_sizes, dilations, res2net_scale, se_channels, attention_channels,
     global_context, dense_residual, bn_momentum, bn_eps.
     """
     if name not in _DEFAULTS:
