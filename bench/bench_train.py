@@ -10,6 +10,8 @@ matmul rate measured in the same run (FLOPs counted on the same step with XLA's 
 since the cost analysis cannot see inside the oneDNN calls), and the time of each part jitted
 on its own:
 augmentation + front-end, encoder forward + backward, loss + gradient, optimiser update.
+--no_cpu_flags runs a stock process (no ``ssv_jax.cpu.configure()``) for comparison.
+Figures so far: bench/README.md.
 """
 import argparse
 import importlib.util
@@ -45,7 +47,9 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from ssv_jax import augment as augment_lib  # noqa: E402
-from ssv_jax import methods, train as train_lib  # noqa: E402
+from ssv_jax import methods  # noqa: E402
+from ssv_jax import state as state_lib  # noqa: E402
+from ssv_jax import train as train_lib  # noqa: E402
 from ssv_jax.frontend import features  # noqa: E402
 from ssv_jax.optim import lr_schedule, make_optimizer  # noqa: E402
 from ssv_jax.sharding import batch_sharding, data_mesh, replicated  # noqa: E402
@@ -82,7 +86,7 @@ def step_flops(cfg, mesh, tx, sched, state, batch):
     cfg = copy.deepcopy(cfg)
     if "onednn" in cfg.model:
         cfg.model.onednn = False
-    graphdef, _ = train_lib.init_state(cfg)
+    graphdef, _ = state_lib.create(cfg, tx)
     step = train_lib.make_train_step(cfg, graphdef, mesh, tx, sched, 100000)
     cost = step.lower(state, batch).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -91,7 +95,7 @@ def step_flops(cfg, mesh, tx, sched, state, batch):
 
 def random_batch(cfg, b, t):
     rng = np.random.default_rng(0)
-    rir_len = int(cfg.data.augment.get("rir_seconds", 0.5) * cfg.data.sample_rate)
+    rir_len = int(cfg.data.augment.rir_seconds * cfg.data.sample_rate)
     rir = np.zeros((b, 2, rir_len), np.float32)
     rir[..., 0] = 1.0
     rir[..., 1:] = 0.01 * rng.normal(size=(b, 2, rir_len - 1)) * np.exp(
@@ -114,8 +118,7 @@ def main():
     b, t = ARGS.batch, int(ARGS.seconds * cfg.data.sample_rate)
     sched = lr_schedule(cfg.optim, 1000, 100000)
     tx = make_optimizer(cfg.optim, sched)
-    graphdef, state = train_lib.init_state(cfg)
-    state["opt_state"] = tx.init(state["params"])
+    graphdef, state = state_lib.create(cfg, tx)
     state = jax.device_put(state, replicated(mesh))
     batch = jax.device_put(random_batch(cfg, b, t), batch_sharding(mesh))
     step = train_lib.make_train_step(cfg, graphdef, mesh, tx, sched, 100000)
@@ -142,16 +145,16 @@ def main():
 
     @jax.jit
     def front(batch):
-        v = augment_lib.augment(batch, key, cfg.data.augment)
+        v = augment_lib.augment(batch, key, cfg.data.augment, cfg.data.sample_rate)
         return features(v.reshape(2 * b, t), cfg.frontend)[0]
 
     feats = front(batch)
-    params, rest = state["params"], state["rest"]
+    params, batch_stats = state.params, state.batch_stats
 
     @jax.jit
     def encoder_fwd_bwd(params, feats):
         def f(p):
-            net = nnx.merge(graphdef, p, rest, copy=True)
+            net = nnx.merge(graphdef, p, batch_stats, copy=True)
             return jnp.sum(net(feats) ** 2)
         return jax.grad(f)(params)
 
@@ -167,7 +170,7 @@ def main():
             f = lambda z: method.contrastive_loss(cfg, mesh, z[:, 0], z[:, 1], 0.1)[0]  # noqa
         else:
             from ssv_jax import losses
-            q = state["extra"]["queue1"]
+            q = state.method_state["queue1"]
             f = lambda z: losses.moco_am(z[:, 0], z[:, 1], q, scale=30.0, margin=0.1)  # noqa
         return jax.grad(f)(z)
 
@@ -180,7 +183,7 @@ def main():
         "augment + front-end": timed(front, batch),
         "encoder fwd + bwd": timed(encoder_fwd_bwd, params, feats),
         "loss + grad": timed(loss_grad, z),
-        "optimiser update": timed(update, grads, state["opt_state"], params),
+        "optimiser update": timed(update, grads, state.opt_state, params),
     }
     n_params = sum(x.size for x in jax.tree.leaves(params))
     print(f"config {ARGS.config}: {cfg.model.name}, {n_params:,} params, method {cfg.method.name}")

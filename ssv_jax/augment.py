@@ -106,37 +106,25 @@ def random_eq(x, key, *, prob=0.5, max_db=8.0, n_bands=6, lowpass_prob=0.0, samp
     return _rescale_to(y, x)
 
 
-def _get(cfg, name, default):
-    if cfg is None:
-        return default
-    try:
-        v = cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
-    except AttributeError:
-        v = default
-    return default if v is None else v
-
-
-def augment(batch, key, aug_cfg=None):
+def augment(batch, key, aug_cfg, sample_rate: int):
     """Augmented views float32 [B, 2, T] from a train batch (see module docstring for the order).
 
-    batch: dict with ``views`` [B, 2, T] and optionally ``rir`` [B, 2, L], ``rir_on``,
-    ``noise`` [B, 2, T], ``snr_db``, ``noise_on`` [B, 2]. aug_cfg: the data config's
-    ``augment`` (fields enabled, eq_prob, eq_db, eq_bands, lowpass_prob) or None
-    for the defaults (eq_prob 0.5, eq_db 8, 6 bands, no band limit).
+    batch: the device fields of ``ssv_jax.data.batch.SPEC`` (``views`` [B, 2, T]; ``rir``
+    [B, 2, L], ``rir_on``, ``noise`` [B, 2, T], ``snr_db``, ``noise_on`` [B, 2] where present).
+    aug_cfg: the data config's ``augment`` section (``enabled``, ``eq_prob``, ``eq_db``,
+    ``eq_bands``, ``lowpass_prob``); sample_rate: the data's.
     """
     x = jnp.asarray(batch["views"], jnp.float32)
-    if not _get(aug_cfg, "enabled", True):
+    if not aug_cfg.enabled:
         return x
     if "rir" in batch and batch["rir"].shape[-1] > 1:
-        on = jnp.asarray(batch.get("rir_on", True), bool)
-        x = jnp.where(jnp.broadcast_to(on, x.shape[:-1])[..., None], reverberate(x, batch["rir"]), x)
+        on = jnp.asarray(batch["rir_on"], bool)
+        x = jnp.where(on[..., None], reverberate(x, batch["rir"]), x)
     if "noise" in batch:
-        on = jnp.asarray(batch.get("noise_on", True), bool)
-        noisy = add_noise(x, batch["noise"], batch["snr_db"])
-        x = jnp.where(jnp.broadcast_to(on, x.shape[:-1])[..., None], noisy, x)
-    prob, lp = float(_get(aug_cfg, "eq_prob", 0.5)), float(_get(aug_cfg, "lowpass_prob", 0.0))
+        on = jnp.asarray(batch["noise_on"], bool)
+        x = jnp.where(on[..., None], add_noise(x, batch["noise"], batch["snr_db"]), x)
+    prob, lp = float(aug_cfg.eq_prob), float(aug_cfg.lowpass_prob)
     if prob > 0 or lp > 0:
-        x = random_eq(x, key, prob=prob, max_db=float(_get(aug_cfg, "eq_db", 8.0)),
-                      n_bands=int(_get(aug_cfg, "eq_bands", 6)), lowpass_prob=lp,
-                      sample_rate=int(_get(aug_cfg, "sample_rate", 16000)))
+        x = random_eq(x, key, prob=prob, max_db=float(aug_cfg.eq_db),
+                      n_bands=int(aug_cfg.eq_bands), lowpass_prob=lp, sample_rate=int(sample_rate))
     return x

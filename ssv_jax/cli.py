@@ -26,7 +26,7 @@ def load_workdir(workdir: str):
     """(cfg, embed) for a trained workdir; ``embed([(id, wave), ...])`` -> {id: embedding}."""
     import ml_collections
 
-    from ssv_jax import evaluate, train
+    from ssv_jax import checkpoints, evaluate
     from ssv_jax.sharding import data_mesh
 
     path = os.path.join(workdir, "config.json")
@@ -37,14 +37,15 @@ def load_workdir(workdir: str):
         cfg = ml_collections.ConfigDict(json.load(f))
     mesh = data_mesh()
     try:
-        graphdef, params, rest, what = train.load_network(cfg, workdir, mesh)
+        graphdef, params, batch_stats, what = checkpoints.load_network(cfg, workdir, mesh)
     except FileNotFoundError as err:
         raise SystemExit(f"ssv-jax: {err}") from None
     log.info("using %s of %s", what, workdir)
     fn = evaluate.make_embed_fn(cfg, graphdef, mesh)
 
     def embed(items):
-        return evaluate.embed_utterances(cfg, graphdef, params, rest, mesh, items, embed_fn=fn)
+        return evaluate.embed_utterances(cfg, graphdef, params, batch_stats, mesh, items,
+                                           embed_fn=fn)
     return cfg, embed
 
 

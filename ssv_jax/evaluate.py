@@ -25,10 +25,10 @@ log = logging.getLogger("ssv_jax")
 
 
 def make_embed_fn(cfg, graphdef, mesh):
-    """jitted (params, rest, waves [B, T], lengths [B]) -> L2-normalised embeddings [B, D]."""
+    """jitted (params, batch_stats, waves [B, T], lengths [B]) -> L2-normalised embeddings [B, D]."""
 
-    def embed(params, rest, waves, lengths):
-        net = nnx.merge(graphdef, params, rest, copy=True)
+    def embed(params, batch_stats, waves, lengths):
+        net = nnx.merge(graphdef, params, batch_stats, copy=True)
         net.eval()
         feats, mask = features(waves, cfg.frontend, lengths=lengths)
         return l2_normalize(net.embed(feats, mask))
@@ -38,7 +38,7 @@ def make_embed_fn(cfg, graphdef, mesh):
                    out_shardings=replicated(mesh))
 
 
-def embed_utterances(cfg, graphdef, params, rest, mesh, utterances,
+def embed_utterances(cfg, graphdef, params, batch_stats, mesh, utterances,
                      embed_fn=None) -> dict[str, np.ndarray]:
     """{utterance id: embedding} for an iterable of (id, float32 wave).
 
@@ -69,7 +69,7 @@ def embed_utterances(cfg, graphdef, params, rest, mesh, utterances,
         for i, (_, w) in enumerate(chunk):
             waves[i, :len(w)] = w
             lengths[i] = max(len(w), 1)
-        emb = np.asarray(fn(params, rest, *(_global(a, sharding) for a in (waves, lengths))))
+        emb = np.asarray(fn(params, batch_stats, *(_global(a, sharding) for a in (waves, lengths))))
         for i, (u, _) in enumerate(chunk):
             out[u] = emb[i]
     return out
@@ -101,7 +101,7 @@ def score_trials(embeddings: dict, trials) -> np.ndarray:
     return np.asarray(cosine_scores(emb, a, b))
 
 
-def score_trial_lists(cfg, graphdef, params, rest, mesh, max_trials: int = 0,
+def score_trial_lists(cfg, graphdef, params, batch_stats, mesh, max_trials: int = 0,
                       embed_fn=None) -> dict:
     """{trial list name: (Trials, cosine scores)} for the config's trial lists."""
     all_trials = data_lib.load_trials(cfg.data)
@@ -119,7 +119,7 @@ def score_trial_lists(cfg, graphdef, params, rest, mesh, max_trials: int = 0,
     for t in wanted.values():
         needed.update(t.utterances)
     embeddings = embed_utterances(
-        cfg, graphdef, params, rest, mesh, data_lib.eval_utterances(cfg.data, only=needed),
+        cfg, graphdef, params, batch_stats, mesh, data_lib.eval_utterances(cfg.data, only=needed),
         embed_fn=embed_fn)
     return {name: (t, score_trials(embeddings, t)) for name, t in wanted.items()}
 
@@ -133,10 +133,10 @@ def trial_metrics(scored: dict) -> dict:
     return results
 
 
-def evaluate_trials(cfg, graphdef, params, rest, mesh, max_trials: int = 0,
+def evaluate_trials(cfg, graphdef, params, batch_stats, mesh, max_trials: int = 0,
                     embed_fn=None) -> dict:
     """{trial list name: {"eer", "min_dcf", "n_trials"}} on the config's trial lists."""
-    return trial_metrics(score_trial_lists(cfg, graphdef, params, rest, mesh, max_trials,
+    return trial_metrics(score_trial_lists(cfg, graphdef, params, batch_stats, mesh, max_trials,
                                            embed_fn))
 
 

@@ -157,20 +157,7 @@ def nt_xent_aam(z1, z2, *, scale, margin, symmetric=True, axis_name=None):
     )
 
 
-def moco_am(q, k, queue, *, scale, margin, axis_name=None):
-    """MoCo InfoNCE with an additive margin on the query-key positive.
-
-    For each query q_i the positive is its key k_i (cos - m) and the negatives
-    are the queue's K entries; no in-batch negatives. ``k`` and ``queue`` are
-    treated as constants (stop_gradient), as in MoCo.
-
-    Args:
-      q, k: [N, D] query and key embeddings (normalised inside).
-      queue: [K, D] past keys (normalised inside).
-      axis_name: optional mesh axis; the loss is then averaged over all devices.
-    Returns:
-      scalar float32 loss.
-    """
+def _moco(q, k, queue, *, scale, margin, axis_name, margin_fn):
     q = jnp.asarray(q)
     k = jnp.asarray(k)
     queue = jnp.asarray(queue)
@@ -185,9 +172,36 @@ def moco_am(q, k, queue, *, scale, margin, axis_name=None):
     queue = lax.stop_gradient(l2_normalize(queue))
     cos_pos = jnp.sum(q * k, axis=1)  # [N]
     cos_neg = q @ queue.T  # [N, K]
-    pos = scale * additive_margin(cos_pos, margin)
+    pos = scale * margin_fn(cos_pos, margin)
     per_query = jax.nn.softplus(jax.nn.logsumexp(scale * cos_neg - pos[:, None], axis=1))
     return _mean_over_devices(jnp.mean(per_query), axis_name)
+
+
+def moco_am(q, k, queue, *, scale, margin, axis_name=None):
+    """MoCo InfoNCE with an additive margin on the query-key positive.
+
+    For each query q_i the positive is its key k_i (cos - m) and the negatives
+    are the queue's K entries; no in-batch negatives. ``k`` and ``queue`` are
+    treated as constants (stop_gradient), as in MoCo.
+
+    Args:
+      q, k: [N, D] query and key embeddings (normalised inside).
+      queue: [K, D] past keys (normalised inside).
+      axis_name: optional mesh axis; the loss is then averaged over all devices.
+    Returns:
+      scalar float32 loss.
+    """
+    return _moco(q, k, queue, scale=scale, margin=margin, axis_name=axis_name,
+                 margin_fn=additive_margin)
+
+
+def moco_aam(q, k, queue, *, scale, margin, axis_name=None):
+    """MoCo InfoNCE with an additive angular margin: positive logit s * cos(theta_p + m).
+
+    Same arguments as :func:`moco_am`.
+    """
+    return _moco(q, k, queue, scale=scale, margin=margin, axis_name=axis_name,
+                 margin_fn=additive_angular_margin)
 
 
 def similarity_stats(z1, z2, *, axis_name=None):

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 from ssv_jax import augment as aug
+from ssv_jax.data import default_data_config
+
+SR = 16000
 
 
 def _cfg(**kw):
-    c = ml_collections.ConfigDict(dict(enabled=True, eq_prob=0.0, eq_db=8.0, eq_bands=6, lowpass_prob=0.0))
+    c = default_data_config().augment
+    c.update(dict(eq_prob=0.0, lowpass_prob=0.0))
     c.update(kw)
     return c
 
@@ -69,7 +72,7 @@ def test_reverberate_is_linear_convolution_head():
 
 def test_augment_composition_against_numpy():
     b = _batch(seed=2)
-    out = np.asarray(aug.augment(b, jax.random.key(0), _cfg()))
+    out = np.asarray(aug.augment(b, jax.random.key(0), _cfg(), SR))
     x = b["views"].astype(np.float64)
     T = x.shape[-1]
     ref = np.empty_like(x)
@@ -85,10 +88,10 @@ def test_augment_composition_against_numpy():
             ref[i, v] = y
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
     # measured SNR of the noised views is the requested one (reverberated speech as the reference)
-    clean = np.asarray(aug.augment({k: b[k] for k in ("views", "rir", "rir_on")}, jax.random.key(0), _cfg()))
+    clean = np.asarray(aug.augment({k: b[k] for k in ("views", "rir", "rir_on")}, jax.random.key(0), _cfg(), SR))
     on = b["noise_on"]
     np.testing.assert_allclose(_snr(clean, out)[on], b["snr_db"][on], atol=2e-3)
-    np.testing.assert_array_equal(np.asarray(aug.augment(b, jax.random.key(0), _cfg(enabled=False))), b["views"])
+    np.testing.assert_array_equal(np.asarray(aug.augment(b, jax.random.key(0), _cfg(enabled=False), SR)), b["views"])
 
 
 def test_random_eq():
@@ -109,9 +112,9 @@ def test_sharded_equals_unsharded():
     sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     b = _batch(B=8, seed=4)
     cfg = _cfg(eq_prob=0.5, lowpass_prob=0.3)
-    f = jax.jit(lambda batch, key: aug.augment(batch, key, cfg))
+    f = jax.jit(lambda batch, key: aug.augment(batch, key, cfg, SR))
     key = jax.random.key(7)
-    ref = np.asarray(aug.augment(b, key, cfg))
+    ref = np.asarray(aug.augment(b, key, cfg, SR))
     out = f({k: jax.device_put(v, sh) for k, v in b.items()}, key)
     assert out.sharding.spec[0] == "data" or len(out.sharding.device_set) == len(jax.devices())
     np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5, rtol=1e-5)

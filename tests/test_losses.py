@@ -65,11 +65,12 @@ def ref_simclr_ntxent(z1, z2, tau):
     return float(-logp[np.arange(2 * n), labels].mean())
 
 
-def ref_moco(q, k, queue, s, m):
+def ref_moco(q, k, queue, s, m, angular=False):
     q, k, queue = _norm(q), _norm(k), _norm(queue)
     out = []
     for i in range(q.shape[0]):
-        logits = np.concatenate([[s * (q[i] @ k[i] - m)], s * (queue @ q[i])])
+        pos = _pos_logit(float(q[i] @ k[i]), s, m, angular)
+        logits = np.concatenate([[pos], s * (queue @ q[i])])
         mx = logits.max()
         out.append(-(logits[0] - mx - np.log(np.exp(logits - mx).sum())))
     return float(np.mean(out))
@@ -169,6 +170,11 @@ def test_moco_matches_reference_and_stops_key_gradients():
     for m in (0.0, 0.1):
         got = float(losses.moco_am(q, k, queue, scale=30.0, margin=m))
         assert got == pytest.approx(ref_moco(q, k, queue, 30.0, m), rel=1e-5)
+        got = float(losses.moco_aam(q, k, queue, scale=30.0, margin=m))
+        assert got == pytest.approx(ref_moco(q, k, queue, 30.0, m, angular=True), rel=1e-5)
+    # The angular margin differs from the cosine one (beyond float error) for m > 0.
+    assert abs(float(losses.moco_aam(q, k, queue, scale=30.0, margin=0.2))
+               - float(losses.moco_am(q, k, queue, scale=30.0, margin=0.2))) > 1e-3
     gq, gk, gqueue = jax.grad(
         lambda a, b, c: losses.moco_am(a, b, c, scale=30.0, margin=0.1), (0, 1, 2)
     )(q, k, queue)

@@ -60,16 +60,15 @@ def test_two_processes_equal_one(tmp_path):
 
 def test_two_process_evaluation_equals_one(tmp_path):
     """Embeddings with the eval mesh spanning 2 processes x 4 devices == 1 process x 8."""
-    from ssv_jax import evaluate, train
-    from tests.helpers.cases import embed_case
+    from ssv_jax import evaluate
+    from tests.helpers.cases import embed_case, embed_network
     worker = os.path.join(os.path.dirname(__file__), "helpers", "mp_embed_worker.py")
     out = str(tmp_path / "emb")
     launch(worker, [f"--out={out}"], n_proc=2, devices_per_proc=4)
     cfg, utterances = embed_case()
-    graphdef, state = train.init_state(cfg)
     mesh = data_mesh()
-    params, rest = jax.device_put((state["params"], state["rest"]), replicated(mesh))
-    emb = evaluate.embed_utterances(cfg, graphdef, params, rest, mesh, utterances)
+    graphdef, params, batch_stats = embed_network(cfg, mesh)
+    emb = evaluate.embed_utterances(cfg, graphdef, params, batch_stats, mesh, utterances)
     ref = np.stack([emb[u] for u, _ in utterances])
     for i in range(2):
         r = np.load(f"{out}.{i}.npz")

@@ -10,11 +10,14 @@ import jax
 import numpy as np
 import pytest
 
+from ssv_jax import checkpoints
 from ssv_jax import config as config_lib
 from ssv_jax import data as data_lib
 from ssv_jax import metrics
+from ssv_jax import state as state_lib
 from ssv_jax import train as train_lib
-from ssv_jax.sharding import data_mesh, global_batch
+from ssv_jax.data.batch import device_part
+from ssv_jax.sharding import data_mesh, global_batch, replicated
 from ssv_jax.optim import lr_schedule, make_optimizer
 from tests.helpers.cases import tiny_config
 
@@ -31,16 +34,19 @@ def data_dir(tmp_path_factory):
 def _batch(cfg, step, mesh):
     local = next(data_lib.train_batches(cfg.data, global_batch=cfg.train.batch_size,
                                         seed=cfg.data.seed, start_step=step))
-    return global_batch({k: local[k] for k in train_lib.DEVICE_FIELDS}, mesh)
+    return global_batch(device_part(local), mesh)
+
+
+def _initial(cfg):
+    return state_lib.create(cfg, make_optimizer(cfg.optim, lr_schedule(cfg.optim, 1, 4)))[1]
 
 
 def _step_on(cfg, mesh, n_steps=1):
     spe = data_lib.steps_per_epoch(cfg.data, cfg.train.batch_size)
     sched = lr_schedule(cfg.optim, spe, 4)
     tx = make_optimizer(cfg.optim, sched)
-    graphdef, state = train_lib.init_state(cfg)
-    state["opt_state"] = tx.init(state["params"])
-    state = jax.device_put(state, train_lib.replicated(mesh))
+    graphdef, state = state_lib.create(cfg, tx)
+    state = jax.device_put(state, replicated(mesh))
     step = train_lib.make_train_step(cfg, graphdef, mesh, tx, sched, 4)
     metrics = []
     for k in range(n_steps):
@@ -61,11 +67,11 @@ def test_sharded_step_equals_single_device(data_dir, method):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
         assert np.isfinite(a["loss"]) and a["loss"] > 0
-    leaves8 = jax.tree.leaves(s8["params"])
-    leaves1 = jax.tree.leaves(s1["params"])
+    leaves8 = jax.tree.leaves(s8.params)
+    leaves1 = jax.tree.leaves(s1.params)
     for a, b in zip(leaves8, leaves1):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    init = jax.tree.leaves(train_lib.init_state(cfg)[1]["params"])
+    init = jax.tree.leaves(_initial(cfg).params)
     assert any(not np.allclose(a, b) for a, b in zip(leaves8, init)), "parameters did not move"
 
 
@@ -80,21 +86,21 @@ def test_two_process_training_equals_one(data_dir, tmp_path):
     out = str(tmp_path / "res")
     launch(worker, [f"--data_dir={data_dir}", "--method=moco", f"--workdir={tmp_path / 'two'}",
                     f"--out={out}"], n_proc=2, devices_per_proc=4, timeout=400)
-    ref_leaves = [np.asarray(x) for x in jax.tree.leaves(ref["params"])]
+    ref_leaves = [np.asarray(x) for x in jax.tree.leaves(ref.params)]
     for i in range(2):
         r = np.load(f"{out}.{i}.npz")
         assert (int(r["devices"]), int(r["processes"]), int(r["step"])) == (8, 2, 2)
         for k, b in enumerate(ref_leaves):
             np.testing.assert_allclose(r[f"arr_{k}"], b, rtol=1e-5, atol=1e-5)
     # The 2-process checkpoint restores here (1 process x 8 devices), as evaluation does.
-    mgr = train_lib.checkpoint_manager(str(tmp_path / "two"), cfg)
+    mgr = checkpoints.manager(str(tmp_path / "two"), cfg)
     assert mgr.all_steps() == [2]
-    restored = train_lib.restore(mgr, 2, train_lib._abstract(ref, train_lib.replicated(data_mesh())))
-    for a, b in zip(jax.tree.leaves(restored["params"]), ref_leaves):
+    restored = checkpoints.restore(mgr, 2, checkpoints.abstract(ref, replicated(data_mesh())))
+    for a, b in zip(jax.tree.leaves(restored.params), ref_leaves):
         np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-5)
     for q in ("queue1", "queue2"):
-        np.testing.assert_allclose(np.asarray(restored["extra"][q]),
-                                   np.asarray(ref["extra"][q]), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(restored.method_state[q]),
+                                   np.asarray(ref.method_state[q]), rtol=1e-5, atol=1e-5)
     two, one = (train_lib.evaluate(cfg, str(tmp_path / d))["synthetic_test"] for d in ("two", "one"))
     assert two["n_trials"] == one["n_trials"] > 20
     assert two["eer"] == pytest.approx(one["eer"], abs=1e-6)
@@ -103,24 +109,24 @@ def test_two_process_training_equals_one(data_dir, tmp_path):
 def test_moco_queue_and_ema(data_dir):
     cfg = tiny_config(data_dir, "moco", momentum=0.9)
     mesh = data_mesh()
-    _, init = train_lib.init_state(cfg)
+    init = _initial(cfg)
     state, _ = _step_on(cfg, mesh, n_steps=1)
-    extra, b = state["extra"], cfg.train.batch_size
-    assert int(extra["queue_ptr"]) == b
+    ms, b = state.method_state, cfg.train.batch_size
+    assert int(ms["queue_ptr"]) == b
     for q in ("queue1", "queue2"):
-        new, old = np.asarray(extra[q]), np.asarray(init["extra"][q])
+        new, old = np.asarray(ms[q]), np.asarray(init.method_state[q])
         np.testing.assert_allclose(np.linalg.norm(new[:b], axis=1), 1.0, rtol=1e-5)
         assert not np.allclose(new[:b], old[:b])  # this batch's keys enqueued at the pointer
         np.testing.assert_array_equal(new[b:], old[b:])  # the rest untouched
     # Key network: EMA of the query network taken before the step's update; the
     # first step starts from a copy, so key = 0.9 * init + 0.1 * init = init.
-    for k, p in zip(jax.tree.leaves(extra["key_params"]), jax.tree.leaves(init["params"])):
+    for k, p in zip(jax.tree.leaves(ms["key_params"]), jax.tree.leaves(init.params)):
         np.testing.assert_allclose(k, p, rtol=1e-6, atol=1e-7)
     state2, _ = _step_on(cfg, mesh, n_steps=2)
-    assert int(state2["extra"]["queue_ptr"]) == 2 * b
+    assert int(state2.method_state["queue_ptr"]) == 2 * b
     # After step 2: key = 0.9 * init + 0.1 * (params after step 1).
-    for k, p0, p1 in zip(jax.tree.leaves(state2["extra"]["key_params"]),
-                         jax.tree.leaves(init["params"]), jax.tree.leaves(state["params"])):
+    for k, p0, p1 in zip(jax.tree.leaves(state2.method_state["key_params"]),
+                         jax.tree.leaves(init.params), jax.tree.leaves(state.params)):
         np.testing.assert_allclose(k, 0.9 * p0 + 0.1 * p1, rtol=1e-5, atol=1e-6)
 
 
@@ -128,22 +134,22 @@ def test_resume_equals_uninterrupted(data_dir, tmp_path):
     cfg = tiny_config(data_dir)
     _, full, _ = train_lib.train(cfg, str(tmp_path / "full"))
     _, half, _ = train_lib.train(cfg, str(tmp_path / "split"), max_steps=2)
-    assert int(half["step"]) == 2
+    assert int(half.step) == 2
     _, resumed, _ = train_lib.train(cfg, str(tmp_path / "split"))
-    assert int(resumed["step"]) == int(full["step"]) == 4
-    for a, b in zip(jax.tree.leaves(full["params"]), jax.tree.leaves(resumed["params"])):
+    assert int(resumed.step) == int(full.step) == 4
+    for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
-    for a, b in zip(jax.tree.leaves(full["opt_state"]), jax.tree.leaves(resumed["opt_state"])):
+    for a, b in zip(jax.tree.leaves(full.opt_state), jax.tree.leaves(resumed.opt_state)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
     # Checkpoint averaging (evaluation of the last N checkpoints' mean, as sslsv does).
-    mgr = train_lib.checkpoint_manager(str(tmp_path / "full"), cfg)
+    mgr = checkpoints.manager(str(tmp_path / "full"), cfg)
     assert mgr.all_steps() == [2, 4]
-    (params, rest), steps = train_lib.averaged_network(mgr, None, 2)
+    (params, _), steps = checkpoints.averaged_network(mgr, None, 2)
     assert steps == [2, 4]
     p2, p4 = mgr.restore(2)["params"], mgr.restore(4)["params"]
     for avg, a, b in zip(jax.tree.leaves(params), jax.tree.leaves(p2), jax.tree.leaves(p4)):
         np.testing.assert_allclose(np.asarray(avg), (np.asarray(a) + np.asarray(b)) / 2, rtol=1e-6)
-    assert train_lib.averaged_network(mgr, None, 1) is None
+    assert checkpoints.averaged_network(mgr, None, 1) is None
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
@@ -160,7 +166,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monke
     monkeypatch.setattr(train_lib.data_lib, "train_batches", poisoned)
     with pytest.raises(train_lib.TrainingDiverged, match="at step 2.*last good checkpoint \\(step 2\\)"):
         train_lib.train(cfg, str(tmp_path / "nan"))
-    mgr = train_lib.checkpoint_manager(str(tmp_path / "nan"), cfg)
+    mgr = checkpoints.manager(str(tmp_path / "nan"), cfg)
     assert mgr.all_steps() == [1, 2]  # nothing saved after the NaN
     st = mgr.restore(2)
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(st["params"]))

@@ -30,12 +30,6 @@ def default_data_config() -> ml_collections.ConfigDict:
       overlap: True = the two crops are drawn independently and may overlap;
         False = the paper-era variant: non-overlapping crops, audio first
         wrap-padded to at least 2 crops.
-      shuffle_buffer: kept for tf.data-style configs; this pipeline shuffles
-        with a full per-epoch permutation (random access), so it is unused
-        unless > 0 AND ``full_shuffle`` is False: then the permutation is
-        local, within windows of this many utterances (better read locality
-        on remote storage).
-      full_shuffle: True = uniform permutation of the whole split per epoch.
       seed: data seed (the ``seed`` argument of train_batches overrides it
         when given).
       num_workers: parallel batch builders (tf.data map threads).
@@ -79,8 +73,6 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.sample_rate = 16000
     c.crop_seconds = 2.0
     c.overlap = False
-    c.shuffle_buffer = 0
-    c.full_shuffle = True
     c.seed = 0
     c.num_workers = 2
     c.prefetch = 2

@@ -101,10 +101,10 @@ def _synthetic_current(data_dir: str, size: synthetic.CorpusSize) -> bool:
 
 
 def _names(data_cfg) -> list[str]:
-    names = [data_cfg.name, data_cfg.get("eval_name") or data_cfg.name]
-    aug = data_cfg.get("augment")
-    if aug is not None and aug.get("enabled", True):
-        names += [n for n in (aug.get("noise_bank"), aug.get("rir_bank")) if n]
+    names = [data_cfg.name, data_cfg.eval_name or data_cfg.name]
+    aug = data_cfg.augment
+    if aug.enabled:
+        names += [n for n in (aug.noise_bank, aug.rir_bank) if n]
     return list(dict.fromkeys(names))
 
 
@@ -125,7 +125,7 @@ def ensure_dataset(data_cfg) -> dict:
                 log.warning("building the embedded synthetic corpus in %s (one-off, cached)", data_dir)
                 for n in (SYNTHETIC, SYNTHETIC_NOISE, SYNTHETIC_RIRS):
                     _open.pop((str(records.dataset_root(data_dir, n)), n), None)
-                for s in build_synthetic(data_dir, size, num_workers=int(data_cfg.synthetic.get("num_workers", 2))):
+                for s in build_synthetic(data_dir, size, num_workers=int(data_cfg.synthetic.num_workers)):
                     log.warning("%s", s.report())
         for name in names:
             key = (str(records.dataset_root(data_dir, name)), name)
@@ -145,7 +145,7 @@ def open_dataset(data_cfg, name: str) -> records.Dataset:
 
 
 def _eval_dataset(data_cfg) -> records.Dataset:
-    return open_dataset(data_cfg, data_cfg.get("eval_name") or data_cfg.name)
+    return open_dataset(data_cfg, data_cfg.eval_name or data_cfg.name)
 
 
 def load_trials(data_cfg) -> dict[str, Trials]:

@@ -40,12 +40,12 @@ from typing import Iterator
 
 import numpy as np
 
+from ssv_jax.data import batch as batch_spec
 from ssv_jax.data import datasets, records
 
 log = logging.getLogger("ssv_jax.data")
 
 CATEGORY_IDS = {"noise": 0, "speech": 1, "music": 2}
-FIELDS = ("views", "noise", "snr_db", "noise_on", "noise_category", "rir", "rir_on", "crop_start", "index")
 
 
 def _check_batch(global_batch: int, process_count: int) -> int:
@@ -113,7 +113,7 @@ class TrainStream:
             raise ValueError(f"crop_seconds={data_cfg.crop_seconds} gives no samples.")
         self.overlap = bool(data_cfg.overlap)
         aug = data_cfg.augment
-        on = bool(aug.get("enabled", True))
+        on = bool(aug.enabled)
         self.noise_src = {}
         if on and aug.noise_bank:
             bank = dsets[aug.noise_bank]
@@ -141,14 +141,7 @@ class TrainStream:
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         if epoch not in self._orders:
-            rng = np.random.default_rng([self.seed, 7, epoch])
-            buf = int(self.cfg.get("shuffle_buffer", 0) or 0)
-            if self.cfg.get("full_shuffle", True) or buf <= 0 or buf >= self.N:
-                order = rng.permutation(self.N)
-            else:  # windowed: shuffle windows of `buf` records, then within each window
-                starts = rng.permutation(np.arange(0, self.N, buf))
-                order = np.concatenate([s + rng.permutation(min(buf, self.N - s)) for s in starts])
-            self._orders[epoch] = order
+            self._orders[epoch] = np.random.default_rng([self.seed, 7, epoch]).permutation(self.N)
             while len(self._orders) > 3:
                 self._orders.popitem(last=False)
         return self._orders[epoch]
@@ -196,18 +189,8 @@ class TrainStream:
         B, T, L = self.B, self.T, self.L
         idx = self.indices(step)
         recs = self.src.__getitems__([int(i) for i in idx])
-        out = {
-            "views": np.zeros((B, 2, T), np.float32),
-            "noise": np.zeros((B, 2, T), np.float32),
-            "snr_db": np.zeros((B, 2), np.float32),
-            "noise_on": np.zeros((B, 2), bool),
-            "noise_category": np.full((B, 2), -1, np.int32),
-            "rir": np.zeros((B, 2, L), np.float32),
-            "rir_on": np.zeros((B, 2), bool),
-            "crop_start": np.zeros((B, 2), np.int32),
-            "index": idx.astype(np.int32),
-        }
-        out["rir"][:, :, 0] = 1.0  # identity RIR where off
+        out = batch_spec.empty(B, T, L)
+        out["index"][:] = idx
         need = 2 * T if not self.overlap else T
         for s, rec in enumerate(recs):
             rng = np.random.default_rng([self.seed, 11, int(step), self.pi * B + s])
@@ -228,7 +211,7 @@ class TrainStream:
 
     def _batch_tuple(self, step):
         b = self.batch(int(step))
-        return tuple(b[k] for k in FIELDS)
+        return tuple(b[k] for k in batch_spec.FIELDS)
 
 
 def train_batches(data_cfg, *, global_batch: int, seed: int | None = None, start_step: int = 0,
@@ -236,18 +219,8 @@ def train_batches(data_cfg, *, global_batch: int, seed: int | None = None, start
                   num_steps: int | None = None) -> Iterator[dict]:
     """Iterator of this process's batches (dicts of numpy arrays, fixed shapes), from ``start_step``.
 
-    B = global_batch // process_count, T = crop_seconds * sample_rate, L = augment.rir_seconds * sample_rate
-    (1 without an RIR bank). Fields:
-      views          float32 [B, 2, T]  the two crops of each utterance (in [-1, 1])
-      noise          float32 [B, 2, T]  noise crop per view (zeros where noise_on is False)
-      snr_db         float32 [B, 2]     SNR at which to mix it
-      noise_on       bool    [B, 2]
-      noise_category int32   [B, 2]     0 noise, 1 speech (babble), 2 music, -1 none
-      rir            float32 [B, 2, L]  unit-energy RIR, direct path at index 0 (delta where off)
-      rir_on         bool    [B, 2]
-      crop_start     int32   [B, 2]     offset of each view in the (wrap-padded) utterance
-      index          int32   [B]        record index of the utterance in the train split
-    Batch i of an iterator started at ``start_step=s`` equals batch s+i of one started at 0.
+    B = global_batch // process_count; the fields, shapes and dtypes are
+    ``ssv_jax.data.batch.SPEC``. Batch i of an iterator started at ``start_step=s`` equals batch s+i of one started at 0.
     ``num_steps``: stop after this many batches (default: endless, epoch after epoch).
     """
     import jax
@@ -258,26 +231,22 @@ def train_batches(data_cfg, *, global_batch: int, seed: int | None = None, start
     seed = int(data_cfg.seed if seed is None else seed)
     stream = TrainStream(data_cfg, global_batch=global_batch, seed=seed, process_index=pi, process_count=pc)
     stop = start_step + num_steps if num_steps is not None else 2 ** 62
-    workers = int(data_cfg.get("num_workers", 2))
+    workers = int(data_cfg.num_workers)
     if workers <= 0:
         for k in range(int(start_step), stop):
             yield stream.batch(k)
         return
     tf = records._tf()
-    shapes = {"views": (stream.B, 2, stream.T), "noise": (stream.B, 2, stream.T), "snr_db": (stream.B, 2),
-              "noise_on": (stream.B, 2), "noise_category": (stream.B, 2), "rir": (stream.B, 2, stream.L),
-              "rir_on": (stream.B, 2), "crop_start": (stream.B, 2), "index": (stream.B,)}
-    dtypes = {"views": tf.float32, "noise": tf.float32, "snr_db": tf.float32, "noise_on": tf.bool,
-              "noise_category": tf.int32, "rir": tf.float32, "rir_on": tf.bool, "crop_start": tf.int32,
-              "index": tf.int32}
+    shapes = batch_spec.shapes(stream.B, stream.T, stream.L)
+    dtypes = [tf.as_dtype(batch_spec.SPEC[k].dtype) for k in batch_spec.FIELDS]
 
     def make(step):
-        outs = tf.numpy_function(stream._batch_tuple, [step], [dtypes[k] for k in FIELDS], stateful=False)
-        return {k: tf.ensure_shape(o, shapes[k]) for k, o in zip(FIELDS, outs)}
+        outs = tf.numpy_function(stream._batch_tuple, [step], dtypes, stateful=False)
+        return {k: tf.ensure_shape(o, shapes[k]) for k, o in zip(batch_spec.FIELDS, outs)}
 
     ds = tf.data.Dataset.range(int(start_step), stop)
     ds = ds.map(make, num_parallel_calls=workers, deterministic=True)
-    ds = ds.prefetch(int(data_cfg.get("prefetch", 2)))
+    ds = ds.prefetch(int(data_cfg.prefetch))
     opts = tf.data.Options()
     opts.deterministic = True
     opts.threading.private_threadpool_size = max(workers, 1)

@@ -1,12 +1,14 @@
-"""Self-supervised methods. Each module provides the same four functions, which the trainer
+"""Self-supervised methods. Each module provides the same three functions, which the trainer
 drives identically:
 
-  init_extra(cfg, params, rest, rng)                 -> method state (pytree) beside the network
-  loss_and_updates(cfg, mesh, apply, params, rest, extra, feats, margin)
-                                                     -> loss, (new rest, new extra, aux)
-  after_update(cfg, params, extra, aux)              -> method state after the optimiser step
+  init_state(cfg, params, batch_stats, rng)          -> method state (pytree) beside the network
+  loss_and_updates(cfg, mesh, apply, params, batch_stats, method_state, feats, margin)
+                                                     -> loss, (new batch_stats, new method
+                                                        state, aux)
+  after_update(cfg, params, method_state, aux)       -> method state after the optimiser step
 
-``apply(params, rest, feats) -> (embeddings, new rest)`` runs the network in train mode.
+``apply(params, batch_stats, feats) -> (embeddings, new batch_stats)`` runs the network in
+train mode; ``aux`` holds the logged ``pos_cos`` / ``neg_cos`` and what ``after_update`` needs.
 """
 from ssv_jax.methods import moco, simclr
 from ssv_jax.methods.common import SSLNetwork, margin_at

@@ -1,4 +1,4 @@
-"""MoCo with NT-Xent-AM (METHOD.md, sslsv's symmetric form).
+"""MoCo with NT-Xent-AM or NT-Xent-AAM (docs/method.md#moco; sslsv's symmetric form).
 
 Query network trained; key network = EMA of the query network (momentum 0.999, parameters
 only; its BatchNorm running statistics follow its own forward passes, as in MoCo). One queue
@@ -20,13 +20,14 @@ from ssv_jax import losses
 from ssv_jax.losses import l2_normalize
 
 
-def init_extra(cfg, params, rest, rng):
+def init_state(cfg, params, batch_stats, rng):
+    """Key network (a copy of the query network) and one queue of random unit keys per view."""
     k, d = cfg.method.queue_size, (cfg.method.projector_out if cfg.method.projector
                                    else cfg.model.embed_dim)
     r1, r2 = jax.random.split(rng)
     return {
         "key_params": jax.tree.map(jnp.copy, params),
-        "key_rest": jax.tree.map(jnp.copy, rest),
+        "key_batch_stats": jax.tree.map(jnp.copy, batch_stats),
         "queue1": l2_normalize(jax.random.normal(r1, (k, d))),
         "queue2": l2_normalize(jax.random.normal(r2, (k, d))),
         "queue_ptr": jnp.zeros((), jnp.int32),
@@ -37,35 +38,37 @@ def ema(key_params, params, momentum):
     return jax.tree.map(lambda k, q: momentum * k + (1.0 - momentum) * q, key_params, params)
 
 
-def loss_and_updates(cfg, mesh, apply, params, rest, extra, feats, margin):
+def loss_and_updates(cfg, mesh, apply, params, batch_stats, method_state, feats, margin):
     del mesh  # keys of the global batch are a global array; no explicit gather needed
     b = feats.shape[0]
     flat = feats.reshape((2 * b,) + feats.shape[2:])
     # Momentum update of the key network from the current query network (MoCo's order).
-    key_params = ema(extra["key_params"], jax.lax.stop_gradient(params), cfg.method.momentum)
-    k, key_rest = apply(key_params, extra["key_rest"], flat)
+    st = method_state
+    key_params = ema(st["key_params"], jax.lax.stop_gradient(params), cfg.method.momentum)
+    k, key_stats = apply(key_params, st["key_batch_stats"], flat)
     k = jax.lax.stop_gradient(l2_normalize(k)).reshape(b, 2, -1)
-    q, new_rest = apply(params, rest, flat)
+    q, new_stats = apply(params, batch_stats, flat)
     q = q.reshape(b, 2, -1)
+    fn = losses.moco_aam if cfg.method.loss == "nt_xent_aam" else losses.moco_am
     kw = dict(scale=cfg.method.scale, margin=margin)
-    loss = 0.5 * (losses.moco_am(q[:, 0], k[:, 1], extra["queue2"], **kw)
-                  + losses.moco_am(q[:, 1], k[:, 0], extra["queue1"], **kw))
+    loss = 0.5 * (fn(q[:, 0], k[:, 1], st["queue2"], **kw)
+                  + fn(q[:, 1], k[:, 0], st["queue1"], **kw))
     pos, neg = losses.similarity_stats(q[:, 0], k[:, 1])
-    new_extra = dict(extra, key_params=key_params, key_rest=key_rest)
-    return loss, (new_rest, new_extra, {"pos_cos": pos, "neg_cos": neg, "keys": k})
+    new_state = dict(st, key_params=key_params, key_batch_stats=key_stats)
+    return loss, (new_stats, new_state, {"pos_cos": pos, "neg_cos": neg, "keys": k})
 
 
 def enqueue(queue, ptr, keys):
     return jax.lax.dynamic_update_slice(queue, keys.astype(queue.dtype), (ptr, 0))
 
 
-def after_update(cfg, params, extra, aux_extra):
+def after_update(cfg, params, method_state, aux):
     """Enqueue this global batch's keys (after the loss)."""
     del params
-    k = aux_extra["keys"]
-    ptr = extra["queue_ptr"]
-    out = dict(extra)
-    out["queue1"] = enqueue(extra["queue1"], ptr, k[:, 0])
-    out["queue2"] = enqueue(extra["queue2"], ptr, k[:, 1])
+    k = aux["keys"]
+    ptr = method_state["queue_ptr"]
+    out = dict(method_state)
+    out["queue1"] = enqueue(method_state["queue1"], ptr, k[:, 0])
+    out["queue2"] = enqueue(method_state["queue2"], ptr, k[:, 1])
     out["queue_ptr"] = (ptr + k.shape[0]) % cfg.method.queue_size
     return out

@@ -1,4 +1,4 @@
-"""SimCLR with NT-Xent-AM (METHOD.md): both views through one network, global negatives."""
+"""SimCLR with NT-Xent-AM (docs/method.md#nt-xent-am): both views through one network, global negatives."""
 from __future__ import annotations
 
 import jax
@@ -8,9 +8,9 @@ from ssv_jax import losses
 from ssv_jax.sharding import DATA_AXIS
 
 
-def init_extra(cfg, params, rest, rng):
+def init_state(cfg, params, batch_stats, rng):
     """SimCLR keeps no state beyond the network's."""
-    del cfg, params, rest, rng
+    del cfg, params, batch_stats, rng
     return {}
 
 
@@ -28,15 +28,15 @@ def contrastive_loss(cfg, mesh, z1, z2, margin):
                          out_specs=(P(), P(), P()))(z1, z2, margin)
 
 
-def loss_and_updates(cfg, mesh, apply, params, rest, extra, feats, margin):
-    """feats: [B, 2, frames, n_mels]. Returns loss, (new rest, new extra, metrics)."""
+def loss_and_updates(cfg, mesh, apply, params, batch_stats, method_state, feats, margin):
+    """feats: [B, 2, frames, n_mels]. Returns loss, (new batch_stats, method_state, aux)."""
     b = feats.shape[0]
-    z, new_rest = apply(params, rest, feats.reshape((2 * b,) + feats.shape[2:]))
+    z, new_stats = apply(params, batch_stats, feats.reshape((2 * b,) + feats.shape[2:]))
     z = z.reshape(b, 2, -1)
     loss, pos, neg = contrastive_loss(cfg, mesh, z[:, 0], z[:, 1], margin)
-    return loss, (new_rest, extra, {"pos_cos": pos, "neg_cos": neg})
+    return loss, (new_stats, method_state, {"pos_cos": pos, "neg_cos": neg})
 
 
-def after_update(cfg, params, extra, aux_extra):
-    del cfg, params, aux_extra
-    return extra
+def after_update(cfg, params, method_state, aux):
+    del cfg, params, aux
+    return method_state

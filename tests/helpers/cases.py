@@ -1,7 +1,11 @@
 """Tiny configs and inputs shared by the tests and their multi-process workers."""
+import jax
 import numpy as np
 
 from ssv_jax import config as config_lib
+from ssv_jax import state as state_lib
+from ssv_jax.optim import lr_schedule, make_optimizer
+from ssv_jax.sharding import replicated
 
 
 def tiny_config(data_dir, method="simclr", **method_kw):
@@ -41,3 +45,11 @@ def embed_case():
     utterances = [(f"u{i:02d}", (0.1 * rng.standard_normal(int(sr * rng.uniform(0.6, 2.1))))
                    .astype(np.float32)) for i in range(13)]
     return cfg, utterances
+
+
+def embed_network(cfg, mesh):
+    """(graphdef, params, batch_stats) of ``cfg``'s freshly initialised network on ``mesh``."""
+    tx = make_optimizer(cfg.optim, lr_schedule(cfg.optim, 1, 1))
+    graphdef, state = state_lib.create(cfg, tx)
+    params, batch_stats = jax.device_put((state.params, state.batch_stats), replicated(mesh))
+    return graphdef, params, batch_stats

@@ -12,6 +12,6 @@ from ssv_jax import train  # noqa: E402
 cfg = tiny_config(a.data_dir, a.method)
 cfg.optim.name, cfg.optim.lr = "sgd", 0.05
 _, state, _ = train.train(cfg, a.workdir, max_steps=2)
-leaves = [np.asarray(x) for x in jax.tree.leaves(state["params"])]
-np.savez(f"{a.out}.{a.process_id}.npz", *leaves, step=int(state["step"]),
+leaves = [np.asarray(x) for x in jax.tree.leaves(state.params)]
+np.savez(f"{a.out}.{a.process_id}.npz", *leaves, step=int(state.step),
          devices=jax.device_count(), processes=jax.process_count())
