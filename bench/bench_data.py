@@ -6,9 +6,10 @@ Prints:
   * embedded corpus build time and audio hours per minute (synthesis + TFDS write);
   * data_prep/folder.py speed on generated wav files (decode + resample + write);
   * pipeline throughput in views/s (crops + noise/babble crops + SNRs + RIRs, the
-    full train_batches output) against what the train step consumes (NOTES.md: a
-    Fast ResNet-34 step of 32 utterances x 2 views x 2 s takes about 1.8 s on this
-    CPU, i.e. ~36 views/s; pass --step_seconds to change);
+    full train_batches output) against what the train step consumes: 64 views per
+    --step_seconds (scaled to the crop length), the time of a Fast ResNet-34 step of
+    32 utterances x 2 views x 2 s (measure it with bench/bench_train.py; the default
+    is an earlier measurement, see bench/README.md);
   * on-device augmentation time for one batch (jit, CPU);
   * the mean-log-mel cosine baseline EER on the default test trials.
 """
@@ -117,9 +118,10 @@ def main():
     import jax
 
     from ssv_jax import augment
+    from ssv_jax.data.batch import device_part
 
-    f = jax.jit(lambda batch, key: augment.augment(batch, key, cfg.augment))
-    dev = {k: b[k] for k in ("views", "noise", "snr_db", "noise_on", "rir", "rir_on")}
+    f = jax.jit(lambda batch, key: augment.augment(batch, key, cfg.augment, cfg.sample_rate))
+    dev = device_part(b)
     f(dev, jax.random.key(0)).block_until_ready()
     t = time.time()
     for i in range(5):

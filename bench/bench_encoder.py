@@ -12,8 +12,8 @@ fp32 matmul rate (4096^2) measured in the same process.
     .venv/bin/python bench/bench_encoder.py --profile      # where the step's op time goes
 Options: --no_onednn / --no_s2d / --no_barrier (turn a speed rewrite off; s2d and barrier act
 on XLA's convolutions, so combine them with --no_onednn), --ab onednn|s2d|barrier (both settings,
-interleaved in one process: step times vary by up to 20% between processes on this VM, so compare
-within one), --model ecapa_tdnn, --steps N, --extra_flags '...'.
+interleaved in one process: step times vary between processes on a shared VM, so compare within
+one), --model ecapa_tdnn, --steps N, --extra_flags '...'. Figures so far: bench/README.md.
 """
 import argparse
 import os

@@ -1,6 +1,9 @@
 """Front-end throughput: log-mel + instance norm, jitted, in seconds of audio per second.
 
-    .venv/bin/python bench/bench_frontend.py [--batch 64] [--seconds 2] [--dft fft|matmul]
+    .venv/bin/python bench/bench_frontend.py [--batch 64] [--seconds 2] [--reps 20]
+
+Times both DFT variants (``dft="fft"`` and ``dft="matmul"``), median of --reps calls after a
+compile call. Figures so far: bench/README.md.
 """
 import argparse
 import os

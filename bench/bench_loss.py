@@ -7,6 +7,7 @@ temporary memory of the compiled executable for several global batches, next to 
 one device's logits block (2 B_local x 2 B_global floats) and of the gathered keys
 (2 B_global x D): per-device memory is a constant multiple of their sum, i.e. it grows as
 B_local x B_global (+ B_global x D), while one device holding the whole batch grows as B_global^2.
+Figures so far: bench/README.md.
 """
 import argparse
 import os

@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_metrics.py [--sizes 1e5,1e6,1e7] [--repeats 3]
 
 Prints seconds per call (best of --repeats, after one warm-up/compile call) and the ratio.
+Figures so far: bench/README.md.
 """
 import argparse
 import time

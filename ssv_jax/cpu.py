@@ -3,13 +3,14 @@
 Call it first thing in an entry point (``main.py``, ``ssv-jax``, the benches): it imports nothing
 heavy, and both settings must be in place before jax starts its backend.
 
-- ``use_hugepage_malloc``: XLA:CPU allocates a step's temporaries (about 1 GB for the paper's
-  train step) afresh on every call, and with 4 KiB pages the kernel faults in and zeroes each
-  page again: 250k page faults and 0.45 s of system time per 1.2 s step. glibc's
+- ``use_hugepage_malloc``: XLA:CPU allocates a step's temporaries (large for the paper's train
+  step) afresh on every call, and with 4 KiB pages the kernel faults in and zeroes each page
+  again on every step, which costs a large share of the step in system time. glibc's
   ``glibc.malloc.hugetlb=1`` tunable backs large allocations with transparent huge pages
-  (``madvise`` mode, the usual default): 700 faults, and the step takes 1.0 s instead of 1.23 s
-  (``bench/bench_train.py``). glibc reads tunables only at start-up, so the process re-executes
-  itself once with ``GLIBC_TUNABLES`` extended (same interpreter, arguments and environment).
+  (``madvise`` mode, the usual default), so each fault maps a 2 MiB page instead of a 4 KiB one
+  and the re-faulting mostly goes away. glibc reads tunables only at start-up, so the process
+  re-executes itself once with ``GLIBC_TUNABLES`` extended (same interpreter, arguments and
+  environment). Figures (``bench/bench_train.py``): ``bench/README.md``.
 - ``use_cpu_xla_flags``: individual convolutions that oneDNN does not take (see
   ``ssv_jax.kernels``) go to Eigen instead of YNNPACK, which is faster for the encoders here.
 """

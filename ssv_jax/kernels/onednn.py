@@ -1,13 +1,13 @@
 """oneDNN convolutions for the CPU backend, called from jitted JAX code through XLA's FFI.
 
-XLA:CPU's Eigen convolutions reach 50-195 GFLOP/s on Fast ResNet-34's layers (weight gradients
-and 16-channel layers are the slow ones); oneDNN's JIT kernels reach 190-270 GFLOP/s on all of
-them (``bench/bench_encoder.py``). ``conv2d`` is a drop-in, differentiable NHWC convolution that
+XLA:CPU's Eigen convolutions are slow on some of Fast ResNet-34's layers (weight gradients and
+16-channel layers most); oneDNN's JIT kernels on channel-blocked layouts are fast on all of them
+(figures: ``bench/README.md``). ``conv2d`` is a drop-in, differentiable NHWC convolution that
 runs forward, input gradient and weight gradient in oneDNN (``onednn_conv.cc``).
 
-The kernel library is compiled on first use (g++, about 3 s, once per source / jaxlib / oneDNN
-version) into ``~/.cache/ssv_jax/kernels`` (``$SSV_JAX_KERNEL_DIR`` overrides), against the
-headers of the pip packages ``onednn-devel-cpu-gomp`` and ``jaxlib``. Where it cannot be built or
+The kernel library is compiled on first use (g++, once per source / jaxlib / oneDNN version)
+into ``~/.cache/ssv_jax/kernels`` (``$SSV_JAX_KERNEL_DIR`` overrides), against the headers of
+the pip packages ``onednn-devel-cpu-gomp`` and ``jaxlib``. Where it cannot be built or
 loaded (no compiler, another OS), or oneDNN has only reference loops for the CPU (neither
 AVX-512 nor AVX2), ``available()`` is False, ``unavailable_reason()`` says why and callers use
 XLA's convolution instead.

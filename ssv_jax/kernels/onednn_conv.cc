@@ -1,8 +1,8 @@
 // 2-D convolution (forward, input gradient, weight gradient) through oneDNN, as XLA FFI handlers.
 //
-// XLA:CPU runs convolutions through Eigen, whose weight gradient and 16/32-channel kernels reach
-// a third to a half of this CPU's fp32 rate; oneDNN's JIT kernels on channel-blocked layouts
-// reach 190-270 GFLOP/s for every Fast ResNet-34 layer (bench/bench_encoder.py, issue 3).
+// XLA:CPU runs convolutions through Eigen, whose weight-gradient and 16/32-channel kernels are
+// well below the CPU's fp32 rate; oneDNN's JIT kernels on channel-blocked layouts are fast for
+// every Fast ResNet-34 layer (figures: bench/README.md).
 //
 // Layouts (row-major buffers as XLA passes them):
 //   blocked activations  [N, C/b, H, W, b]    (oneDNN nChw16c for b = 16, the AVX-512 kernels;

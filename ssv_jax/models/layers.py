@@ -93,7 +93,8 @@ def fusion_barrier(x):
     not an elementwise op, so XLA cannot fuse (re-compute) the ops that produce x into x's
     consumers. Without it XLA:CPU re-computes a residual stage's whole chain of
     BatchNorm/SE/add/ReLU ops inside every consumer of a block output, e.g. the transposes that
-    feed the weight-gradient convolutions: up to 34 input arrays per fusion in Fast ResNet-34.
+    feed the weight-gradient convolutions, giving fusions with dozens of input arrays in Fast
+    ResNet-34 (figures: ``bench/README.md``).
     (``jax.lax.optimization_barrier`` does not help: XLA:CPU removes it before fusion.) The
     gradient passes straight through (d(x @ I)/dx = I), which skips a second matmul.
     """

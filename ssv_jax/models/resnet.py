@@ -5,9 +5,9 @@ W = freq; kernels ``[k_time, k_freq, C_in, C_out]``). A PyTorch weight ``[C_out,
 k_time]`` maps to ours by ``w.permute(3, 2, 1, 0)``; Linear weights are transposed.
 
 Speed rewrites (numerically equivalent, parameters unchanged):
-- on the CPU backend every convolution runs in oneDNN (``onednn=True``; ``ssv_jax.kernels``):
-  190-270 GFLOP/s against XLA's 50-195, and XLA's own convolution is the fallback where the
-  kernels cannot be built; the rewrites below then apply to XLA's convolutions;
+- on the CPU backend every convolution runs in oneDNN (``onednn=True``; ``ssv_jax.kernels``),
+  faster than XLA's, and XLA's own convolution is the fallback where the kernels cannot be
+  built; the rewrites below then apply to XLA's convolutions (figures: ``bench/README.md``);
 - 3x3 stride-2 convolutions run as space-to-depth + a 2x2 stride-1 convolution over 4x the
   channels, and the 7x7 stem (stride 2 on frequency) as a 7x4 conv over 2 channels
   (``s2d=True``): stride-1 convolutions have a much cheaper backward on CPU;
@@ -167,7 +167,8 @@ class SEBasicBlock(nnx.Module):
             res = self.down_bn(res, mask)
         out = jax.nn.relu(out + res)
         # The barrier is for XLA's convolutions (see layers.fusion_barrier); oneDNN's take the
-        # block output as stored, and there it measured no faster (bench_encoder --ab barrier).
+        # block output as stored, and there it measured no faster (bench_encoder --ab barrier;
+        # figures: bench/README.md).
         if self.barrier and not (self.onednn and _onednn_ready()):
             out = fusion_barrier(out)
         return out, mask
