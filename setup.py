@@ -1,7 +1,7 @@
 """ssv_jax: self-supervised speaker verification in JAX/Flax."""
 from setuptools import find_packages, setup
 
-# Pinned: these versions were resolved together and tested (DEVELOPERS.md).
+# Pinned: these versions were resolved together and tested.
 INSTALL_REQUIRES = [
     "jax==0.10.2",
     "jaxlib==0.10.2",
@@ -35,7 +35,7 @@ setup(
     install_requires=INSTALL_REQUIRES,
     entry_points={"console_scripts": ["ssv-jax=ssv_jax.cli:main"]},
     extras_require={
-        # scikit-learn is the independent reference in tests and benchmarks.
-        "test": ["pytest==9.2.0", "scikit-learn==1.9.1"],
+        # scikit-learn is the independent reference in tests and benchmarks; ruff lints and formats.
+        "test": ["pytest==9.2.0", "scikit-learn==1.9.1", "ruff==0.17.6"],
     },
 )

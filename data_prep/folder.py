@@ -3,9 +3,9 @@
 
     python data_prep/folder.py --audio_dir=DIR --data_dir=OUT --name=NAME [--trials=FILE]
 
-Then train/evaluate with --config.data.name=NAME --config.data.data_dir=OUT
-(and, with a trial list, --config.data.eval_split=test --config.data.trials='("STEM",)'
-where STEM is the trial file's name without extension, or --trials_name).
+Then train/evaluate with --config.data.name=NAME --config.data.data_dir=OUT: the
+dataset records its training split and its trial list (stored under the trial file's
+name without extension, or --trials_name), so nothing else is needed.
 Audio in any format soundfile reads (wav, flac, ogg, ...; m4a/aac need ffmpeg or PyAV)
 at any sample rate (resampled to 16 kHz). Unreadable/corrupt/empty files are
 skipped with a warning and counted in the summary printed at the end.

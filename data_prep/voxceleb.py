@@ -6,8 +6,8 @@
 Writes "voxceleb1" (splits dev, test; trial lists voxceleb1_o/e/h from the cleaned
 veri_test2.txt, list_test_all2.txt, list_test_hard2.txt found in --trials_dir or
 --vox1_dir) and "voxceleb2" (split dev). VoxCeleb2's m4a needs the ffmpeg
-command or PyAV (pip install av). Evaluate O with eval_split=test, E/H with
-eval_split=dev+test.
+command or PyAV (pip install av). Each dataset records its training split (dev) and,
+per trial list, the split(s) holding its utterances (O: test; E/H: dev+test).
 """
 import os
 import sys

@@ -1,19 +1,24 @@
 """Recipe configs: every hyperparameter in one ConfigDict, the paper's values by default.
 
-configs/<recipe>.py calls :func:`recipe`; the ``:demo`` argument shrinks any recipe to the
-embedded synthetic corpus on a laptop CPU (:func:`apply_demo`). Fields:
+configs/<recipe>.py calls :func:`recipe`. Its arguments compose, comma-separated: ``demo``
+shrinks any recipe to the embedded synthetic corpus on a laptop CPU (:func:`apply_demo`);
+``ecapa`` swaps Fast ResNet-34 for ECAPA-TDNN with that encoder's defaults (model fields:
+``ssv_jax.models.default_model_config``), e.g. ``--config=configs/simclr_am.py:demo,ecapa``.
+Fields:
 
   seed                 model init / augmentation RNG seed (the data order uses data.seed)
   data                 see ssv_jax.data.default_data_config()
   frontend             see ssv_jax.frontend.default_frontend_config()
-  model                see ssv_jax.models.default_model_config()
+  model                see ssv_jax.models.default_model_config() (the encoder: recipe argument)
   method.name          "simclr" | "moco"
-  method.loss          "nt_xent_am" (additive margin) | "nt_xent_aam" (angular margin)
+  method.loss          "nt_xent_am" (additive margin) | "nt_xent_aam" (angular margin), for
+                       SimCLR and MoCo alike (docs/method.md#nt-xent-aam)
   method.scale         s = 1 / temperature (30)
   method.margin        m (0.1; 0 = plain NT-Xent)
   method.symmetric     SimCLR: all 2N views are anchors (the paper's symmetric form)
   method.margin_schedule  ramp m from 0 along a cosine over the first half of training
-  method.projector     add METHOD.md's 512-2048-2048-128 projector head for the loss
+  method.projector     add the 512-2048-2048-128 projector head for the loss
+                       (docs/method.md#projector)
   method.projector_hidden / projector_out
   method.momentum      MoCo: EMA momentum of the key encoder (0.999)
   method.queue_size    MoCo: entries per view queue (65536); a multiple of the batch size
@@ -108,18 +113,28 @@ def apply_demo(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return cfg
 
 
+# Recipe arguments (``--config=configs/<recipe>.py:ARG[,ARG...]``), applied left to right.
+ENCODER_ARGS = {"fast_resnet34": "fast_resnet34", "ecapa": "ecapa_tdnn"}
+RECIPE_ARGS = ("demo",) + tuple(ENCODER_ARGS)
+
+
 def recipe(arg: str | None = None, **method) -> ml_collections.ConfigDict:
-    """base_config() with ``method`` fields overridden; ``arg == "demo"`` applies apply_demo."""
+    """base_config() with ``method`` fields overridden, then the comma-separated arguments of
+    ``arg``: ``demo`` (apply_demo) and an encoder (``ecapa``: ECAPA-TDNN with its defaults;
+    ``fast_resnet34``, the default). E.g. ``configs/simclr_am.py:demo,ecapa``."""
     cfg = base_config()
     for k, v in method.items():
         if k not in cfg.method:
             raise KeyError(f"unknown method field {k!r}; known: {sorted(cfg.method.keys())}")
         cfg.method[k] = v
-    if arg:
-        if arg != "demo":
-            raise ValueError(f"unknown config argument {arg!r}; the only one is 'demo' "
-                             "(e.g. --config=configs/simclr_am.py:demo).")
-        apply_demo(cfg)
+    for a in [t.strip() for t in (arg or "").split(",") if t.strip()]:
+        if a == "demo":
+            apply_demo(cfg)
+        elif a in ENCODER_ARGS:
+            cfg.model = default_model_config(ENCODER_ARGS[a])
+        else:
+            raise ValueError(f"unknown config argument {a!r}; use any of {RECIPE_ARGS}, "
+                             "comma-separated (e.g. --config=configs/simclr_am.py:demo,ecapa).")
     return cfg
 
 

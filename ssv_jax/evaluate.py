@@ -106,7 +106,7 @@ def score_trial_lists(cfg, graphdef, params, batch_stats, mesh, max_trials: int 
     """{trial list name: (Trials, cosine scores)} for the config's trial lists."""
     all_trials = data_lib.load_trials(cfg.data)
     wanted = {}
-    for name in cfg.data.trials:
+    for name in data_lib.trial_lists(cfg.data):
         if name not in all_trials:
             raise ValueError(f"trial list {name!r} is not stored with the evaluation data; "
                              f"available: {sorted(all_trials)}.")

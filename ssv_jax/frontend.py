@@ -1,6 +1,6 @@
 """Log-mel front-end (torchaudio ``MelSpectrogram`` semantics) and per-utterance normalisation.
 
-Pipeline (METHOD.md): 16 kHz waveform -> centred frames (reflect padding of n_fft // 2, so an
+Pipeline (docs/method.md#front-end): 16 kHz waveform -> centred frames (reflect padding of n_fft // 2, so an
 utterance of T samples has ``1 + T // hop_length`` frames) -> window of ``win_length`` samples
 (periodic Hamming or Hann) zero-padded to ``n_fft`` at the centre -> power spectrum -> HTK mel
 filterbank (no area normalisation) -> ``log(x + log_eps)`` -> ``instance_norm`` (per utterance,

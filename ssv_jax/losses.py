@@ -1,4 +1,4 @@
-"""Contrastive losses with an additive margin on the positive (METHOD.md).
+"""Contrastive losses with an additive margin on the positive (docs/method.md#nt-xent-am).
 
 All logits are cosine similarities of L2-normalised embeddings times ``scale``.
 Inputs may be bf16/fp16; everything is computed in float32.

@@ -1,4 +1,4 @@
-"""Verification metrics: EER, minDCF and DET points, jitted (METHOD.md).
+"""Verification metrics: EER, minDCF and DET points, jitted (docs/method.md#metrics).
 
 Definitions (sslsv's): sort scores ascending; point j (0 <= j <= n) rejects the
 j lowest scores, with fnr_j = (#targets among them) / T and
@@ -175,7 +175,7 @@ def _all_jit(scores, labels, p_targets):
 
 @_x64
 def eer(scores, labels) -> float:
-    """Equal error rate in percent (METHOD.md's definition; ties see module doc)."""
+    """Equal error rate in percent (docs/method.md#metrics; ties see module doc)."""
     scores, labels = _validate(scores, labels)
     value, _ = _eer_jit(scores, labels)
     return float(value)
@@ -191,7 +191,7 @@ def eer_threshold(scores, labels) -> float:
 
 @_x64
 def min_dcf(scores, labels, p_target=0.01, c_miss=1.0, c_fa=1.0) -> float:
-    """Normalised minimum detection cost (METHOD.md's definition)."""
+    """Normalised minimum detection cost (docs/method.md#metrics)."""
     if not 0.0 < p_target < 1.0:
         raise ValueError(f"p_target must be in (0, 1); got {p_target}.")
     if c_miss <= 0 or c_fa <= 0:

@@ -44,7 +44,7 @@ def local_batch_size(global_batch: int, mesh: Mesh | None = None) -> int:
     if global_batch % n_dev:
         raise ValueError(
             f"global batch {global_batch} does not divide over {n_dev} devices; choose a "
-            f"multiple of {n_dev} (e.g. --config.batch_size={max(n_dev, global_batch // n_dev * n_dev)})."
+            f"multiple of {n_dev} (e.g. --config.train.batch_size={max(n_dev, global_batch // n_dev * n_dev)})."
         )
     return global_batch // jax.process_count()
 

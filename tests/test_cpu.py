@@ -46,6 +46,7 @@ def test_use_cpu_xla_flags(monkeypatch):
 @pytest.mark.skipif(cpu.hugepage_malloc_env() is None and "glibc.malloc.hugetlb" not in
                     os.environ.get("GLIBC_TUNABLES", ""),
                     reason="no glibc / transparent huge pages off on this machine")
+@pytest.mark.slow
 def test_configure_reexecutes_once_with_hugepage_malloc():
     lines = run_child({"GLIBC_TUNABLES": "glibc.malloc.check=0"})
     # Ran twice (the re-exec), with the same arguments; the user's tunable kept, ours appended.

@@ -1,6 +1,7 @@
 """Data: TFDS builders (folder round trip, bad files), trials, the embedded corpus, and the train pipeline."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import runpy
 import sys
@@ -102,7 +103,16 @@ def test_folder_round_trip_with_bad_files(tmp_path, capsys, monkeypatch):
     assert abs(np.argmax(np.abs(np.fft.rfft(x))) * 16000 / x.size - 440) < 2
     # trials and evaluation utterances through the config API
     cfg = data.default_data_config()
-    cfg.name, cfg.data_dir, cfg.trials, cfg.augment.enabled = "my_spk", str(out), ("my_trials",), False
+    cfg.name, cfg.data_dir, cfg.augment.enabled = "my_spk", str(out), False
+    # The dataset describes itself: training split, its trial list and the split holding it.
+    assert ds.layout == {"train_split": "train", "trials": {"my_trials": "test"}}
+    saved = (ds.dir / records.LAYOUT_FILE).read_text()  # a build from before layout.json:
+    (ds.dir / records.LAYOUT_FILE).unlink()              # the same layout, found from the index
+    assert records.Dataset(ds.dir).layout == ds.layout
+    (ds.dir / records.LAYOUT_FILE).write_text(saved)
+    assert data.train_split(cfg) == "train" and data.eval_split(cfg) == "test"
+    assert data.trial_lists(cfg) == ("my_trials",)
+    cfg.trials = ("my_trials",)
     t = data.load_trials(cfg)["my_trials"]
     np.testing.assert_array_equal(t.labels, [1, 0, 1])
     assert t.test[2] == "spk1/sess1/u0.wav"
@@ -186,8 +196,15 @@ def test_synthetic_corpus(syn_dir):
     # banks: three noise categories and RIRs
     assert set(ds["synthetic_noise"].splits) == {"noise", "speech", "music"}
     assert ds["synthetic_rirs"].num_records("train") == 4
-    # the cache is reused (no rebuild) and a size change rebuilds
-    assert datasets._synthetic_current(str(syn_dir), size)
+    # the cache is current for every part; a size change makes it stale
+    for name in ("synthetic", "synthetic_noise", "synthetic_rirs"):
+        assert datasets._synthetic_current(str(syn_dir), size, name)
+    bigger = dataclasses.replace(size, rirs=size.rirs + 1)
+    assert not datasets._synthetic_current(str(syn_dir), bigger, "synthetic_rirs")
+    # layout: the corpus trains on "train" and keeps its list in "test"; banks train on nothing
+    assert ds["synthetic"].layout == {"train_split": "train",
+                                      "trials": {"synthetic_test": "test"}}
+    assert ds["synthetic_rirs"].layout["train_split"] is None
 
 
 # ----------------------------------------------------------------------------- pipeline

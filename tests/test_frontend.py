@@ -78,6 +78,7 @@ def test_frame_count(n):
     assert frontend.num_frames(n) == 1 + n // 160
 
 
+@pytest.mark.slow
 def test_close_to_librosa(waves):
     librosa = pytest.importorskip("librosa")
     x = waves[0].astype(np.float32)

@@ -209,6 +209,7 @@ def test_sharded_loss_and_grads_equal_single_device(fn, sym):
     assert np.abs(np.asarray(g1[0])).sum() > 0
 
 
+@pytest.mark.slow
 def test_sharded_grads_inside_shard_map_wrt_replicated_params():
     """The train-step pattern: grad taken inside shard_map w.r.t. replicated weights."""
     mesh = data_mesh()
@@ -228,6 +229,7 @@ def test_sharded_grads_inside_shard_map_wrt_replicated_params():
     np.testing.assert_allclose(np.asarray(inner(w, x1, x2)), np.asarray(g_ref), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_sharded_moco_equals_single_device():
     mesh = data_mesh()
     rng = np.random.default_rng(9)

@@ -1,4 +1,4 @@
-"""EER / minDCF / DET points against METHOD.md and independent float64 references."""
+"""EER / minDCF / DET points against docs/method.md#metrics and independent float64 references."""
 import numpy as np
 import pytest
 from sklearn.metrics import roc_curve
@@ -29,7 +29,7 @@ def ref_eer(scores, labels):
 
 
 def ref_sslsv_eer(scores, labels):
-    """METHOD.md's recipe literally (valid without ties)."""
+    """The recipe of docs/method.md#metrics literally (valid without ties)."""
     order = np.argsort(scores, kind="stable")
     y = np.asarray(labels, np.float64)[order]
     fnr = np.concatenate([[0.0], np.cumsum(y) / y.sum()])
@@ -101,6 +101,7 @@ def test_match_float64_references(case):
     )
 
 
+@pytest.mark.slow
 def test_equidistant_crossing_picks_first_point_exactly():
     # T = 2, NT = 4, ascending labels 0 0 0 1 0 1: point 3 is (fnr 0, fpr 1/4) and point 4
     # is (fnr 1/2, fpr 1/4), both at distance 1/4: the first (EER 25%, not 50%) is taken.

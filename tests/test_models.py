@@ -83,7 +83,7 @@ def np_bn(x, bn, train):
 
 
 def np_resnet(model, feats, train):
-    """METHOD.md's Fast ResNet-34 in PyTorch layout: feats [B, T, F] -> x [B, 1, F, T]."""
+    """The Fast ResNet-34 of docs/method.md in PyTorch layout: feats [B, T, F] -> x [B, 1, F, T]."""
     t = lambda k: np.asarray(k[...], np.float64).transpose(3, 2, 1, 0)  # noqa: E731 -> [Co,Ci,kf,kt]
     lin = lambda layer, v: v @ np.asarray(layer.kernel[...], np.float64) + \
         np.asarray(layer.bias[...], np.float64)                          # noqa: E731
@@ -124,6 +124,7 @@ def test_space_to_depth_conv_equals_strided_conv():
             np.testing.assert_allclose(np.asarray(out).transpose(0, 3, 1, 2), ref, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_fusion_barrier_is_exact_and_keeps_fusions_small():
     x = np.random.default_rng(0).standard_normal((2, 7, 5, 16)).astype(np.float32) * 1e3
     x[0, 0, 0] = [0.0, 1e-37, 3e38] + [1.0] * 13       # zero, tiny, near max
@@ -157,6 +158,7 @@ def test_fusion_barrier_is_exact_and_keeps_fusions_small():
     assert 2 * results[True, "widest"] <= results[False, "widest"], results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooling", ["sap", "stats"])
 def test_resnet_matches_float64_reference_train_and_eval(pooling):
     model = FastResNet34(rngs=nnx.Rngs(1), pooling=pooling, **TINY)
@@ -189,6 +191,7 @@ def test_batchnorm_train_update_and_eval():
 
 
 # ---------------------------------------------------------------- shapes, masks, sharding
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["fast_resnet34", "ecapa_tdnn"])
 def test_shapes_1s_2s_10s(name):
     cfg = default_model_config(name)
@@ -206,6 +209,7 @@ def test_shapes_1s_2s_10s(name):
                                      ("fast_resnet34", dict(TINY, pooling="stats")),
                                      ("ecapa_tdnn", dict(channels=64, mfa_channels=96,
                                                          embed_dim=16, dense_residual=True))])
+@pytest.mark.slow
 def test_masked_batch_equals_one_at_a_time(name, kw):
     model = build_encoder(ml_collections.ConfigDict(dict(name=name, **kw)), rngs=nnx.Rngs(3))
     fwd = _eval_fn(model)
@@ -225,6 +229,7 @@ def test_masked_batch_equals_one_at_a_time(name, kw):
 @pytest.mark.parametrize("name,kw", [("fast_resnet34", TINY),
                                      ("ecapa_tdnn", dict(channels=64, mfa_channels=96,
                                                          embed_dim=16))])
+@pytest.mark.slow
 def test_sharded_train_forward_equals_single_device(name, kw):
     """Train-mode BN under jit over a batch sharded on 8 devices uses global-batch statistics."""
     assert jax.device_count() == 8
@@ -249,7 +254,9 @@ def test_sharded_train_forward_equals_single_device(name, kw):
         params, rest, xs)
     assert len(sharded[0].sharding.device_set) == 8
     for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
+        # Within 1e-4 of each leaf's largest value (float32 sums in another order).
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0,
+                                   atol=1e-4 * max(float(np.abs(np.asarray(b)).max()), 1.0))
     # Batch statistics really are used in train mode: per-device statistics would differ.
     per_dev = jax.jit(step)(params, rest, x[:2])[0]
     assert not np.allclose(np.asarray(per_dev), np.asarray(single[0][:2]), atol=1e-3)

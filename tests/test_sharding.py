@@ -41,6 +41,7 @@ def test_bad_batch_sizes_are_refused():
         global_batch({"x": np.zeros((8, 2)), "y": np.zeros((16,))}, mesh)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
     """2 processes x 4 devices: global batch from per-process slices, sharded loss + grads."""
     worker = os.path.join(os.path.dirname(__file__), "helpers", "mp_loss_worker.py")
@@ -58,6 +59,7 @@ def test_two_processes_equal_one(tmp_path):
                                rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_two_process_evaluation_equals_one(tmp_path):
     """Embeddings with the eval mesh spanning 2 processes x 4 devices == 1 process x 8."""
     from ssv_jax import evaluate

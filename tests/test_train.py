@@ -55,6 +55,7 @@ def _step_on(cfg, mesh, n_steps=1):
     return jax.device_get(state), metrics
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["simclr", "moco"])
 def test_sharded_step_equals_single_device(data_dir, method):
     cfg = tiny_config(data_dir, method)
@@ -75,6 +76,7 @@ def test_sharded_step_equals_single_device(data_dir, method):
     assert any(not np.allclose(a, b) for a, b in zip(leaves8, init)), "parameters did not move"
 
 
+@pytest.mark.slow
 def test_two_process_training_equals_one(data_dir, tmp_path):
     """train.train on 2 processes x 4 devices (each loads its half of every batch, gloo
     collectives, one shared checkpoint) == 1 process x 8 devices, MoCo queues included."""
@@ -106,6 +108,7 @@ def test_two_process_training_equals_one(data_dir, tmp_path):
     assert two["eer"] == pytest.approx(one["eer"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_moco_queue_and_ema(data_dir):
     cfg = tiny_config(data_dir, "moco", momentum=0.9)
     mesh = data_mesh()
@@ -130,6 +133,7 @@ def test_moco_queue_and_ema(data_dir):
         np.testing.assert_allclose(k, 0.9 * p0 + 0.1 * p1, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(data_dir, tmp_path):
     cfg = tiny_config(data_dir)
     _, full, _ = train_lib.train(cfg, str(tmp_path / "full"))
@@ -152,6 +156,7 @@ def test_resume_equals_uninterrupted(data_dir, tmp_path):
     assert checkpoints.averaged_network(mgr, None, 1) is None
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
     cfg = tiny_config(data_dir)
     cfg.train.checkpoint_every = 1
@@ -197,12 +202,23 @@ def test_recipes_hold_the_papers_values():
     assert demo.data.name == "synthetic" and demo.method.margin == 0.1
     with pytest.raises(ValueError, match="demo"):
         _recipe("simclr_am", "tiny")
+    # Recipe arguments compose: an encoder with its own defaults, on any recipe, demo or not.
+    for arg in ("demo,ecapa", "ecapa,demo"):
+        ecapa = _recipe("moco_am", arg)
+        assert ecapa.model.name == "ecapa_tdnn" and ecapa.model.channels == 512
+        assert ecapa.model.embed_dim == 192 and ecapa.data.name == "synthetic"
+        assert ecapa.method.name == "moco" and ecapa.train.batch_size == 32
+    assert _recipe("simclr_am", "ecapa").data.name == "voxceleb2"
+    assert _recipe("simclr_am", "demo,fast_resnet34").model.to_dict() == demo.model.to_dict()
+    with pytest.raises(ValueError, match="'resnet'.*ecapa"):
+        _recipe("simclr_am", "demo,resnet")
     demo.method.queue_size = 100
     demo.method.name = "moco"
     with pytest.raises(ValueError, match="multiple of train.batch_size"):
         config_lib.validate(demo)
 
 
+@pytest.mark.slow
 def test_unknown_config_key_is_refused_by_name(tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "main.py"),
@@ -214,29 +230,56 @@ def test_unknown_config_key_is_refused_by_name(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
-@pytest.fixture(scope="module")
-def main_run(data_dir, tmp_path_factory):
-    """A workdir trained and evaluated by main.py (tiny config, 2 steps on 2 devices)."""
+def _tiny_overrides(data_dir):
+    """Command-line overrides that shrink the demo corpus to ``tiny_config``'s."""
     cfg = tiny_config(data_dir)
     overrides = [f"--config.data.data_dir={data_dir}"]
     for k in ("train_speakers", "test_speakers", "train_sessions", "test_sessions",
               "utterances_per_session", "min_seconds", "max_seconds", "n_trials", "noise_clips",
               "speech_clips", "music_clips", "rirs", "bank_seconds"):
         overrides.append(f"--config.data.synthetic.{k}={cfg.data.synthetic[k]}")
-    overrides += ["--config.data.crop_seconds=0.5", "--config.model.channels=(8,16,16,16)",
-                  "--config.model.blocks=(1,1,1,1)", "--config.model.embed_dim=32",
-                  "--config.train.batch_size=8", "--config.train.num_steps=2",
-                  "--config.train.progress_bar=False"]
-    workdir = tmp_path_factory.mktemp("main") / "run"
+    return overrides + ["--config.data.crop_seconds=0.5", "--config.train.batch_size=8",
+                        "--config.train.num_steps=2", "--config.train.progress_bar=False"]
+
+
+def _run_main(config, workdir, overrides):
+    """``python main.py --config=configs/CONFIG --workdir=WORKDIR OVERRIDES`` on 2 devices."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "main.py"),
-         "--config=" + os.path.join(ROOT, "configs/simclr_am.py:demo"), f"--workdir={workdir}",
+         "--config=" + os.path.join(ROOT, "configs", config), f"--workdir={workdir}",
          *overrides], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def main_run(data_dir, tmp_path_factory):
+    """A workdir trained and evaluated by main.py (tiny Fast ResNet-34, 2 steps on 2 devices)."""
+    workdir = tmp_path_factory.mktemp("main") / "run"
+    _run_main("simclr_am.py:demo", workdir, _tiny_overrides(data_dir) + [
+        "--config.model.channels=(8,16,16,16)", "--config.model.blocks=(1,1,1,1)",
+        "--config.model.embed_dim=32"])
     return workdir
 
 
+@pytest.mark.slow
+def test_main_trains_ecapa_with_moco_aam(data_dir, tmp_path):
+    """The other encoder, chosen by recipe argument, trains through main.py (MoCo with the
+    angular-margin loss) and is evaluated with its own architecture."""
+    _run_main("moco_am.py:demo,ecapa", tmp_path, _tiny_overrides(data_dir) + [
+        "--config.model.channels=32", "--config.model.mfa_channels=96",
+        "--config.model.embed_dim=24", "--config.model.se_channels=8",
+        "--config.model.attention_channels=8", "--config.model.res2net_scale=4",
+        "--config.method.loss=nt_xent_aam", "--config.method.queue_size=64"])
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert stored["model"]["name"] == "ecapa_tdnn" and stored["method"]["loss"] == "nt_xent_aam"
+    r = json.loads((tmp_path / "results.json").read_text())["synthetic_test"]
+    assert r["n_trials"] > 20 and 0 <= r["eer"] <= 100
+    assert (tmp_path / "checkpoints" / "2").is_dir()
+
+
+@pytest.mark.slow
 def test_main_trains_evaluates_and_writes_results(main_run):
     """main.py end to end (tiny): results.json per the public contract, scores and plots."""
     workdir = main_run
@@ -268,6 +311,7 @@ def _ssv_jax(*args):
     return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_console_embed_and_verify(main_run, tmp_path):
     import soundfile as sf
     rng = np.random.default_rng(0)

@@ -7,6 +7,8 @@ load TensorFlow):
   steps_per_epoch(cfg, global_batch)
   eval_utterances(cfg, split=None)              -> (utterance id, float32 wave)
   load_trials(cfg)                              -> {name: Trials}
+  train_split(cfg), eval_split(cfg), trial_lists(cfg)
+                                                the config's, or (None) what the dataset records
   ensure_dataset(cfg)                           builds the embedded corpus or names the missing one
   Trials, DatasetNotFoundError
 """
@@ -21,6 +23,9 @@ _EXPORTS = {
     "steps_per_epoch": "ssv_jax.data.pipeline",
     "eval_utterances": "ssv_jax.data.datasets",
     "load_trials": "ssv_jax.data.datasets",
+    "train_split": "ssv_jax.data.datasets",
+    "eval_split": "ssv_jax.data.datasets",
+    "trial_lists": "ssv_jax.data.datasets",
     "ensure_dataset": "ssv_jax.data.datasets",
     "DatasetNotFoundError": "ssv_jax.data.datasets",
     "Trials": "ssv_jax.data.trials",

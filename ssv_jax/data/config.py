@@ -17,14 +17,16 @@ def default_data_config() -> ml_collections.ConfigDict:
         Anything else must have been built by a data_prep/ command.
       data_dir: TFDS data_dir holding the datasets. Default
         ~/.cache/ssv_jax/tensorflow_datasets (or $SSV_JAX_DATA_DIR if set).
-      train_split: split of ``name`` to train on ("train" for synthetic and
-        folder datasets, "dev" for VoxCeleb2).
+      train_split: split of ``name`` to train on; None (default) = the one the
+        dataset records ("train" for synthetic and folder datasets, "dev" for
+        VoxCeleb).
       eval_name: dataset holding the evaluation utterances and trial lists
         (None = ``name``; "voxceleb1" when training on VoxCeleb2).
-      eval_split: split of the eval dataset with the trial utterances
-        ("test"; VoxCeleb1-E/H need "dev+test").
-      trials: trial-list names to evaluate, stored with the eval dataset
-        (("synthetic_test",); ("voxceleb1_o", "voxceleb1_e", "voxceleb1_h")).
+      eval_split: split(s) of the eval dataset with the trial utterances, e.g.
+        "dev+test"; None (default) = those the dataset records for the lists.
+      trials: trial-list names to evaluate, stored with the eval dataset; None
+        (default) = every list it stores. E.g. ("voxceleb1_o", "voxceleb1_e",
+        "voxceleb1_h").
       sample_rate: 16000 (every dataset is stored at this rate).
       crop_seconds: length of each of the two views (2.0).
       overlap: True = the two crops are drawn independently and may overlap;
@@ -47,10 +49,10 @@ def default_data_config() -> ml_collections.ConfigDict:
         "synthetic_rirs" embedded), or None.
       noise_prob: probability a view gets additive noise (1.0: always, as in
         the paper).
-      rir_prob: probability a view is reverberated (1.0: always, as in METHOD.md).
+      rir_prob: probability a view is reverberated (1.0: always, as in the paper).
       categories: noise categories drawn uniformly for a noised view.
       snr_noise, snr_speech, snr_music: (low, high) SNR in dB per category
-        (METHOD.md: 0-15, 13-20, 5-15).
+        (the paper: 0-15, 13-20, 5-15; docs/method.md#training-data-and-augmentation).
       babble: (min, max) number of speech clips summed for the speech category.
       rir_seconds: RIR length L in samples = rir_seconds * sample_rate
         (longer RIRs truncated, shorter zero-padded).
@@ -66,10 +68,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "synthetic"
     c.data_dir = os.environ.get("SSV_JAX_DATA_DIR", DEFAULT_DATA_DIR)
-    c.train_split = "train"
+    c.train_split = ml_collections.config_dict.placeholder(str)
     c.eval_name = ml_collections.config_dict.placeholder(str)
-    c.eval_split = "test"
-    c.trials = ("synthetic_test",)
+    c.eval_split = ml_collections.config_dict.placeholder(str)
+    c.trials = ml_collections.config_dict.placeholder(tuple)
     c.sample_rate = 16000
     c.crop_seconds = 2.0
     c.overlap = False

@@ -56,32 +56,42 @@ def _results(fn_path, items, num_workers):
 
 
 def build_synthetic(data_dir: str, size: synthetic.CorpusSize, *, num_workers: int = 2,
-                    overwrite: bool = True) -> list[records.BuildSummary]:
-    """Build the embedded corpus (train/test + trials) and its noise and RIR banks."""
+                    overwrite: bool = True,
+                    names=(SYNTHETIC, SYNTHETIC_NOISE, SYNTHETIC_RIRS)) -> list[records.BuildSummary]:
+    """Build the embedded corpus (train/test + trials) and/or its noise and RIR banks."""
     summaries = []
-    plans = {s: synthetic.utterance_plan(size, s) for s in ("train", "test")}
+    if SYNTHETIC in names:
+        plans = {s: synthetic.utterance_plan(size, s) for s in ("train", "test")}
 
-    def split_fn(split):
-        return lambda: _results(_SYN + "render_utterance", [(size, row) for row in plans[split]], num_workers)
+        def split_fn(split):
+            return lambda: _results(_SYN + "render_utterance",
+                                    [(size, row) for row in plans[split]], num_workers)
 
-    summaries.append(records.write_dataset(
-        SYNTHETIC, data_dir, {s: split_fn(s) for s in plans},
-        description="Embedded procedural multi-speaker speech corpus (ssv_jax.data.synthetic).",
-        trials={"synthetic_test": synthetic.make_trials(size, plans["test"])},
-        overwrite=overwrite))
-    counts = {"noise": size.noise_clips, "speech": size.speech_clips, "music": size.music_clips}
+        summaries.append(records.write_dataset(
+            SYNTHETIC, data_dir, {s: split_fn(s) for s in plans},
+            description="Embedded procedural multi-speaker speech corpus (ssv_jax.data.synthetic).",
+            trials={"synthetic_test": synthetic.make_trials(size, plans["test"])},
+            overwrite=overwrite))
+    if SYNTHETIC_NOISE in names:
+        counts = {"noise": size.noise_clips, "speech": size.speech_clips,
+                  "music": size.music_clips}
 
-    def bank_fn(cat):
-        return lambda: _results(_SYN + "render_noise", [(size, cat, i) for i in range(counts[cat])], num_workers)
+        def bank_fn(cat):
+            return lambda: _results(_SYN + "render_noise",
+                                    [(size, cat, i) for i in range(counts[cat])], num_workers)
 
-    summaries.append(records.write_dataset(
-        SYNTHETIC_NOISE, data_dir, {c: bank_fn(c) for c in counts},
-        description="Procedural noise bank: noise, speech (for babble), music.", overwrite=overwrite))
-    summaries.append(records.write_dataset(
-        SYNTHETIC_RIRS, data_dir,
-        {"train": lambda: _results(_SYN + "render_rir", [(size, i) for i in range(size.rirs)], num_workers)},
-        description="Procedural room impulse responses (RT60 0.15-0.9 s).", overwrite=overwrite))
-    for name in (SYNTHETIC, SYNTHETIC_NOISE, SYNTHETIC_RIRS):
+        summaries.append(records.write_dataset(
+            SYNTHETIC_NOISE, data_dir, {c: bank_fn(c) for c in counts},
+            description="Procedural noise bank: noise, speech (for babble), music.",
+            train_split=None, overwrite=overwrite))
+    if SYNTHETIC_RIRS in names:
+        summaries.append(records.write_dataset(
+            SYNTHETIC_RIRS, data_dir,
+            {"train": lambda: _results(_SYN + "render_rir", [(size, i) for i in range(size.rirs)],
+                                       num_workers)},
+            description="Procedural room impulse responses (RT60 0.15-0.9 s).", train_split=None,
+            overwrite=overwrite))
+    for name in names:
         vdir = records.find_version_dir(data_dir, name)
         (vdir / _SIZE_FILE).write_text(_fingerprint(size))
     return summaries
@@ -91,13 +101,10 @@ def _fingerprint(size: synthetic.CorpusSize) -> str:
     return json.dumps(dict(dataclasses.asdict(size), generator_version=synthetic.GENERATOR_VERSION), sort_keys=True)
 
 
-def _synthetic_current(data_dir: str, size: synthetic.CorpusSize) -> bool:
-    want = _fingerprint(size)
-    for name in (SYNTHETIC, SYNTHETIC_NOISE, SYNTHETIC_RIRS):
-        vdir = records.find_version_dir(data_dir, name)
-        if vdir is None or not (vdir / _SIZE_FILE).exists() or (vdir / _SIZE_FILE).read_text() != want:
-            return False
-    return True
+def _synthetic_current(data_dir: str, size: synthetic.CorpusSize, name: str) -> bool:
+    vdir = records.find_version_dir(data_dir, name)
+    return (vdir is not None and (vdir / _SIZE_FILE).exists()
+            and (vdir / _SIZE_FILE).read_text() == _fingerprint(size))
 
 
 def _names(data_cfg) -> list[str]:
@@ -119,14 +126,17 @@ def ensure_dataset(data_cfg) -> dict:
     out = {}
     with _lock:
         names = _names(data_cfg)
-        if any(n in (SYNTHETIC, SYNTHETIC_NOISE, SYNTHETIC_RIRS) for n in names):
-            size = size_from_config(data_cfg)
-            if not _synthetic_current(data_dir, size):
-                log.warning("building the embedded synthetic corpus in %s (one-off, cached)", data_dir)
-                for n in (SYNTHETIC, SYNTHETIC_NOISE, SYNTHETIC_RIRS):
-                    _open.pop((str(records.dataset_root(data_dir, n)), n), None)
-                for s in build_synthetic(data_dir, size, num_workers=int(data_cfg.synthetic.num_workers)):
-                    log.warning("%s", s.report())
+        size = size_from_config(data_cfg)
+        stale = [n for n in names if n in (SYNTHETIC, SYNTHETIC_NOISE, SYNTHETIC_RIRS)
+                 and not _synthetic_current(data_dir, size, n)]
+        if stale:
+            log.warning("building the embedded %s in %s (one-off, cached)", ", ".join(stale),
+                        data_dir)
+            for n in stale:
+                _open.pop((str(records.dataset_root(data_dir, n)), n), None)
+            for s in build_synthetic(data_dir, size, names=stale,
+                                     num_workers=int(data_cfg.synthetic.num_workers)):
+                log.warning("%s", s.report())
         for name in names:
             key = (str(records.dataset_root(data_dir, name)), name)
             if key not in _open:
@@ -148,24 +158,69 @@ def _eval_dataset(data_cfg) -> records.Dataset:
     return open_dataset(data_cfg, data_cfg.eval_name or data_cfg.name)
 
 
+def train_split(data_cfg) -> str:
+    """``data.train_split``, or (None) the training split the dataset records."""
+    if data_cfg.train_split:
+        return data_cfg.train_split
+    ds = open_dataset(data_cfg, data_cfg.name)
+    split = ds.layout["train_split"]
+    if not split:
+        raise ValueError(f"dataset {ds.name!r} ({ds.dir}) records no training split; it has splits "
+                         f"{ds.splits}: name one with --config.data.train_split=SPLIT.")
+    return split
+
+
+def trial_lists(data_cfg) -> tuple[str, ...]:
+    """``data.trials``, or (None) every trial list the evaluation dataset stores."""
+    if data_cfg.trials is not None:
+        return tuple(data_cfg.trials)
+    ds = _eval_dataset(data_cfg)
+    names = tuple(ds.layout["trials"]) or tuple(ds.trial_names())
+    if not names:
+        raise ValueError(
+            f"dataset {ds.name!r} ({ds.dir}) stores no trial list, so there is nothing to evaluate: "
+            f"rebuild it with one (data_prep/folder.py --trials=FILE) or name a dataset that has "
+            f"one with --config.data.eval_name=NAME.")
+    return names
+
+
+def eval_split(data_cfg) -> str:
+    """``data.eval_split``, or (None) the split(s) holding the trial lists' utterances."""
+    if data_cfg.eval_split:
+        return data_cfg.eval_split
+    ds = _eval_dataset(data_cfg)
+    used = set()
+    for name in trial_lists(data_cfg):
+        used.update(ds.trial_split(name).split("+"))
+    split = "+".join(s for s in ds.splits if s in used)
+    if not split:
+        raise ValueError(f"dataset {ds.name!r} ({ds.dir}) does not say which split holds the "
+                         f"utterances of {trial_lists(data_cfg)}; set --config.data.eval_split.")
+    return split
+
+
 def load_trials(data_cfg) -> dict[str, Trials]:
-    """Trial lists named by ``data_cfg.trials`` -> Trials, with ids as eval_utterances yields them.
+    """The trial lists (``trial_lists``) -> Trials, with ids as eval_utterances yields them.
 
     A list that is not stored with the eval dataset, or that names an utterance
-    not in ``eval_split``, raises an error saying which.
+    not in the evaluation split, raises an error saying which.
     """
     ds = _eval_dataset(data_cfg)
-    known = {row[0] for row in ds.index(data_cfg.eval_split)}
-    out = {}
-    for name in data_cfg.trials:
+    names = trial_lists(data_cfg)
+    for name in names:
         path = ds.trial_path(name)
         if not path.exists():
             raise FileNotFoundError(
-                f"trial list {name!r} not found at {path}; {ds.name!r} has {ds.trial_names() or 'no trial lists'}. "
-                f"Rebuild the dataset with its trial list (e.g. data_prep/folder.py --trials=FILE) or fix "
-                f"--config.data.trials.")
+                f"trial list {name!r} not found at {path}; {ds.name!r} has "
+                f"{ds.trial_names() or 'no trial lists'}. Rebuild the dataset with its trial list "
+                f"(e.g. data_prep/folder.py --trials=FILE) or fix --config.data.trials.")
+    split = eval_split(data_cfg)
+    known = {row[0] for row in ds.index(split)}
+    out = {}
+    for name in names:
+        path = ds.trial_path(name)
         t = parse_trials(path.read_text(), name, str(path))
-        out[name] = resolve_ids(t, known, f"split {data_cfg.eval_split!r} of {ds.name!r} ({ds.dir})")
+        out[name] = resolve_ids(t, known, f"split {split!r} of {ds.name!r} ({ds.dir})")
     return out
 
 
@@ -176,7 +231,7 @@ def eval_utterances(data_cfg, split: str | None = None, *, only=None) -> Iterato
     decoding their audio (e.g. only the utterances the trial lists name).
     """
     ds = _eval_dataset(data_cfg)
-    split = split or data_cfg.eval_split
+    split = split or eval_split(data_cfg)
     rows = ds.index(split)
     src = ds.source(split)
     want = None if only is None else set(only)

@@ -57,12 +57,13 @@ def _check_batch(global_batch: int, process_count: int) -> int:
 
 
 def steps_per_epoch(data_cfg, global_batch: int) -> int:
-    """Full global batches in one epoch of ``data_cfg.train_split`` (the remainder is dropped)."""
+    """Full global batches in one epoch of the training split (the remainder is dropped)."""
     ds = datasets.open_dataset(data_cfg, data_cfg.name)
-    n = ds.num_records(data_cfg.train_split)
+    split = datasets.train_split(data_cfg)
+    n = ds.num_records(split)
     if n < global_batch:
         raise ValueError(
-            f"split {data_cfg.train_split!r} of {data_cfg.name!r} has {n} utterances, fewer than one global "
+            f"split {split!r} of {data_cfg.name!r} has {n} utterances, fewer than one global "
             f"batch of {global_batch}; lower the batch size or use a bigger dataset.")
     return n // global_batch
 
@@ -104,7 +105,7 @@ class TrainStream:
         self.B = _check_batch(self.G, self.pc)
         dsets = datasets.ensure_dataset(data_cfg)
         self.ds = dsets[data_cfg.name]
-        self.src = self.ds.source(data_cfg.train_split)
+        self.src = self.ds.source(datasets.train_split(data_cfg))
         self.N = len(self.src)
         self.steps_per_epoch = steps_per_epoch(data_cfg, self.G)
         sr = int(data_cfg.sample_rate)

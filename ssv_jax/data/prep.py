@@ -215,7 +215,8 @@ def build_voxceleb(data_dir: str, *, vox1_dir: str | None = None, vox2_dir: str 
 
         out.append(records.write_dataset(name, data_dir, {s: split_fn(s) for s in splits},
                                          description=f"{name} from {os.path.abspath(os.path.expanduser(src))}",
-                                         trials=trial_lists or None, sample_rate=sample_rate, overwrite=overwrite))
+                                         trials=trial_lists or None, train_split="dev",
+                                         sample_rate=sample_rate, overwrite=overwrite))
     if not out:
         raise ValueError("nothing to build: pass --vox1_dir and/or --vox2_dir.")
     return out
@@ -258,7 +259,7 @@ def build_musan(musan_dir: str, data_dir: str, *, name: str = "musan", chunk_sec
 
     return records.write_dataset(name, data_dir, {c: split_fn(c) for c in cats},
                                  description=f"MUSAN noise bank from {os.path.abspath(d)}",
-                                 sample_rate=sample_rate, overwrite=overwrite)
+                                 train_split=None, sample_rate=sample_rate, overwrite=overwrite)
 
 
 def build_rirs(rirs_dir: str, data_dir: str, *, name: str = "rirs", sample_rate: int = 16000,
@@ -277,4 +278,4 @@ def build_rirs(rirs_dir: str, data_dir: str, *, name: str = "rirs", sample_rate:
     gen = lambda: _decoded(rows, sample_rate=sample_rate, min_seconds=0.0, num_workers=num_workers,  # noqa: E731
                            peak=True, category="rir")
     return records.write_dataset(name, data_dir, {"train": gen}, description=f"RIRs from {os.path.abspath(root)}",
-                                 sample_rate=sample_rate, overwrite=overwrite)
+                                 train_split=None, sample_rate=sample_rate, overwrite=overwrite)

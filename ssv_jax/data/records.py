@@ -15,8 +15,10 @@ record per utterance:
 Beside TFDS's own files, the version directory holds
 ``index/<split>.tsv`` (utterance, speaker, session, samples; written from the
 generator, so ids can be checked without reading audio), ``trials/<name>.txt``
-(VoxCeleb ``label a b`` lists) and ``prep_summary.json`` (what was written and
-what was skipped and why). ``ssv_jax_complete`` marks a finished build.
+(VoxCeleb ``label a b`` lists), ``layout.json`` (the split to train on and,
+per trial list, the split(s) holding its utterances: the dataset describes
+itself, so a config needs only its name) and ``prep_summary.json`` (what was
+written and what was skipped and why). ``ssv_jax_complete`` marks a finished build.
 
 Shards target 100-200 MB (TFDS picks a power of two between those sizes).
 """
@@ -38,6 +40,7 @@ log = logging.getLogger("ssv_jax.data")
 
 VERSION = "1.0.0"
 COMPLETE_MARK = "ssv_jax_complete"
+LAYOUT_FILE = "layout.json"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -213,6 +216,7 @@ def write_dataset(
     *,
     description: str = "",
     trials: Mapping[str, Iterable[tuple[int, str, str]]] | None = None,
+    train_split: str | None = "train",
     sample_rate: int = 16000,
     overwrite: bool = False,
     min_shard_mb: int = 100,
@@ -223,7 +227,8 @@ def write_dataset(
     Records need ``audio`` (int16 16 kHz), ``utterance`` and optionally
     ``speaker``, ``session``, ``category``. ``trials`` maps a trial-list name to
     (label, utterance_a, utterance_b) rows; every utterance they name must be
-    in the dataset. Returns the summary (also saved as prep_summary.json).
+    in the dataset. ``train_split``: the split training uses by default (None: a bank or an
+    evaluation-only dataset). Returns the summary (also saved as prep_summary.json).
     """
     tfds = _tfds()
     check_name(name)
@@ -256,8 +261,10 @@ def write_dataset(
     for split, rows in index.items():
         with (vdir / "index" / f"{split}.tsv").open("w") as f:
             f.writelines(f"{u}\t{s}\t{e}\t{n}\n" for u, s, e, n in rows)
+    layout = {"train_split": train_split if train_split in index else None, "trials": {}}
     if trials:
         known = {r[0] for rows in index.values() for r in rows}
+        split_of = {r[0]: s for s, rows in index.items() for r in rows}
         (vdir / "trials").mkdir(exist_ok=True)
         for tname, rows in trials.items():
             rows = list(rows)
@@ -269,6 +276,9 @@ def write_dataset(
                 summary.skipped.setdefault(f"trials:{tname}", []).extend((u, "missing utterance") for u in missing)
             with (vdir / "trials" / f"{tname}.txt").open("w") as f:
                 f.writelines(f"{int(l)} {a} {b}\n" for l, a, b in rows)
+            used = {split_of[u] for _, a, b in rows for u in (a, b)}
+            layout["trials"][tname] = "+".join(s for s in index if s in used)
+    (vdir / LAYOUT_FILE).write_text(json.dumps(layout, indent=1))
     summary.path = str(vdir)
     summary.seconds = time.time() - t0
     (vdir / "prep_summary.json").write_text(json.dumps(
@@ -318,6 +328,34 @@ class Dataset:
                 u, spk, sess, n = line.split("\t")
                 rows.append((u, spk, sess, int(n)))
         return rows
+
+    @property
+    def layout(self) -> dict:
+        """{"train_split": split or None, "trials": {list name: split(s) of its utterances}}.
+        Datasets built before layout.json existed: "train" (or VoxCeleb's "dev") if present,
+        and each list's splits found from the index."""
+        if "_layout" not in self.__dict__:
+            path = self.dir / LAYOUT_FILE
+            if path.exists():
+                self._layout = json.loads(path.read_text())
+            else:
+                train = next((s for s in ("train", "dev") if s in self.splits), None)
+                self._layout = {"train_split": train, "trials": {
+                    name: self._splits_holding(name) for name in self.trial_names()}}
+        return self._layout
+
+    def trial_split(self, name: str) -> str:
+        """The split(s) ("a+b") holding the utterances of trial list ``name`` ("" if none)."""
+        return self.layout["trials"].get(name) or self._splits_holding(name)
+
+    def _splits_holding(self, name: str) -> str:
+        if "_split_of" not in self.__dict__:
+            self._split_of = {r[0]: s for s in self.splits for r in self.index(s)}
+        used = set()
+        if self.trial_path(name).exists():
+            for line in self.trial_path(name).read_text().split("\n"):
+                used.update(self._split_of[u] for u in line.split()[1:3] if u in self._split_of)
+        return "+".join(s for s in self.splits if s in used)
 
     def trial_names(self) -> list[str]:
         d = self.dir / "trials"

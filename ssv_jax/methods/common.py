@@ -10,7 +10,7 @@ from ssv_jax.models import Projector, build_encoder
 
 
 class SSLNetwork(nnx.Module):
-    """Encoder, plus METHOD.md's projector when ``method.projector`` is set.
+    """Encoder, plus the projector (docs/method.md#projector) when ``method.projector`` is set.
 
     ``__call__`` gives what the loss sees (projected if there is a projector);
     ``embed`` gives the speaker embedding used for verification (the encoder's).

@@ -1,4 +1,4 @@
-"""Optional projector head (METHOD.md): Linear-BN-ReLU-Linear-BN-ReLU-Linear, 512-2048-2048-128."""
+"""Optional projector head (docs/method.md#projector): Linear-BN-ReLU-Linear-BN-ReLU-Linear, 512-2048-2048-128."""
 from __future__ import annotations
 
 import jax

@@ -199,7 +199,7 @@ def stats_pool(h, mask=None, min_var: float = 1e-5):
 
 
 class FastResNet34(nnx.Module):
-    """Fast ResNet-34 speaker encoder (METHOD.md), ``[B, frames, n_mels]`` -> ``[B, embed_dim]``.
+    """Fast ResNet-34 speaker encoder (docs/method.md#fast-resnet-34), ``[B, frames, n_mels]`` -> ``[B, embed_dim]``.
 
     Args:
       n_mels: input bands. channels / blocks / strides: per stage (first-block stride, applied to
