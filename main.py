@@ -8,6 +8,7 @@ files, DIR/results.json ({trial list: {"eer", "min_dcf", "n_trials"}}) and DIR/e
 EER thresholds, DET curve, score histograms). Rerunning with the
 same --workdir resumes from the latest checkpoint.
 """
+
 import os
 import sys
 
@@ -23,13 +24,21 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Recipe config file, e.g. configs/simclr_am.py or configs/simclr_am.py:demo.",
-    lock_config=True)
+    "config",
+    None,
+    "Recipe config file, e.g. configs/simclr_am.py or configs/simclr_am.py:demo.",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
-_MODE = flags.DEFINE_enum("mode", "train_and_evaluate", ["train_and_evaluate", "train", "evaluate"],
-                          "train_and_evaluate (default): train, then evaluate; train; evaluate.")
+_MODE = flags.DEFINE_enum(
+    "mode",
+    "train_and_evaluate",
+    ["train_and_evaluate", "train", "evaluate"],
+    "train_and_evaluate (default): train, then evaluate; train; evaluate.",
+)
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() (multi-host TPU/GPU pods).")
+    "distributed", False, "Call jax.distributed.initialize() (multi-host TPU/GPU pods)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -40,8 +49,10 @@ def parse_flags(argv):
     except (AttributeError, KeyError) as e:
         bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
         detail = str(e).replace("\\n", " ").replace("\\'", "'").strip("'\" ")
-        sys.exit(f"main.py: unknown config key among {bad}: {detail}. Every key must exist in the "
-                 "recipe (fields: ssv_jax/config.py).")
+        sys.exit(
+            f"main.py: unknown config key among {bad}: {detail}. Every key must exist in the "
+            "recipe (fields: ssv_jax/config.py)."
+        )
 
 
 def main(argv):
@@ -64,16 +75,24 @@ def main(argv):
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(cfg.to_json_best_effort(indent=2))
-    print(f"ssv_jax: {jax.device_count()} {jax.devices()[0].platform} device(s), "
-          f"{jax.process_count()} process(es); workdir {workdir}", flush=True)
+    print(
+        f"ssv_jax: {jax.device_count()} {jax.devices()[0].platform} device(s), "
+        f"{jax.process_count()} process(es); workdir {workdir}",
+        flush=True,
+    )
     graphdef = state = mesh = None
     if _MODE.value in ("train_and_evaluate", "train"):
         graphdef, state, mesh = train_lib.train(cfg, workdir)
     if _MODE.value in ("train_and_evaluate", "evaluate"):
         results = train_lib.evaluate(cfg, workdir, mesh=mesh, graphdef=graphdef, state=state)
         if jax.process_index() == 0:
-            print("results:", {k: {m: round(v, 4) if isinstance(v, float) else v
-                                   for m, v in r.items()} for k, r in results.items()})
+            print(
+                "results:",
+                {
+                    k: {m: round(v, 4) if isinstance(v, float) else v for m, v in r.items()}
+                    for k, r in results.items()
+                },
+            )
 
 
 if __name__ == "__main__":

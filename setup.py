@@ -1,4 +1,5 @@
 """ssv_jax: self-supervised speaker verification in JAX/Flax."""
+
 from setuptools import find_packages, setup
 
 # Pinned: these versions were resolved together and tested.

@@ -13,6 +13,7 @@ Prints:
   * on-device augmentation time for one batch (jit, CPU);
   * the mean-log-mel cosine baseline EER on the default test trials.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,12 +56,18 @@ def mean_logmel_baseline(cfg) -> dict:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data_dir", default=None, help="where to build (default: a fresh temporary folder)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--data_dir", default=None, help="where to build (default: a fresh temporary folder)"
+    )
     p.add_argument("--batches", type=int, default=40)
     p.add_argument("--global_batch", type=int, default=32)
     p.add_argument("--num_workers", type=int, default=2)
-    p.add_argument("--step_seconds", type=float, default=1.8, help="train step time for 32x2 views of 2 s")
+    p.add_argument(
+        "--step_seconds", type=float, default=1.8, help="train step time for 32x2 views of 2 s"
+    )
     p.add_argument("--skip_folder", action="store_true")
     a = p.parse_args()
 
@@ -78,8 +85,10 @@ def main():
     summaries = datasets.build_synthetic(data_dir, datasets.size_from_config(cfg), num_workers=2)
     dt = time.time() - t
     hours = sum(s.total_hours() for s in summaries)
-    print(f"embedded corpus + banks: {dt:.1f} s for {hours:.2f} audio hours "
-          f"({hours / (dt / 60):.2f} audio hours per minute, 2 workers)")
+    print(
+        f"embedded corpus + banks: {dt:.1f} s for {hours:.2f} audio hours "
+        f"({hours / (dt / 60):.2f} audio hours per minute, 2 workers)"
+    )
     for s in summaries:
         print("  " + s.report().replace("\n", "\n  "))
 
@@ -93,13 +102,21 @@ def main():
                 d = os.path.join(audio_dir, f"s{spk}", "v0")
                 os.makedirs(d, exist_ok=True)
                 rate = 16000 if u % 2 else 44100
-                sf.write(os.path.join(d, f"{u}.flac" if u % 3 else f"{u}.wav"),
-                         (r.standard_normal(8 * rate) * 0.1).astype(np.float32), rate)
+                sf.write(
+                    os.path.join(d, f"{u}.flac" if u % 3 else f"{u}.wav"),
+                    (r.standard_normal(8 * rate) * 0.1).astype(np.float32),
+                    rate,
+                )
         t = time.time()
-        s = prep.build_folder(audio_dir, os.path.join(tmp, "folder_tfds"), "bench_folder", num_workers=2)
+        s = prep.build_folder(
+            audio_dir, os.path.join(tmp, "folder_tfds"), "bench_folder", num_workers=2
+        )
         dt = time.time() - t
-        print(f"data_prep/folder.py on 200 files x 8 s (half 44.1 kHz -> resampled, wav+flac): {dt:.1f} s, "
-              f"{s.total_hours() / (dt / 60):.2f} audio hours per minute (2 workers)")
+        print(
+            "data_prep/folder.py on 200 files x 8 s (half 44.1 kHz -> resampled, wav+flac): "
+            f"{dt:.1f} s, "
+            f"{s.total_hours() / (dt / 60):.2f} audio hours per minute (2 workers)"
+        )
 
     T = int(cfg.crop_seconds * 16000)
     it = data.train_batches(cfg, global_batch=a.global_batch, seed=0)
@@ -111,9 +128,13 @@ def main():
     dt = time.time() - t
     views = a.batches * a.global_batch * 2
     need = 64 / a.step_seconds * (cfg.crop_seconds / 2.0)
-    print(f"pipeline: {views / dt:.0f} views/s ({dt / a.batches * 1e3:.0f} ms per batch of {a.global_batch}x2 "
-          f"views of {cfg.crop_seconds} s + noise/babble crops + RIRs; {a.num_workers} tf.data workers); "
-          f"train step eats ~{need:.0f} views/s -> {views / dt / need:.1f}x")
+    print(
+        f"pipeline: {views / dt:.0f} views/s ({dt / a.batches * 1e3:.0f} ms per batch of "
+        f"{a.global_batch}x2 "
+        f"views of {cfg.crop_seconds} s + noise/babble crops + RIRs; {a.num_workers} tf.data "
+        "workers); "
+        f"train step eats ~{need:.0f} views/s -> {views / dt / need:.1f}x"
+    )
 
     import jax
 
@@ -126,13 +147,18 @@ def main():
     t = time.time()
     for i in range(5):
         f(dev, jax.random.key(i)).block_until_ready()
-    print(f"augment (jit, CPU, reverb + noise + EQ) on [{a.global_batch}, 2, {T}]: "
-          f"{(time.time() - t) / 5 * 1e3:.0f} ms per batch")
+    print(
+        f"augment (jit, CPU, reverb + noise + EQ) on [{a.global_batch}, 2, {T}]: "
+        f"{(time.time() - t) / 5 * 1e3:.0f} ms per batch"
+    )
 
     t = time.time()
     res = mean_logmel_baseline(cfg)
     for name, (e, n) in res.items():
-        print(f"mean-log-mel cosine baseline: {name} EER {e:.2f}% on {n} trials ({time.time() - t:.0f} s)")
+        print(
+            f"mean-log-mel cosine baseline: {name} EER {e:.2f}% on {n} trials "
+            f"({time.time() - t:.0f} s)"
+        )
     if a.data_dir is None:
         shutil.rmtree(tmp, ignore_errors=True)
 

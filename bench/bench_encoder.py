@@ -15,6 +15,7 @@ on XLA's convolutions, so combine them with --no_onednn), --ab onednn|s2d|barrie
 interleaved in one process: step times vary between processes on a shared VM, so compare within
 one), --model ecapa_tdnn, --steps N, --extra_flags '...'. Figures so far: bench/README.md.
 """
+
 import argparse
 import os
 import subprocess
@@ -32,8 +33,9 @@ ap.add_argument("--no_s2d", action="store_true")
 ap.add_argument("--compare", action="store_true")
 ap.add_argument("--no_barrier", action="store_true")
 ap.add_argument("--no_onednn", action="store_true")
-ap.add_argument("--ab", choices=["s2d", "barrier", "onednn"],
-                help="interleave steps with it on and off")
+ap.add_argument(
+    "--ab", choices=["s2d", "barrier", "onednn"], help="interleave steps with it on and off"
+)
 ap.add_argument("--profile", action="store_true", help="op time by HLO op kind (jax.profiler)")
 ap.add_argument("--extra_flags", default="")
 args = ap.parse_args()
@@ -48,6 +50,7 @@ if args.compare:
 
 if not args.no_flags:
     from ssv_jax import cpu  # noqa: E402  (imports no jax backend yet)
+
     cpu.configure()
 if args.extra_flags:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.extra_flags).strip()
@@ -71,19 +74,20 @@ def matmul_gflops(n=4096, reps=5):
         t0 = time.perf_counter()
         f(a, a).block_until_ready()
         ts.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / min(ts) / 1e9
+    return 2 * n**3 / min(ts) / 1e9
 
 
 def nt_xent(z1, z2, scale=30.0):
-    z = jnp.concatenate([z1, z2]) / jnp.linalg.norm(jnp.concatenate([z1, z2]), axis=1,
-                                                    keepdims=True)
+    z = jnp.concatenate([z1, z2]) / jnp.linalg.norm(
+        jnp.concatenate([z1, z2]), axis=1, keepdims=True
+    )
     n = z1.shape[0]
     logits = scale * z @ z.T - 1e9 * jnp.eye(2 * n)
     labels = jnp.concatenate([jnp.arange(n) + n, jnp.arange(n)])
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-_GFLOP = {}   # XLA cost-analysis GFLOP of the step with XLA's convolutions, by (s2d, barrier)
+_GFLOP = {}  # XLA cost-analysis GFLOP of the step with XLA's convolutions, by (s2d, barrier)
 
 
 def _xla_convs(speed):
@@ -114,6 +118,7 @@ def build(**speed):
             emb = m(feats)
             z = emb.reshape(args.views, args.batch, -1)
             return nt_xent(z[0], z[1]), nnx.state(m, nnx.BatchStat)
+
         (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), new_rest, opt_state, loss
@@ -159,6 +164,7 @@ def profile(compiled, state, waves, steps=2):
     import json
     import re
     import tempfile
+
     run_once(compiled, state, waves)
     with tempfile.TemporaryDirectory() as d:
         with jax.profiler.trace(d):
@@ -169,18 +175,22 @@ def profile(compiled, state, waves, steps=2):
         name = e.get("name", "")
         if e.get("ph") == "X" and not name.startswith(("$", "ThunkExecutor", "Pjit", "PjRt")):
             kinds[re.sub(r"[.\d]+$", "", name)] += e["dur"] / 1e3 / steps
-    print(f"step wall {wall * 1e3:.0f} ms; listed op time {sum(kinds.values()):.0f} ms "
-          f"(summed over threads); top op kinds:")
+    print(
+        f"step wall {wall * 1e3:.0f} ms; listed op time {sum(kinds.values()):.0f} ms "
+        f"(summed over threads); top op kinds:"
+    )
     for kind, ms in kinds.most_common(12):
         print(f"  {ms:8.1f} ms  {kind}")
 
 
 def main():
-    print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} jax {jax.__version__} "
-          f"{jax.devices()[0].platform}")
+    print(
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} jax {jax.__version__} "
+        f"{jax.devices()[0].platform}"
+    )
     n_views = args.batch * args.views
     speed = dict(s2d=not args.no_s2d, barrier=not args.no_barrier, onednn=not args.no_onednn)
-    if args.ab:              # same process, interleaved: robust to other load on the machine
+    if args.ab:  # same process, interleaved: robust to other load on the machine
         speeds = ({**speed, args.ab: True}, {**speed, args.ab: False})
         a, b = (build(**v) for v in speeds)
         for v in (a, b):
@@ -192,8 +202,10 @@ def main():
         peak = matmul_gflops()
         print(f"interleaved A/B over {args.steps} steps each (matmul peak now {peak:.0f} GFLOP/s):")
         for name, t, v in ((f"{args.ab}=True", ta, speeds[0]), (f"{args.ab}=False", tb, speeds[1])):
-            print(f"  {name:14s} median {np.median(t):.3f}s min {min(t):.3f}s -> "
-                  f"{n_views / np.median(t):.1f} views/s ({step_gflop(v):.1f} GFLOP/step)")
+            print(
+                f"  {name:14s} median {np.median(t):.3f}s min {min(t):.3f}s -> "
+                f"{n_views / np.median(t):.1f} views/s ({step_gflop(v):.1f} GFLOP/step)"
+            )
         return
     if args.profile:
         compiled, state, waves = build(**speed)[:3]
@@ -207,12 +219,16 @@ def main():
     peak1 = matmul_gflops()
     peak = max(peak0, peak1)
     t = float(np.median(times))
-    print(f"model={args.model} {speed} batch={args.batch}x{args.views} views x "
-          f"{args.seconds}s  compile {t_compile:.1f}s")
-    print(f"step: median {t:.3f}s (min {times.min():.3f}, max {times.max():.3f}) -> "
-          f"{n_views / t:.1f} views/s; {gflop:.1f} GFLOP/step -> {gflop / t:.1f} GFLOP/s = "
-          f"{gflop / t / peak:.2f} of fp32 matmul peak {peak:.0f} GFLOP/s "
-          f"(before {peak0:.0f}, after {peak1:.0f})")
+    print(
+        f"model={args.model} {speed} batch={args.batch}x{args.views} views x "
+        f"{args.seconds}s  compile {t_compile:.1f}s"
+    )
+    print(
+        f"step: median {t:.3f}s (min {times.min():.3f}, max {times.max():.3f}) -> "
+        f"{n_views / t:.1f} views/s; {gflop:.1f} GFLOP/step -> {gflop / t:.1f} GFLOP/s = "
+        f"{gflop / t / peak:.2f} of fp32 matmul peak {peak:.0f} GFLOP/s "
+        f"(before {peak0:.0f}, after {peak1:.0f})"
+    )
 
 
 if __name__ == "__main__":

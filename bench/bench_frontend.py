@@ -5,6 +5,7 @@
 Times both DFT variants (``dft="fft"`` and ``dft="matmul"``), median of --reps calls after a
 compile call. Figures so far: bench/README.md.
 """
+
 import argparse
 import os
 import sys
@@ -35,5 +36,7 @@ for dft in ("fft", "matmul"):
         f(waves).block_until_ready()
         ts.append(time.perf_counter() - t0)
     t = float(np.median(ts))
-    print(f"dft={dft}: {args.batch} x {args.seconds}s in {t * 1e3:.1f} ms -> "
-          f"{args.batch * args.seconds / t:.0f} s of audio per second")
+    print(
+        f"dft={dft}: {args.batch} x {args.seconds}s in {t * 1e3:.1f} ms -> "
+        f"{args.batch * args.seconds / t:.0f} s of audio per second"
+    )

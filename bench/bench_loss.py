@@ -9,6 +9,7 @@ one device's logits block (2 B_local x 2 B_global floats) and of the gathered ke
 B_local x B_global (+ B_global x D), while one device holding the whole batch grows as B_global^2.
 Figures so far: bench/README.md.
 """
+
 import argparse
 import os
 import sys
@@ -42,7 +43,9 @@ def single():
 def sharded(mesh):
     body = jax.shard_map(
         lambda a, b: losses.nt_xent_am(a, b, axis_name=DATA_AXIS, **KW),
-        mesh=mesh, in_specs=(P(DATA_AXIS), P(DATA_AXIS)), out_specs=P(),
+        mesh=mesh,
+        in_specs=(P(DATA_AXIS), P(DATA_AXIS)),
+        out_specs=P(),
     )
     return jax.jit(jax.value_and_grad(body, (0, 1)))
 
@@ -77,21 +80,29 @@ def main():
     f1, f8 = single(), sharded(mesh)
     (l1, g1), (l8, g8) = f1(a1, b1), f8(a8, b8)
     diff = max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) for x, y in zip(g1, g8))
-    print(f"global batch {n} x 2 views, D={d}; loss 1-dev {float(l1):.6f}, {w}-dev {float(l8):.6f}, "
-          f"max |grad diff| {diff:.2e}")
-    print(f"time per loss+grad: 1 device {timeit(f1, a1, b1) * 1e3:.2f} ms, "
-          f"{w} simulated devices {timeit(f8, a8, b8) * 1e3:.2f} ms "
-          f"(simulated devices share this host's {os.cpu_count()} cores)")
-    print(f"\n{'B_global':>8} {'B_local':>7} {'1-dev temp MB':>13} {'per-device temp MB':>18} "
-          f"{'logits block MB':>15} {'gathered keys MB':>16} {'temp/(block+keys)':>17}")
+    print(
+        f"global batch {n} x 2 views, D={d}; loss 1-dev {float(l1):.6f}, {w}-dev {float(l8):.6f}, "
+        f"max |grad diff| {diff:.2e}"
+    )
+    print(
+        f"time per loss+grad: 1 device {timeit(f1, a1, b1) * 1e3:.2f} ms, "
+        f"{w} simulated devices {timeit(f8, a8, b8) * 1e3:.2f} ms "
+        f"(simulated devices share this host's {os.cpu_count()} cores)"
+    )
+    print(
+        f"\n{'B_global':>8} {'B_local':>7} {'1-dev temp MB':>13} {'per-device temp MB':>18} "
+        f"{'logits block MB':>15} {'gathered keys MB':>16} {'temp/(block+keys)':>17}"
+    )
     for n in (64, 128, 256, 512, 1024):
         z = rng.normal(size=(n, d)).astype(np.float32)
         t1 = temp_bytes(f1, jax.device_put(z, one), jax.device_put(z, one))
         t8 = temp_bytes(f8, jax.device_put(z, sh), jax.device_put(z, sh))
         block = (2 * n // w) * (2 * n) * 4  # this device's [2 B_local, 2 B_global] logits
         keys = 2 * n * d * 4  # the all-gathered [2 B_global, D] keys
-        print(f"{n:>8} {n // w:>7} {t1 / 2**20:>13.2f} {t8 / 2**20:>18.3f} {block / 2**20:>15.3f} "
-              f"{keys / 2**20:>16.3f} {t8 / (block + keys):>17.2f}")
+        print(
+            f"{n:>8} {n // w:>7} {t1 / 2**20:>13.2f} {t8 / 2**20:>18.3f} {block / 2**20:>15.3f} "
+            f"{keys / 2**20:>16.3f} {t8 / (block + keys):>17.2f}"
+        )
 
 
 if __name__ == "__main__":

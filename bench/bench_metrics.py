@@ -5,6 +5,7 @@
 Prints seconds per call (best of --repeats, after one warm-up/compile call) and the ratio.
 Figures so far: bench/README.md.
 """
+
 import argparse
 import time
 
@@ -38,15 +39,20 @@ def main():
     p.add_argument("--sizes", default="1e5,1e6,1e7")
     p.add_argument("--repeats", type=int, default=3)
     a = p.parse_args()
-    print(f"{'trials':>10} {'ssv_jax s':>10} {'sklearn s':>10} {'speed-up':>9}  eer(jax/sk)  minDCF(jax/sk)")
+    print(
+        f"{'trials':>10} {'ssv_jax s':>10} {'sklearn s':>10} {'speed-up':>9}  eer(jax/sk)  "
+        "minDCF(jax/sk)"
+    )
     for n in [int(float(s)) for s in a.sizes.split(",")]:
         rng = np.random.default_rng(0)
         labels = (rng.random(n) < 0.5).astype(np.int32)
         scores = (rng.normal(size=n) + 1.5 * labels).astype(np.float32)
         t_j, out = best_of(lambda: metrics.verification_metrics(scores, labels, (0.01,)), a.repeats)
         t_s, (e_s, d_s) = best_of(lambda: sklearn_eer_min_dcf(scores, labels), a.repeats)
-        print(f"{n:>10} {t_j:>10.4f} {t_s:>10.4f} {t_s / t_j:>8.2f}x  "
-              f"{out['eer']:.4f}/{e_s:.4f}  {out['min_dcf'][0.01]:.4f}/{d_s:.4f}")
+        print(
+            f"{n:>10} {t_j:>10.4f} {t_s:>10.4f} {t_s / t_j:>8.2f}x  "
+            f"{out['eer']:.4f}/{e_s:.4f}  {out['min_dcf'][0.01]:.4f}/{d_s:.4f}"
+        )
 
 
 if __name__ == "__main__":

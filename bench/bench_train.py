@@ -13,6 +13,7 @@ augmentation + front-end, encoder forward + backward, loss + gradient, optimiser
 --no_cpu_flags runs a stock process (no ``ssv_jax.cpu.configure()``) for comparison.
 Figures so far: bench/README.md.
 """
+
 import argparse
 import importlib.util
 import os
@@ -25,8 +26,11 @@ _p.add_argument("--batch", type=int, default=32)
 _p.add_argument("--seconds", type=float, default=2.0)
 _p.add_argument("--steps", type=int, default=5)
 _p.add_argument("--devices", type=int, default=1)
-_p.add_argument("--no_cpu_flags", action="store_true",
-                help="stock process: no huge-page malloc, XLA's CPU convolution default")
+_p.add_argument(
+    "--no_cpu_flags",
+    action="store_true",
+    help="stock process: no huge-page malloc, XLA's CPU convolution default",
+)
 ARGS = _p.parse_args()
 flags_ = os.environ.get("XLA_FLAGS", "")
 if ARGS.devices > 1:
@@ -38,6 +42,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 if not ARGS.no_cpu_flags:
     from ssv_jax import cpu  # noqa: E402  (imports no jax backend yet)
+
     cpu.configure()
 
 import jax  # noqa: E402
@@ -83,6 +88,7 @@ def step_flops(cfg, mesh, tx, sched, state, batch):
     """The step's FLOPs from XLA's cost analysis. Custom calls (the oneDNN convolutions) count
     zero there, so this compiles the same step with XLA's convolutions to count them."""
     import copy
+
     cfg = copy.deepcopy(cfg)
     if "onednn" in cfg.model:
         cfg.model.onednn = False
@@ -98,8 +104,11 @@ def random_batch(cfg, b, t):
     rir_len = int(cfg.data.augment.rir_seconds * cfg.data.sample_rate)
     rir = np.zeros((b, 2, rir_len), np.float32)
     rir[..., 0] = 1.0
-    rir[..., 1:] = 0.01 * rng.normal(size=(b, 2, rir_len - 1)) * np.exp(
-        -np.arange(1, rir_len) / (0.05 * cfg.data.sample_rate))
+    rir[..., 1:] = (
+        0.01
+        * rng.normal(size=(b, 2, rir_len - 1))
+        * np.exp(-np.arange(1, rir_len) / (0.05 * cfg.data.sample_rate))
+    )
     return {
         "views": (0.1 * rng.normal(size=(b, 2, t))).astype(np.float32),
         "noise": (0.1 * rng.normal(size=(b, 2, t))).astype(np.float32),
@@ -156,12 +165,14 @@ def main():
         def f(p):
             net = nnx.merge(graphdef, p, batch_stats, copy=True)
             return jnp.sum(net(feats) ** 2)
+
         return jax.grad(f)(params)
 
     grads = encoder_fwd_bwd(params, feats)
     d = cfg.method.projector_out if cfg.method.projector else cfg.model.embed_dim
-    z = jax.device_put(np.random.default_rng(1).normal(size=(b, 2, d)).astype(np.float32),
-                       batch_sharding(mesh))
+    z = jax.device_put(
+        np.random.default_rng(1).normal(size=(b, 2, d)).astype(np.float32), batch_sharding(mesh)
+    )
     method = methods.get(cfg.method.name)
 
     @jax.jit
@@ -170,6 +181,7 @@ def main():
             f = lambda z: method.contrastive_loss(cfg, mesh, z[:, 0], z[:, 1], 0.1)[0]  # noqa
         else:
             from ssv_jax import losses
+
             q = state.method_state["queue1"]
             f = lambda z: losses.moco_am(z[:, 0], z[:, 1], q, scale=30.0, margin=0.1)  # noqa
         return jax.grad(f)(z)
@@ -187,12 +199,16 @@ def main():
     }
     n_params = sum(x.size for x in jax.tree.leaves(params))
     print(f"config {ARGS.config}: {cfg.model.name}, {n_params:,} params, method {cfg.method.name}")
-    print(f"batch {b} utterances x 2 views x {ARGS.seconds} s on {mesh.size} "
-          f"{jax.devices()[0].platform} device(s) ({jax.devices()[0].device_kind}); "
-          f"XLA_FLAGS={os.environ['XLA_FLAGS']!r}")
+    print(
+        f"batch {b} utterances x 2 views x {ARGS.seconds} s on {mesh.size} "
+        f"{jax.devices()[0].platform} device(s) ({jax.devices()[0].device_kind}); "
+        f"XLA_FLAGS={os.environ['XLA_FLAGS']!r}"
+    )
     print(f"compile {compile_s:.1f} s; step {dt:.3f} s = {2 * b / dt:.1f} views/s")
-    print(f"step cost {flops / 1e9:.1f} GFLOP -> {flops / dt / 1e9:.1f} GFLOP/s = "
-          f"{flops / dt / 1e9 / peak:.0%} of the fp32 matmul rate ({peak:.0f} GFLOP/s, 4096^2)")
+    print(
+        f"step cost {flops / 1e9:.1f} GFLOP -> {flops / dt / 1e9:.1f} GFLOP/s = "
+        f"{flops / dt / 1e9 / peak:.0%} of the fp32 matmul rate ({peak:.0f} GFLOP/s, 4096^2)"
+    )
     for k, v in parts.items():
         print(f"  {k:<22} {v:.3f} s ({v / dt:.0%} of the step)")
 

@@ -1,4 +1,5 @@
 """Baseline: SimCLR with plain symmetric NT-Xent (m = 0, s = 30), otherwise as simclr_am."""
+
 from ssv_jax.config import recipe
 
 

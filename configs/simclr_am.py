@@ -1,6 +1,7 @@
 """The paper's best system: SimCLR + symmetric NT-Xent-AM (s = 30, m = 0.1), Fast ResNet-34,
 no projector, global batch 256, 2 s views, MUSAN + RIR, VoxCeleb2-dev; VoxCeleb1-O/E/H.
 ``:demo`` runs the same recipe on the embedded synthetic corpus on a CPU."""
+
 from ssv_jax.config import recipe
 
 

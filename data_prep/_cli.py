@@ -1,4 +1,5 @@
 """Shared bits of the data_prep command-line tools."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,11 +16,20 @@ from ssv_jax.data.config import DEFAULT_DATA_DIR  # noqa: E402
 
 
 def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data_dir", default=os.environ.get("SSV_JAX_DATA_DIR", DEFAULT_DATA_DIR),
-                   help="TFDS data_dir to write to (a local path or gs://...)")
-    p.add_argument("--num_workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
-                   help="decoding worker processes")
+    p = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--data_dir",
+        default=os.environ.get("SSV_JAX_DATA_DIR", DEFAULT_DATA_DIR),
+        help="TFDS data_dir to write to (a local path or gs://...)",
+    )
+    p.add_argument(
+        "--num_workers",
+        type=int,
+        default=max(1, min(8, os.cpu_count() or 1)),
+        help="decoding worker processes",
+    )
     p.add_argument("--overwrite", action="store_true", help="rebuild if the dataset already exists")
     return p
 
@@ -35,7 +45,8 @@ def report(summaries) -> None:
 
 
 def run(main) -> None:
-    """Run ``main()``; input problems (missing folders or decoder, existing dataset, bad names) exit 2 with the message."""
+    """Run ``main()``; input problems (missing folders or decoder, existing dataset, bad names) exit
+    2 with the message."""
     try:
         main()
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:

@@ -10,6 +10,7 @@ Audio in any format soundfile reads (wav, flac, ogg, ...; m4a/aac need ffmpeg or
 at any sample rate (resampled to 16 kHz). Unreadable/corrupt/empty files are
 skipped with a warning and counted in the summary printed at the end.
 """
+
 import os
 import sys
 
@@ -22,15 +23,33 @@ def main(argv=None):
     p = _cli.parser(__doc__)
     p.add_argument("--audio_dir", required=True, help="root holding speaker/session/utterance.ext")
     p.add_argument("--name", required=True, help="dataset name (lower case, digits, _)")
-    p.add_argument("--trials", default=None, help="optional trial list, lines 'label spk/sess/utt spk/sess/utt'")
-    p.add_argument("--trials_name", default=None, help="name to store the trial list under (default: file stem)")
-    p.add_argument("--min_seconds", type=float, default=0.1, help="shorter files are skipped (counted)")
+    p.add_argument(
+        "--trials",
+        default=None,
+        help="optional trial list, lines 'label spk/sess/utt spk/sess/utt'",
+    )
+    p.add_argument(
+        "--trials_name",
+        default=None,
+        help="name to store the trial list under (default: file stem)",
+    )
+    p.add_argument(
+        "--min_seconds", type=float, default=0.1, help="shorter files are skipped (counted)"
+    )
     p.add_argument("--sample_rate", type=int, default=16000)
     a = p.parse_args(argv)
     _cli.setup_logging()
-    s = prep.build_folder(a.audio_dir, a.data_dir, a.name, trials=a.trials, trials_name=a.trials_name,
-                          sample_rate=a.sample_rate, min_seconds=a.min_seconds, num_workers=a.num_workers,
-                          overwrite=a.overwrite)
+    s = prep.build_folder(
+        a.audio_dir,
+        a.data_dir,
+        a.name,
+        trials=a.trials,
+        trials_name=a.trials_name,
+        sample_rate=a.sample_rate,
+        min_seconds=a.min_seconds,
+        num_workers=a.num_workers,
+        overwrite=a.overwrite,
+    )
     _cli.report(s)
     return s
 

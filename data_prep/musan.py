@@ -3,9 +3,10 @@
 
     python data_prep/musan.py --musan_dir=MUSAN --data_dir=OUT
 
-Long files are cut into chunks of --chunk_seconds (a short tail joins the last one) so that a 2 s noise
-crop reads little. Use with --config.data.augment.noise_bank=musan.
+Long files are cut into chunks of --chunk_seconds (a short tail joins the last one) so that a
+2 s noise crop reads little. Use with --config.data.augment.noise_bank=musan.
 """
+
 import os
 import sys
 
@@ -21,8 +22,14 @@ def main(argv=None):
     p.add_argument("--chunk_seconds", type=float, default=6.0)
     a = p.parse_args(argv)
     _cli.setup_logging()
-    s = prep.build_musan(a.musan_dir, a.data_dir, name=a.name, chunk_seconds=a.chunk_seconds,
-                         num_workers=a.num_workers, overwrite=a.overwrite)
+    s = prep.build_musan(
+        a.musan_dir,
+        a.data_dir,
+        name=a.name,
+        chunk_seconds=a.chunk_seconds,
+        num_workers=a.num_workers,
+        overwrite=a.overwrite,
+    )
     _cli.report(s)
     return s
 

@@ -7,6 +7,7 @@ Each RIR is stored peak-normalised; the pipeline trims it to start at its peak
 (direct path) and normalises it to unit energy. Use with
 --config.data.augment.rir_bank=rirs.
 """
+
 import os
 import sys
 
@@ -17,11 +18,15 @@ from ssv_jax.data import prep  # noqa: E402
 
 def main(argv=None):
     p = _cli.parser(__doc__)
-    p.add_argument("--rirs_dir", required=True, help="RIRS_NOISES root, its simulated_rirs/, or any RIR folder")
+    p.add_argument(
+        "--rirs_dir", required=True, help="RIRS_NOISES root, its simulated_rirs/, or any RIR folder"
+    )
     p.add_argument("--name", default="rirs")
     a = p.parse_args(argv)
     _cli.setup_logging()
-    s = prep.build_rirs(a.rirs_dir, a.data_dir, name=a.name, num_workers=a.num_workers, overwrite=a.overwrite)
+    s = prep.build_rirs(
+        a.rirs_dir, a.data_dir, name=a.name, num_workers=a.num_workers, overwrite=a.overwrite
+    )
     _cli.report(s)
     return s
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Build the embedded synthetic corpus ("synthetic", "synthetic_noise", "synthetic_rirs") ahead of time.
+"""Build the embedded synthetic corpus ("synthetic", "synthetic_noise", "synthetic_rirs") now.
 
     python data_prep/synthetic.py [--data_dir=OUT] [--train_speakers=200 ...]
 
@@ -7,6 +7,7 @@ Training builds it automatically on first use; this command does it explicitly
 (e.g. to time it, or to make a bigger one: pass the same sizes as
 --config.data.synthetic.* when training).
 """
+
 import os
 import sys
 
@@ -28,8 +29,9 @@ def main(argv=None):
     for k in defaults:
         if k != "num_workers":
             cfg.synthetic[k] = getattr(a, k)
-    s = datasets.build_synthetic(a.data_dir, datasets.size_from_config(cfg), num_workers=a.num_workers,
-                                 overwrite=True)
+    s = datasets.build_synthetic(
+        a.data_dir, datasets.size_from_config(cfg), num_workers=a.num_workers, overwrite=True
+    )
     _cli.report(s)
     return s
 

@@ -15,6 +15,7 @@ is then rescaled to the dry view's RMS, as is the EQ output, so level is not
 a cue that survives augmentation. ``add_noise`` leaves the speech as it is and
 scales the noise.
 """
+
 from __future__ import annotations
 
 import math
@@ -125,6 +126,13 @@ def augment(batch, key, aug_cfg, sample_rate: int):
         x = jnp.where(on[..., None], add_noise(x, batch["noise"], batch["snr_db"]), x)
     prob, lp = float(aug_cfg.eq_prob), float(aug_cfg.lowpass_prob)
     if prob > 0 or lp > 0:
-        x = random_eq(x, key, prob=prob, max_db=float(aug_cfg.eq_db),
-                      n_bands=int(aug_cfg.eq_bands), lowpass_prob=lp, sample_rate=int(sample_rate))
+        x = random_eq(
+            x,
+            key,
+            prob=prob,
+            max_db=float(aug_cfg.eq_db),
+            n_bands=int(aug_cfg.eq_bands),
+            lowpass_prob=lp,
+            sample_rate=int(sample_rate),
+        )
     return x

@@ -4,6 +4,7 @@ A workdir holds ``checkpoints/<step>/`` (Orbax ``CheckpointManager``: asynchrono
 the last ``train.keep_checkpoints`` kept). Restoring needs only the config: the abstract state
 comes from ``state.create``, so nothing here opens a dataset.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,9 @@ def manager(workdir: str, cfg) -> ocp.CheckpointManager:
         os.path.abspath(os.path.join(workdir, "checkpoints")),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=int(max(cfg.train.keep_checkpoints, cfg.train.average_last, 1)),
-            create=True, enable_async_checkpointing=True),
+            create=True,
+            enable_async_checkpointing=True,
+        ),
     )
 
 
@@ -35,8 +38,7 @@ def save(mgr, step: int, state) -> None:
 
 def abstract(state, sharding):
     """``state`` as ShapeDtypeStructs placed with ``sharding`` (a restore target)."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                        state)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
 
 
 def restore(mgr, step: int, abstract_state):
@@ -57,11 +59,15 @@ def averaged_network(mgr, abstract_state, n_last: int):
     acc = None
     for s in steps:
         st = restore(mgr, s, abstract_state)
-        cur = (st.params, st.batch_stats) if abstract_state is not None else (
-            st["params"], st["batch_stats"])
+        cur = (
+            (st.params, st.batch_stats)
+            if abstract_state is not None
+            else (st["params"], st["batch_stats"])
+        )
         acc = cur if acc is None else jax.tree.map(jnp.add, acc, cur)
-    return jax.tree.map(lambda x: x / len(steps) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                        acc), steps
+    return jax.tree.map(
+        lambda x: x / len(steps) if jnp.issubdtype(x.dtype, jnp.floating) else x, acc
+    ), steps
 
 
 def abstract_state(cfg, mesh):
@@ -96,6 +102,7 @@ def load_network(cfg, workdir: str, mesh, state=None):
     if latest is None:
         raise FileNotFoundError(
             f"no checkpoint in {mgr.directory}: train first (--mode=train) or point "
-            "--workdir at a trained run.")
+            "--workdir at a trained run."
+        )
     restored = restore(mgr, latest, target)
     return graphdef, restored.params, restored.batch_stats, f"checkpoint {latest}"

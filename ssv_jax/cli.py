@@ -11,6 +11,7 @@ unreadable files are skipped with a warning and counted. ``verify`` prints the c
 the decision at ``--threshold``, by default the EER threshold of the first trial list that
 evaluation stored in DIR/eval/thresholds.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,10 @@ def load_workdir(workdir: str):
 
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
-        raise SystemExit(f"ssv-jax: {path} not found: --workdir must be a directory that "
-                         "`python main.py --workdir=...` trained.")
+        raise SystemExit(
+            f"ssv-jax: {path} not found: --workdir must be a directory that "
+            "`python main.py --workdir=...` trained."
+        )
     with open(path) as f:
         cfg = ml_collections.ConfigDict(json.load(f))
     mesh = data_mesh()
@@ -44,24 +47,31 @@ def load_workdir(workdir: str):
     fn = evaluate.make_embed_fn(cfg, graphdef, mesh)
 
     def embed(items):
-        return evaluate.embed_utterances(cfg, graphdef, params, batch_stats, mesh, items,
-                                           embed_fn=fn)
+        return evaluate.embed_utterances(
+            cfg, graphdef, params, batch_stats, mesh, items, embed_fn=fn
+        )
+
     return cfg, embed
 
 
 def _audio_files(paths):
     """(id, path) for audio files given directly or found (recursively, sorted) in folders."""
     from ssv_jax.data.audio import AUDIO_EXTENSIONS
+
     out = []
     for p in paths:
         if os.path.isdir(p):
             found = []
             for root, _, files in os.walk(p):
-                found += [os.path.join(root, f) for f in files
-                          if os.path.splitext(f)[1].lower() in AUDIO_EXTENSIONS]
+                found += [
+                    os.path.join(root, f)
+                    for f in files
+                    if os.path.splitext(f)[1].lower() in AUDIO_EXTENSIONS
+                ]
             if not found:
-                raise SystemExit(f"ssv-jax: no audio files ({', '.join(AUDIO_EXTENSIONS)}) "
-                                 f"under {p}.")
+                raise SystemExit(
+                    f"ssv-jax: no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {p}."
+                )
             out += [(os.path.relpath(f, p), f) for f in sorted(found)]
         elif os.path.isfile(p):
             out.append((p, p))
@@ -72,6 +82,7 @@ def _audio_files(paths):
 
 def _read(path: str, sample_rate: int):
     from ssv_jax.data.audio import read_audio
+
     wave = read_audio(path, sample_rate)
     if wave.size < sample_rate // 10:
         raise RuntimeError(f"only {wave.size / sample_rate:.3f} s of audio (0.1 s at least)")
@@ -96,8 +107,10 @@ def cmd_embed(args) -> int:
     emb = embed(items)
     ids = [uid for uid, _ in items]
     np.savez(args.out, ids=np.asarray(ids), embeddings=np.stack([emb[u] for u in ids]))
-    print(f"{len(ids)} embedding(s) of size {emb[ids[0]].shape[0]} written to {args.out}"
-          + (f"; {skipped} unreadable file(s) skipped" if skipped else ""))
+    print(
+        f"{len(ids)} embedding(s) of size {emb[ids[0]].shape[0]} written to {args.out}"
+        + (f"; {skipped} unreadable file(s) skipped" if skipped else "")
+    )
     return 0
 
 
@@ -130,8 +143,10 @@ def cmd_verify(args) -> int:
         print(f"score {score:.4f} (no threshold: evaluate the workdir first or pass --threshold)")
         return 0
     same = score >= threshold
-    print(f"score {score:.4f} {'>=' if same else '<'} threshold {threshold:.4f} ({source}): "
-          f"{'same speaker' if same else 'different speakers'}")
+    print(
+        f"score {score:.4f} {'>=' if same else '<'} threshold {threshold:.4f} ({source}): "
+        f"{'same speaker' if same else 'different speakers'}"
+    )
     return 0
 
 
@@ -144,18 +159,24 @@ def main(argv=None) -> int:
     e.add_argument("paths", nargs="+", help="audio files and/or folders (searched recursively)")
     v = sub.add_parser("verify", help="same speaker or not: cosine score of two recordings")
     v.add_argument("--workdir", required=True)
-    v.add_argument("--threshold", type=float, default=None,
-                   help="accept when score >= this (default: the workdir's EER threshold)")
+    v.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="accept when score >= this (default: the workdir's EER threshold)",
+    )
     v.add_argument("enroll")
     v.add_argument("test")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from ssv_jax import cpu   # before jax starts its backend, as main.py
-    if argv is None:          # the console command: may re-execute itself (huge-page malloc)
+    from ssv_jax import cpu  # before jax starts its backend, as main.py
+
+    if argv is None:  # the console command: may re-execute itself (huge-page malloc)
         cpu.configure()
-    else:                     # called from Python: never replace the caller's process
+    else:  # called from Python: never replace the caller's process
         cpu.use_cpu_xla_flags()
     from ssv_jax.writers import setup_console_logging
+
     setup_console_logging()
     return {"embed": cmd_embed, "verify": cmd_verify}[args.command](args)
 

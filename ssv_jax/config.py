@@ -42,6 +42,7 @@ Fields:
   eval.bucket_seconds  utterance lengths are padded up to a multiple of this (fewer compiles)
   eval.max_seconds     crop evaluation utterances longer than this (0 = full length)
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -75,20 +76,47 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.frontend = default_frontend_config()
     cfg.model = default_model_config("fast_resnet34")
 
-    cfg.method = ml_collections.ConfigDict(dict(
-        name="simclr", loss="nt_xent_am", scale=30.0, margin=0.1, symmetric=True,
-        margin_schedule=False, projector=False, projector_hidden=2048, projector_out=128,
-        momentum=0.999, queue_size=65536,
-    ))
-    cfg.optim = ml_collections.ConfigDict(dict(
-        name="adam", lr=1e-3, weight_decay=0.0, schedule="step", decay_rate=0.95,
-        decay_epochs=5, warmup_steps=0, clip_grad_norm=0.0,
-    ))
-    cfg.train = ml_collections.ConfigDict(dict(
-        batch_size=256, epochs=100, num_steps=0, log_every=100, checkpoint_every=2000,
-        keep_checkpoints=5, average_last=5, eval_every=0, val_max_trials=0,
-        progress_bar=True,
-    ))
+    cfg.method = ml_collections.ConfigDict(
+        dict(
+            name="simclr",
+            loss="nt_xent_am",
+            scale=30.0,
+            margin=0.1,
+            symmetric=True,
+            margin_schedule=False,
+            projector=False,
+            projector_hidden=2048,
+            projector_out=128,
+            momentum=0.999,
+            queue_size=65536,
+        )
+    )
+    cfg.optim = ml_collections.ConfigDict(
+        dict(
+            name="adam",
+            lr=1e-3,
+            weight_decay=0.0,
+            schedule="step",
+            decay_rate=0.95,
+            decay_epochs=5,
+            warmup_steps=0,
+            clip_grad_norm=0.0,
+        )
+    )
+    cfg.train = ml_collections.ConfigDict(
+        dict(
+            batch_size=256,
+            epochs=100,
+            num_steps=0,
+            log_every=100,
+            checkpoint_every=2000,
+            keep_checkpoints=5,
+            average_last=5,
+            eval_every=0,
+            val_max_trials=0,
+            progress_bar=True,
+        )
+    )
     cfg.eval = ml_collections.ConfigDict(dict(batch_size=32, bucket_seconds=1.0, max_seconds=0.0))
     return cfg
 
@@ -133,8 +161,10 @@ def recipe(arg: str | None = None, **method) -> ml_collections.ConfigDict:
         elif a in ENCODER_ARGS:
             cfg.model = default_model_config(ENCODER_ARGS[a])
         else:
-            raise ValueError(f"unknown config argument {a!r}; use any of {RECIPE_ARGS}, "
-                             "comma-separated (e.g. --config=configs/simclr_am.py:demo,ecapa).")
+            raise ValueError(
+                f"unknown config argument {a!r}; use any of {RECIPE_ARGS}, "
+                "comma-separated (e.g. --config=configs/simclr_am.py:demo,ecapa)."
+            )
     return cfg
 
 

@@ -14,6 +14,7 @@ heavy, and both settings must be in place before jax starts its backend.
 - ``use_cpu_xla_flags``: individual convolutions that oneDNN does not take (see
   ``ssv_jax.kernels``) go to Eigen instead of YNNPACK, which is faster for the encoders here.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,9 +38,13 @@ def hugepage_malloc_env() -> dict | None:
     with glibc, transparent huge pages off, or ``GLIBC_TUNABLES`` already sets
     ``glibc.malloc.hugetlb`` (so a user's ``glibc.malloc.hugetlb=0`` opts out)."""
     import platform
+
     tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if (not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc"
-            or "glibc.malloc.hugetlb" in tunables):
+    if (
+        not sys.platform.startswith("linux")
+        or platform.libc_ver()[0] != "glibc"
+        or "glibc.malloc.hugetlb" in tunables
+    ):
         return None
     try:
         with open(_THP) as f:

@@ -4,6 +4,7 @@ Utterances are sorted by length and batched; each batch is zero-padded to a mult
 ``eval.bucket_seconds`` (few distinct shapes, few compiles) and the model masks the padding,
 so an embedding does not depend on its batch-mates (BatchNorm in eval mode).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,8 @@ log = logging.getLogger("ssv_jax")
 
 
 def make_embed_fn(cfg, graphdef, mesh):
-    """jitted (params, batch_stats, waves [B, T], lengths [B]) -> L2-normalised embeddings [B, D]."""
+    """jitted (params, batch_stats, waves [B, T], lengths [B]) -> L2-normalised embeddings [B,
+    D]."""
 
     def embed(params, batch_stats, waves, lengths):
         net = nnx.merge(graphdef, params, batch_stats, copy=True)
@@ -33,13 +35,21 @@ def make_embed_fn(cfg, graphdef, mesh):
         feats, mask = features(waves, cfg.frontend, lengths=lengths)
         return l2_normalize(net.embed(feats, mask))
 
-    return jax.jit(embed, in_shardings=(replicated(mesh), replicated(mesh), batch_sharding(mesh),
-                                        batch_sharding(mesh)),
-                   out_shardings=replicated(mesh))
+    return jax.jit(
+        embed,
+        in_shardings=(
+            replicated(mesh),
+            replicated(mesh),
+            batch_sharding(mesh),
+            batch_sharding(mesh),
+        ),
+        out_shardings=replicated(mesh),
+    )
 
 
-def embed_utterances(cfg, graphdef, params, batch_stats, mesh, utterances,
-                     embed_fn=None) -> dict[str, np.ndarray]:
+def embed_utterances(
+    cfg, graphdef, params, batch_stats, mesh, utterances, embed_fn=None
+) -> dict[str, np.ndarray]:
     """{utterance id: embedding} for an iterable of (id, float32 wave).
 
     ``embed_fn``: a ``make_embed_fn`` result to reuse (its compiled shapes are kept, so
@@ -61,13 +71,13 @@ def embed_utterances(cfg, graphdef, params, batch_stats, mesh, utterances,
     bs = max(int(cfg.eval.batch_size) // n_dev, 1) * n_dev
     out = {}
     for start in range(0, len(items), bs):
-        chunk = items[start:start + bs]
+        chunk = items[start : start + bs]
         longest = max(max(len(w) for _, w in chunk), 1)
         t = -(-longest // bucket) * bucket
         waves = np.zeros((bs, t), np.float32)
         lengths = np.full((bs,), t, np.int32)  # padding rows: full-length silence, discarded
         for i, (_, w) in enumerate(chunk):
-            waves[i, :len(w)] = w
+            waves[i, : len(w)] = w
             lengths[i] = max(len(w), 1)
         emb = np.asarray(fn(params, batch_stats, *(_global(a, sharding) for a in (waves, lengths))))
         for i, (u, _) in enumerate(chunk):
@@ -101,26 +111,39 @@ def score_trials(embeddings: dict, trials) -> np.ndarray:
     return np.asarray(cosine_scores(emb, a, b))
 
 
-def score_trial_lists(cfg, graphdef, params, batch_stats, mesh, max_trials: int = 0,
-                      embed_fn=None) -> dict:
+def score_trial_lists(
+    cfg, graphdef, params, batch_stats, mesh, max_trials: int = 0, embed_fn=None
+) -> dict:
     """{trial list name: (Trials, cosine scores)} for the config's trial lists."""
     all_trials = data_lib.load_trials(cfg.data)
     wanted = {}
     for name in data_lib.trial_lists(cfg.data):
         if name not in all_trials:
-            raise ValueError(f"trial list {name!r} is not stored with the evaluation data; "
-                             f"available: {sorted(all_trials)}.")
+            raise ValueError(
+                f"trial list {name!r} is not stored with the evaluation data; "
+                f"available: {sorted(all_trials)}."
+            )
         t = all_trials[name]
         if max_trials and len(t) > max_trials:
-            t = type(t)(name=t.name, labels=t.labels[:max_trials], enroll=t.enroll[:max_trials],
-                        test=t.test[:max_trials])
+            t = type(t)(
+                name=t.name,
+                labels=t.labels[:max_trials],
+                enroll=t.enroll[:max_trials],
+                test=t.test[:max_trials],
+            )
         wanted[name] = t
     needed = set()
     for t in wanted.values():
         needed.update(t.utterances)
     embeddings = embed_utterances(
-        cfg, graphdef, params, batch_stats, mesh, data_lib.eval_utterances(cfg.data, only=needed),
-        embed_fn=embed_fn)
+        cfg,
+        graphdef,
+        params,
+        batch_stats,
+        mesh,
+        data_lib.eval_utterances(cfg.data, only=needed),
+        embed_fn=embed_fn,
+    )
     return {name: (t, score_trials(embeddings, t)) for name, t in wanted.items()}
 
 
@@ -133,11 +156,13 @@ def trial_metrics(scored: dict) -> dict:
     return results
 
 
-def evaluate_trials(cfg, graphdef, params, batch_stats, mesh, max_trials: int = 0,
-                    embed_fn=None) -> dict:
+def evaluate_trials(
+    cfg, graphdef, params, batch_stats, mesh, max_trials: int = 0, embed_fn=None
+) -> dict:
     """{trial list name: {"eer", "min_dcf", "n_trials"}} on the config's trial lists."""
-    return trial_metrics(score_trial_lists(cfg, graphdef, params, batch_stats, mesh, max_trials,
-                                           embed_fn))
+    return trial_metrics(
+        score_trial_lists(cfg, graphdef, params, batch_stats, mesh, max_trials, embed_fn)
+    )
 
 
 def write_results(workdir: str, results: dict) -> str:
@@ -155,6 +180,7 @@ def write_scores(workdir: str, scored: dict, results: dict) -> str:
     ({name: {"eer_threshold": t}}: accept score >= t; ``ssv-jax verify`` reads it).
     ``results``: ``trial_metrics(scored)`` (its EERs label the DET curves)."""
     from ssv_jax import plots
+
     out = os.path.join(workdir, "eval")
     if jax.process_index() != 0:
         return out
@@ -168,8 +194,9 @@ def write_scores(workdir: str, scored: dict, results: dict) -> str:
         thresholds[name] = {"eer_threshold": thr}
         fpr, fnr, _ = metrics.det_curve(scores, t.labels)
         curves[name] = (fpr, fnr, results[name]["eer"])
-        plots.score_histogram(scores, t.labels, thr, os.path.join(out, f"{name}_hist.png"),
-                              title=name)
+        plots.score_histogram(
+            scores, t.labels, thr, os.path.join(out, f"{name}_hist.png"), title=name
+        )
     plots.det_plot(curves, os.path.join(out, "det.png"))
     with open(os.path.join(out, "thresholds.json"), "w") as f:
         json.dump(thresholds, f, indent=2)

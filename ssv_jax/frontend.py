@@ -1,10 +1,11 @@
 """Log-mel front-end (torchaudio ``MelSpectrogram`` semantics) and per-utterance normalisation.
 
-Pipeline (docs/method.md#front-end): 16 kHz waveform -> centred frames (reflect padding of n_fft // 2, so an
-utterance of T samples has ``1 + T // hop_length`` frames) -> window of ``win_length`` samples
-(periodic Hamming or Hann) zero-padded to ``n_fft`` at the centre -> power spectrum -> HTK mel
-filterbank (no area normalisation) -> ``log(x + log_eps)`` -> ``instance_norm`` (per utterance,
-per band, over time). Everything is jittable and runs on any backend.
+Pipeline (docs/method.md#front-end): 16 kHz waveform -> centred frames (reflect padding of
+n_fft // 2, so an utterance of T samples has ``1 + T // hop_length`` frames) -> window of
+``win_length`` samples (periodic Hamming or Hann) zero-padded to ``n_fft`` at the centre ->
+power spectrum -> HTK mel filterbank (no area normalisation) -> ``log(x + log_eps)`` ->
+``instance_norm`` (per utterance, per band, over time). Everything is jittable and runs on any
+backend.
 
 Output layout is ``[B, frames, n_mels]`` (time-major; torchaudio returns ``[B, n_mels, frames]``).
 
@@ -13,6 +14,7 @@ Typical use in a train step::
     feats, mask = features(waves, frontend_cfg)                  # fixed-length crops, mask None
     feats, mask = features(waves, frontend_cfg, lengths=lens)    # padded evaluation batch
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,11 +28,23 @@ WINDOWS = ("hamming", "hann")
 
 
 def default_frontend_config() -> ml_collections.ConfigDict:
-    """ConfigDict holding every keyword of ``log_mel`` (plus ``instance_norm_eps``) at its default."""
-    return ml_collections.ConfigDict(dict(
-        sample_rate=16000, n_fft=512, win_length=400, hop_length=160, n_mels=40,
-        f_min=0.0, f_max=8000.0, window="hamming", log_eps=1e-6, dft="auto",
-        instance_norm_eps=1e-5))
+    """ConfigDict holding every keyword of ``log_mel`` (plus ``instance_norm_eps``) at its
+    default."""
+    return ml_collections.ConfigDict(
+        dict(
+            sample_rate=16000,
+            n_fft=512,
+            win_length=400,
+            hop_length=160,
+            n_mels=40,
+            f_min=0.0,
+            f_max=8000.0,
+            window="hamming",
+            log_eps=1e-6,
+            dft="auto",
+            instance_norm_eps=1e-5,
+        )
+    )
 
 
 def hz_to_mel_htk(f):
@@ -42,15 +56,22 @@ def mel_to_hz_htk(m):
 
 
 @functools.lru_cache(maxsize=32)
-def mel_filterbank(sample_rate: int = 16000, n_fft: int = 512, n_mels: int = 40,
-                   f_min: float = 0.0, f_max: float = 8000.0) -> np.ndarray:
+def mel_filterbank(
+    sample_rate: int = 16000,
+    n_fft: int = 512,
+    n_mels: int = 40,
+    f_min: float = 0.0,
+    f_max: float = 8000.0,
+) -> np.ndarray:
     """Triangular HTK-scale mel filters, ``[n_fft // 2 + 1, n_mels]`` float64, no normalisation.
 
     Bin frequencies are ``linspace(0, sample_rate // 2, n_fft // 2 + 1)`` as in torchaudio.
     """
     if not 0.0 <= f_min < f_max <= sample_rate / 2:
-        raise ValueError(f"need 0 <= f_min < f_max <= sample_rate / 2, got f_min={f_min}, "
-                         f"f_max={f_max}, sample_rate={sample_rate}; fix the front-end config.")
+        raise ValueError(
+            f"need 0 <= f_min < f_max <= sample_rate / 2, got f_min={f_min}, "
+            f"f_max={f_max}, sample_rate={sample_rate}; fix the front-end config."
+        )
     n_bins = n_fft // 2 + 1
     freqs = np.linspace(0.0, sample_rate // 2, n_bins)
     hz = mel_to_hz_htk(np.linspace(hz_to_mel_htk(f_min), hz_to_mel_htk(f_max), n_mels + 2))
@@ -111,14 +132,15 @@ def frame_mask(lengths, n_frames: int, hop_length: int = 160) -> jax.Array:
 
 
 def _reflect_pad(wave, pad, lengths):
-    """Reflect-pad ``pad`` samples on each side; with ``lengths``, reflect at each utterance's end."""
+    """Reflect-pad ``pad`` samples on each side; with ``lengths``, reflect at each utterance's
+    end."""
     if lengths is None:
         return jnp.pad(wave, ((0, 0), (pad, pad)), mode="reflect")
     b, t = wave.shape
     lengths = jnp.asarray(lengths, jnp.int32)[:, None]
     j = jnp.arange(t + 2 * pad, dtype=jnp.int32)[None, :] - pad
-    j = jnp.abs(j)                                               # left edge: x[-j] -> x[j]
-    j = jnp.where(j >= lengths, 2 * (lengths - 1) - j, j)         # right edge of each utterance
+    j = jnp.abs(j)  # left edge: x[-j] -> x[j]
+    j = jnp.where(j >= lengths, 2 * (lengths - 1) - j, j)  # right edge of each utterance
     j = jnp.clip(j, 0, t - 1)
     return jnp.take_along_axis(wave, j, axis=1)
 
@@ -134,14 +156,25 @@ def _frames(padded, n_frames, win_length, hop, offset):
     if need > length:
         padded = jnp.pad(padded, ((0, 0), (0, need - length)))
     chunks = padded[:, offset:need].reshape(b, n_frames + pieces - 1, hop)
-    frames = jnp.concatenate([chunks[:, k:k + n_frames] for k in range(pieces)], axis=-1)
+    frames = jnp.concatenate([chunks[:, k : k + n_frames] for k in range(pieces)], axis=-1)
     return frames[..., :win_length]
 
 
-def log_mel(wave, *, sample_rate: int = 16000, n_fft: int = 512, win_length: int = 400,
-            hop_length: int = 160, n_mels: int = 40, f_min: float = 0.0, f_max: float = 8000.0,
-            window: str = "hamming", log_eps: float = 1e-6, lengths=None,
-            dft: str = "auto") -> jax.Array:
+def log_mel(
+    wave,
+    *,
+    sample_rate: int = 16000,
+    n_fft: int = 512,
+    win_length: int = 400,
+    hop_length: int = 160,
+    n_mels: int = 40,
+    f_min: float = 0.0,
+    f_max: float = 8000.0,
+    window: str = "hamming",
+    log_eps: float = 1e-6,
+    lengths=None,
+    dft: str = "auto",
+) -> jax.Array:
     """Log-mel spectrogram: ``[B, T]`` (or ``[T]``) float waveform -> ``[B, 1 + T // hop, n_mels]``.
 
     Args:
@@ -155,20 +188,35 @@ def log_mel(wave, *, sample_rate: int = 16000, n_fft: int = 512, win_length: int
     """
     wave = jnp.asarray(wave)
     if wave.ndim == 1:
-        return log_mel(wave[None], sample_rate=sample_rate, n_fft=n_fft, win_length=win_length,
-                       hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=f_max,
-                       window=window, log_eps=log_eps, lengths=lengths, dft=dft)[0]
+        return log_mel(
+            wave[None],
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            win_length=win_length,
+            hop_length=hop_length,
+            n_mels=n_mels,
+            f_min=f_min,
+            f_max=f_max,
+            window=window,
+            log_eps=log_eps,
+            lengths=lengths,
+            dft=dft,
+        )[0]
     if wave.ndim != 2:
-        raise ValueError(f"wave must be [B, T] or [T] samples, got shape {wave.shape}; "
-                         "squeeze any channel axis (mono audio) first.")
+        raise ValueError(
+            f"wave must be [B, T] or [T] samples, got shape {wave.shape}; "
+            "squeeze any channel axis (mono audio) first."
+        )
     if win_length > n_fft:
         raise ValueError(f"win_length ({win_length}) must be <= n_fft ({n_fft}).")
     t = wave.shape[1]
     pad = n_fft // 2
     if t <= pad:
-        raise ValueError(f"waveform of {t} samples is too short for reflect padding of {pad} "
-                         f"(n_fft // 2): use at least {pad + 1} samples ({(pad + 1) / sample_rate:.3f}"
-                         " s) or wrap-pad short audio first.")
+        raise ValueError(
+            f"waveform of {t} samples is too short for reflect padding of {pad} "
+            f"(n_fft // 2): use at least {pad + 1} samples ({(pad + 1) / sample_rate:.3f}"
+            " s) or wrap-pad short audio first."
+        )
     if dft == "auto":
         dft = "matmul" if jax.default_backend() == "tpu" else "fft"
     if dft not in ("fft", "matmul"):
@@ -187,8 +235,9 @@ def log_mel(wave, *, sample_rate: int = 16000, n_fft: int = 512, win_length: int
         re = jnp.einsum("bfw,wk->bfk", frames, cos_m, precision=hi)
         im = jnp.einsum("bfw,wk->bfk", frames, sin_m, precision=hi)
         power = re * re + im * im
-    fb = jnp.asarray(mel_filterbank(sample_rate, n_fft, n_mels, float(f_min), float(f_max)),
-                     jnp.float32)
+    fb = jnp.asarray(
+        mel_filterbank(sample_rate, n_fft, n_mels, float(f_min), float(f_max)), jnp.float32
+    )
     mel = jnp.einsum("bfk,km->bfm", power, fb, precision=jax.lax.Precision.HIGHEST)
     return jnp.log(mel + log_eps)
 
@@ -225,12 +274,15 @@ def features(wave, frontend_cfg=None, lengths=None):
     if frontend_cfg is not None:
         unknown = set(frontend_cfg.keys()) - set(cfg.keys())
         if unknown:
-            raise ValueError(f"unknown front-end config field(s) {sorted(unknown)}; "
-                             f"known: {sorted(cfg.keys())}.")
+            raise ValueError(
+                f"unknown front-end config field(s) {sorted(unknown)}; known: {sorted(cfg.keys())}."
+            )
         cfg.update(dict(frontend_cfg))
     if jnp.ndim(wave) != 2:
-        raise ValueError(f"features needs wave [B, T], got shape {jnp.shape(wave)}; "
-                         "use wave[None] for one utterance.")
+        raise ValueError(
+            f"features needs wave [B, T], got shape {jnp.shape(wave)}; "
+            "use wave[None] for one utterance."
+        )
     kw = {k: v for k, v in cfg.items() if k != "instance_norm_eps"}
     logmel = log_mel(wave, lengths=lengths, **kw)
     mask = None

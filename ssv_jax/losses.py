@@ -11,6 +11,7 @@ The returned loss is then the mean over all anchors of all devices (identical
 on every device), so it and its gradients equal the single-device loss on
 the concatenated batch.
 """
+
 from __future__ import annotations
 
 import jax
@@ -141,7 +142,12 @@ def nt_xent_am(z1, z2, *, scale, margin, symmetric=True, axis_name=None):
       scalar float32 loss.
     """
     return _margin_contrastive(
-        z1, z2, scale=scale, margin=margin, symmetric=symmetric, axis_name=axis_name,
+        z1,
+        z2,
+        scale=scale,
+        margin=margin,
+        symmetric=symmetric,
+        axis_name=axis_name,
         margin_fn=additive_margin,
     )
 
@@ -152,7 +158,12 @@ def nt_xent_aam(z1, z2, *, scale, margin, symmetric=True, axis_name=None):
     Same arguments as :func:`nt_xent_am`.
     """
     return _margin_contrastive(
-        z1, z2, scale=scale, margin=margin, symmetric=symmetric, axis_name=axis_name,
+        z1,
+        z2,
+        scale=scale,
+        margin=margin,
+        symmetric=symmetric,
+        axis_name=axis_name,
         margin_fn=additive_angular_margin,
     )
 
@@ -191,8 +202,9 @@ def moco_am(q, k, queue, *, scale, margin, axis_name=None):
     Returns:
       scalar float32 loss.
     """
-    return _moco(q, k, queue, scale=scale, margin=margin, axis_name=axis_name,
-                 margin_fn=additive_margin)
+    return _moco(
+        q, k, queue, scale=scale, margin=margin, axis_name=axis_name, margin_fn=additive_margin
+    )
 
 
 def moco_aam(q, k, queue, *, scale, margin, axis_name=None):
@@ -200,8 +212,15 @@ def moco_aam(q, k, queue, *, scale, margin, axis_name=None):
 
     Same arguments as :func:`moco_am`.
     """
-    return _moco(q, k, queue, scale=scale, margin=margin, axis_name=axis_name,
-                 margin_fn=additive_angular_margin)
+    return _moco(
+        q,
+        k,
+        queue,
+        scale=scale,
+        margin=margin,
+        axis_name=axis_name,
+        margin_fn=additive_angular_margin,
+    )
 
 
 def similarity_stats(z1, z2, *, axis_name=None):

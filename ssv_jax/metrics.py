@@ -17,6 +17,7 @@ with x64 enabled locally), so results equal a float64 reference; the EER's
 choice between the two points around the fnr/fpr crossing is made in exact
 integer arithmetic even when both are equally close.
 """
+
 from __future__ import annotations
 
 import functools

@@ -1,11 +1,12 @@
 """Evaluation figures (PNG, matplotlib's Agg backend): DET curves and score histograms."""
+
 from __future__ import annotations
 
 from statistics import NormalDist
 
 import numpy as np
 
-_TICKS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40)   # percent
+_TICKS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40)  # percent
 _LIMITS = (0.05, 60.0)
 
 
@@ -18,8 +19,10 @@ def _probit(percent):
 
 def _pyplot():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -30,8 +33,11 @@ def det_plot(curves: dict, path: str) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     for name, (fpr, fnr, eer) in curves.items():
-        line, = ax.plot(_probit(100 * np.asarray(fpr)), _probit(100 * np.asarray(fnr)),
-                        label=f"{name} (EER {eer:.2f}%)")
+        (line,) = ax.plot(
+            _probit(100 * np.asarray(fpr)),
+            _probit(100 * np.asarray(fnr)),
+            label=f"{name} (EER {eer:.2f}%)",
+        )
         ax.plot(_probit(eer), _probit(eer), "o", color=line.get_color())
     lo, hi = _probit(_LIMITS)
     ax.plot([lo, hi], [lo, hi], ":", color="grey", lw=0.8)
@@ -57,10 +63,20 @@ def score_histogram(scores, labels, threshold: float, path: str, title: str = ""
     scores, labels = np.asarray(scores, np.float64), np.asarray(labels)
     bins = np.linspace(min(scores.min(), threshold), max(scores.max(), threshold), 60)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.hist(scores[labels == 0], bins=bins, density=True, alpha=0.6,
-            label=f"non-target ({int((labels == 0).sum())})")
-    ax.hist(scores[labels == 1], bins=bins, density=True, alpha=0.6,
-            label=f"target ({int((labels == 1).sum())})")
+    ax.hist(
+        scores[labels == 0],
+        bins=bins,
+        density=True,
+        alpha=0.6,
+        label=f"non-target ({int((labels == 0).sum())})",
+    )
+    ax.hist(
+        scores[labels == 1],
+        bins=bins,
+        density=True,
+        alpha=0.6,
+        label=f"target ({int((labels == 1).sum())})",
+    )
     ax.axvline(threshold, color="k", ls="--", lw=1, label=f"EER threshold {threshold:.3f}")
     ax.set_xlabel("cosine score")
     ax.set_ylabel("density")

@@ -5,13 +5,15 @@ state are replicated. Each process feeds its own slice of the global batch
 (``global_batch``), so the same code runs on one CPU, one GPU, or a
 multi-host TPU pod.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 
@@ -44,7 +46,8 @@ def local_batch_size(global_batch: int, mesh: Mesh | None = None) -> int:
     if global_batch % n_dev:
         raise ValueError(
             f"global batch {global_batch} does not divide over {n_dev} devices; choose a "
-            f"multiple of {n_dev} (e.g. --config.train.batch_size={max(n_dev, global_batch // n_dev * n_dev)})."
+            f"multiple of {n_dev} (e.g. "
+            f"--config.train.batch_size={max(n_dev, global_batch // n_dev * n_dev)})."
         )
     return global_batch // jax.process_count()
 
@@ -69,6 +72,5 @@ def global_batch(local: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
             f"local devices; use a global batch divisible by the device count ({mesh.size})."
         )
     return {
-        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-        for k, v in local.items()
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()
     }

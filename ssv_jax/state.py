@@ -3,6 +3,7 @@
 Checkpoints hold exactly this structure (Orbax restores it into the abstract state of
 ``create``), and the jitted train step maps one ``TrainState`` to the next.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -6,29 +6,33 @@ run draws the same augmentations) -> log-mel front-end -> network (BatchNorm sta
 global batch) -> the method's loss (SimCLR: ``shard_map`` + all_gather of negatives) ->
 gradients -> optax update.
 """
+
 from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
 from ssv_jax import augment as augment_lib
-from ssv_jax import checkpoints
+from ssv_jax import checkpoints, methods
 from ssv_jax import config as config_lib
 from ssv_jax import data as data_lib
-from ssv_jax import methods
 from ssv_jax import state as state_lib
 from ssv_jax.data.batch import device_part
-from ssv_jax.evaluate import (evaluate_trials, make_embed_fn, score_trial_lists, trial_metrics,
-                              write_results, write_scores)
+from ssv_jax.evaluate import (
+    evaluate_trials,
+    make_embed_fn,
+    score_trial_lists,
+    trial_metrics,
+    write_results,
+    write_scores,
+)
 from ssv_jax.frontend import features
 from ssv_jax.optim import lr_schedule, make_optimizer
 from ssv_jax.sharding import batch_sharding, data_mesh, global_batch, replicated
@@ -42,8 +46,11 @@ class TrainingDiverged(FloatingPointError):
 
 
 def total_steps(cfg, steps_per_epoch: int) -> int:
-    return int(cfg.train.num_steps) if cfg.train.num_steps > 0 else int(
-        cfg.train.epochs * steps_per_epoch)
+    return (
+        int(cfg.train.num_steps)
+        if cfg.train.num_steps > 0
+        else int(cfg.train.epochs * steps_per_epoch)
+    )
 
 
 def make_train_step(cfg, graphdef, mesh, tx, schedule, n_total: int):
@@ -65,25 +72,39 @@ def make_train_step(cfg, graphdef, mesh, tx, schedule, n_total: int):
         margin = methods.margin_at(step, n_total, cfg.method)
 
         def loss_fn(params):
-            return method.loss_and_updates(cfg, mesh, apply, params, state.batch_stats,
-                                           state.method_state, feats, margin)
+            return method.loss_and_updates(
+                cfg, mesh, apply, params, state.batch_stats, state.method_state, feats, margin
+            )
 
-        (loss, (batch_stats, method_state, aux)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True)(state.params)
+        (loss, (batch_stats, method_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         method_state = method.after_update(cfg, params, method_state, aux)
         out = {
-            "loss": loss, "lr": schedule(step), "margin": margin,
+            "loss": loss,
+            "lr": schedule(step),
+            "margin": margin,
             "grad_norm": optax.tree.norm(grads),
-            "pos_cos": aux["pos_cos"], "neg_cos": aux["neg_cos"],
+            "pos_cos": aux["pos_cos"],
+            "neg_cos": aux["neg_cos"],
         }
-        new_state = state.replace(step=step + 1, params=params, batch_stats=batch_stats,
-                                  opt_state=opt_state, method_state=method_state)
+        new_state = state.replace(
+            step=step + 1,
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+            method_state=method_state,
+        )
         return new_state, out
 
-    return jax.jit(step_fn, in_shardings=(replicated(mesh), batch_sharding(mesh)),
-                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
+    return jax.jit(
+        step_fn,
+        in_shardings=(replicated(mesh), batch_sharding(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)),
+        donate_argnums=0,
+    )
 
 
 class _Progress:
@@ -93,6 +114,7 @@ class _Progress:
         self.bar = None
         if enabled and sys.stderr.isatty() and jax.process_index() == 0:
             from tqdm import tqdm
+
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
     def update(self, n: int, **postfix):
@@ -136,12 +158,25 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
     if start == 0:
         writer.write_hparams(_flat(cfg.to_dict()))
     stop = n_total if max_steps is None else min(n_total, start + max_steps)
-    log.info("training %s (%s, s=%g, m=%g) with %s: steps %d -> %d of %d, global batch %d x 2 "
-             "views of %.2f s, %d steps per epoch, %d device(s)", cfg.method.name, cfg.method.loss,
-             cfg.method.scale, cfg.method.margin, cfg.model.name, start, stop, n_total, bsz,
-             cfg.data.crop_seconds, spe, mesh.size)
-    batches = data_lib.train_batches(cfg.data, global_batch=bsz, seed=cfg.data.seed,
-                                     start_step=start)
+    log.info(
+        "training %s (%s, s=%g, m=%g) with %s: steps %d -> %d of %d, global batch %d x 2 "
+        "views of %.2f s, %d steps per epoch, %d device(s)",
+        cfg.method.name,
+        cfg.method.loss,
+        cfg.method.scale,
+        cfg.method.margin,
+        cfg.model.name,
+        start,
+        stop,
+        n_total,
+        bsz,
+        cfg.data.crop_seconds,
+        spe,
+        mesh.size,
+    )
+    batches = data_lib.train_batches(
+        cfg.data, global_batch=bsz, seed=cfg.data.seed, start_step=start
+    )
     pending, last_good = [], start if mgr.latest_step() is not None else None
     progress = _Progress(cfg.train.progress_bar, n_total, start)
     t_last, step = time.perf_counter(), start
@@ -156,12 +191,13 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
             if not (math.isfinite(float(m["loss"])) and math.isfinite(float(m["grad_norm"]))):
                 bad = step - len(host) + i
                 mgr.wait_until_finished()
+                kept = "none yet" if last_good is None else f"step {last_good}"
                 raise TrainingDiverged(
                     f"loss {float(m['loss'])}, gradient norm {float(m['grad_norm'])} at step "
-                    f"{bad}: training stopped before the update reached a checkpoint. The last good "
-                    f"checkpoint ({'step ' + str(last_good) if last_good is not None else 'none yet'}"
-                    f") is kept in {mgr.directory}; lower optim.lr or set optim.clip_grad_norm and "
-                    "run again to resume from it.")
+                    f"{bad}: training stopped before the update reached a checkpoint. The last "
+                    f"good checkpoint ({kept}) is kept in {mgr.directory}; lower optim.lr or set "
+                    "optim.clip_grad_norm and run again to resume from it."
+                )
         now = time.perf_counter()
         scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
         scalars["views_per_s"] = 2 * bsz * len(host) / max(now - t_last, 1e-9)
@@ -172,8 +208,15 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
     embed_fn = make_embed_fn(cfg, graphdef, mesh)  # one jit for every validation
 
     def validate(step):
-        res = evaluate_trials(cfg, graphdef, state.params, state.batch_stats, mesh,
-                              max_trials=cfg.train.val_max_trials, embed_fn=embed_fn)
+        res = evaluate_trials(
+            cfg,
+            graphdef,
+            state.params,
+            state.batch_stats,
+            mesh,
+            max_trials=cfg.train.val_max_trials,
+            embed_fn=embed_fn,
+        )
         writer.write_scalars(step, {f"val_eer/{k}": v["eer"] for k, v in res.items()})
         return res
 
@@ -217,8 +260,11 @@ def evaluate(cfg, workdir: str, *, mesh=None, graphdef=None, state=None) -> dict
     write_scores(workdir, scored, results)
     writer = create_writer(workdir)
     step = int(checkpoints.manager(workdir, cfg).latest_step() or 0)
-    writer.write_scalars(step, {f"eer/{k}": v["eer"] for k, v in results.items()}
-                         | {f"min_dcf/{k}": v["min_dcf"] for k, v in results.items()})
+    writer.write_scalars(
+        step,
+        {f"eer/{k}": v["eer"] for k, v in results.items()}
+        | {f"min_dcf/{k}": v["min_dcf"] for k, v in results.items()},
+    )
     writer.flush()
     log.info("results written to %s: %s", path, results)
     return results

@@ -1,4 +1,5 @@
 """Metric writers: TensorBoard event files (clu) plus concise console lines."""
+
 from __future__ import annotations
 
 import logging

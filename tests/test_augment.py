@@ -1,4 +1,6 @@
-"""On-device augmentation: SNR mixing, FFT reverberation, random EQ, the composed augment, sharding."""
+"""On-device augmentation: SNR mixing, FFT reverberation, random EQ, the composed augment,
+sharding."""
+
 from __future__ import annotations
 
 import jax
@@ -23,10 +25,14 @@ def _batch(B=8, T=4000, L=300, seed=0):
     t = np.arange(L)
     rir = r.standard_normal((B, 2, L)) * np.exp(-t / 60.0)
     rir[..., 0] = 3.0
-    rir /= np.sqrt(np.sum(rir ** 2, -1, keepdims=True))
+    rir /= np.sqrt(np.sum(rir**2, -1, keepdims=True))
     return {
-        "views": (r.standard_normal((B, 2, T)) * r.uniform(0.01, 0.5, (B, 2, 1))).astype(np.float32),
-        "noise": (r.standard_normal((B, 2, T)) * r.uniform(0.01, 2.0, (B, 2, 1))).astype(np.float32),
+        "views": (r.standard_normal((B, 2, T)) * r.uniform(0.01, 0.5, (B, 2, 1))).astype(
+            np.float32
+        ),
+        "noise": (r.standard_normal((B, 2, T)) * r.uniform(0.01, 2.0, (B, 2, 1))).astype(
+            np.float32
+        ),
         "snr_db": r.uniform(-5, 20, (B, 2)).astype(np.float32),
         "noise_on": r.random((B, 2)) < 0.6,
         "rir": rir.astype(np.float32),
@@ -37,7 +43,7 @@ def _batch(B=8, T=4000, L=300, seed=0):
 def _snr(clean, mixed):
     clean, mixed = np.asarray(clean, np.float64), np.asarray(mixed, np.float64)
     with np.errstate(divide="ignore"):  # views without noise: infinite SNR
-        return 10 * np.log10(np.mean(clean ** 2, -1) / np.mean((mixed - clean) ** 2, -1))
+        return 10 * np.log10(np.mean(clean**2, -1) / np.mean((mixed - clean) ** 2, -1))
 
 
 @pytest.mark.parametrize("snr", [-5.0, 0.0, 7.5, 20.0])
@@ -50,21 +56,45 @@ def test_add_noise_measured_snr(snr):
 def test_add_noise_matches_float64_and_zero_noise_is_identity():
     b = _batch(seed=1)
     x, n, s = (b[k].astype(np.float64) for k in ("views", "noise", "snr_db"))
-    g = np.sqrt(np.mean(x ** 2, -1) / (np.mean(n ** 2, -1) * 10 ** (s / 10)))
-    np.testing.assert_allclose(aug.add_noise(b["views"], b["noise"], b["snr_db"]), x + g[..., None] * n,
-                               rtol=1e-4, atol=1e-6)
-    np.testing.assert_array_equal(aug.add_noise(b["views"], np.zeros_like(b["noise"]), b["snr_db"]), b["views"])
+    g = np.sqrt(np.mean(x**2, -1) / (np.mean(n**2, -1) * 10 ** (s / 10)))
+    np.testing.assert_allclose(
+        aug.add_noise(b["views"], b["noise"], b["snr_db"]),
+        x + g[..., None] * n,
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    np.testing.assert_array_equal(
+        aug.add_noise(b["views"], np.zeros_like(b["noise"]), b["snr_db"]), b["views"]
+    )
 
 
 def test_reverberate_is_linear_convolution_head():
     b = _batch(B=2, T=1000, L=257)
-    ref = np.stack([[np.convolve(b["views"][i, v].astype(np.float64), b["rir"][i, v].astype(np.float64))[:1000]
-                     for v in range(2)] for i in range(2)])
-    np.testing.assert_allclose(aug.reverberate(b["views"][:2], b["rir"], rescale=False), ref, atol=2e-5)
+    ref = np.stack(
+        [
+            [
+                np.convolve(b["views"][i, v].astype(np.float64), b["rir"][i, v].astype(np.float64))[
+                    :1000
+                ]
+                for v in range(2)
+            ]
+            for i in range(2)
+        ]
+    )
+    np.testing.assert_allclose(
+        aug.reverberate(b["views"][:2], b["rir"], rescale=False), ref, atol=2e-5
+    )
     y = np.asarray(aug.reverberate(b["views"][:2], b["rir"]))
-    np.testing.assert_allclose(np.std(y, -1), np.std(ref / np.sqrt(np.mean(ref ** 2, -1, keepdims=True))
-                                                     * np.sqrt(np.mean(b["views"][:2] ** 2, -1, keepdims=True)), -1),
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        np.std(y, -1),
+        np.std(
+            ref
+            / np.sqrt(np.mean(ref**2, -1, keepdims=True))
+            * np.sqrt(np.mean(b["views"][:2] ** 2, -1, keepdims=True)),
+            -1,
+        ),
+        rtol=1e-4,
+    )
     delta = np.zeros((2, 2, 257), np.float32)
     delta[..., 0] = 1
     np.testing.assert_allclose(aug.reverberate(b["views"][:2], delta), b["views"][:2], atol=1e-6)
@@ -81,17 +111,21 @@ def test_augment_composition_against_numpy():
             y = x[i, v]
             if b["rir_on"][i, v]:
                 y = np.convolve(y, b["rir"][i, v].astype(np.float64))[:T]
-                y *= np.sqrt(np.mean(x[i, v] ** 2) / np.mean(y ** 2))
+                y *= np.sqrt(np.mean(x[i, v] ** 2) / np.mean(y**2))
             if b["noise_on"][i, v]:
                 n = b["noise"][i, v].astype(np.float64)
-                y = y + n * np.sqrt(np.mean(y ** 2) / np.mean(n ** 2) / 10 ** (b["snr_db"][i, v] / 10))
+                y = y + n * np.sqrt(np.mean(y**2) / np.mean(n**2) / 10 ** (b["snr_db"][i, v] / 10))
             ref[i, v] = y
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=1e-4)
     # measured SNR of the noised views is the requested one (reverberated speech as the reference)
-    clean = np.asarray(aug.augment({k: b[k] for k in ("views", "rir", "rir_on")}, jax.random.key(0), _cfg(), SR))
+    clean = np.asarray(
+        aug.augment({k: b[k] for k in ("views", "rir", "rir_on")}, jax.random.key(0), _cfg(), SR)
+    )
     on = b["noise_on"]
     np.testing.assert_allclose(_snr(clean, out)[on], b["snr_db"][on], atol=2e-3)
-    np.testing.assert_array_equal(np.asarray(aug.augment(b, jax.random.key(0), _cfg(enabled=False), SR)), b["views"])
+    np.testing.assert_array_equal(
+        np.asarray(aug.augment(b, jax.random.key(0), _cfg(enabled=False), SR)), b["views"]
+    )
 
 
 def test_random_eq():
@@ -99,9 +133,11 @@ def test_random_eq():
     x = b["views"]
     np.testing.assert_allclose(aug.random_eq(x, jax.random.key(1), prob=0.0), x, atol=1e-5)
     y = np.asarray(aug.random_eq(x, jax.random.key(1), prob=1.0, max_db=10.0, lowpass_prob=0.5))
-    np.testing.assert_allclose(np.sqrt(np.mean(y ** 2, -1)), np.sqrt(np.mean(x ** 2, -1)), rtol=1e-4)
+    np.testing.assert_allclose(np.sqrt(np.mean(y**2, -1)), np.sqrt(np.mean(x**2, -1)), rtol=1e-4)
     assert np.max(np.abs(y - x)) > 0.1 * np.max(np.abs(x))
-    np.testing.assert_array_equal(y, aug.random_eq(x, jax.random.key(1), prob=1.0, max_db=10.0, lowpass_prob=0.5))
+    np.testing.assert_array_equal(
+        y, aug.random_eq(x, jax.random.key(1), prob=1.0, max_db=10.0, lowpass_prob=0.5)
+    )
     # the two views of an utterance get different channels
     Y = np.abs(np.fft.rfft(y, axis=-1)) / (np.abs(np.fft.rfft(x, axis=-1)) + 1e-6)
     assert not np.allclose(Y[:, 0, 100:1500], Y[:, 1, 100:1500], rtol=0.1)

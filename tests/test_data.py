@@ -1,4 +1,6 @@
-"""Data: TFDS builders (folder round trip, bad files), trials, the embedded corpus, and the train pipeline."""
+"""Data: TFDS builders (folder round trip, bad files), trials, the embedded corpus, and the train
+pipeline."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,6 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def tiny_cfg(data_dir, **kw):
     c = data.default_data_config()
@@ -59,7 +62,9 @@ def _write_folder(root):
                 good[rel] = x
     # a 22.05 kHz float file (resampled), a corrupt file, an empty file, a misplaced file
     t = np.arange(22050) / 22050
-    sf.write(os.path.join(root, "spk0/sess0/hi_rate.flac"), 0.5 * np.sin(2 * np.pi * 440 * t), 22050)
+    sf.write(
+        os.path.join(root, "spk0/sess0/hi_rate.flac"), 0.5 * np.sin(2 * np.pi * 440 * t), 22050
+    )
     with open(os.path.join(root, "spk1/sess0/corrupt.wav"), "wb") as f:
         f.write(b"RIFF\x24\x00\x00\x00WAVEfmt garbage that is not audio")
     sf.write(os.path.join(root, "spk1/sess1/empty.wav"), np.zeros(0, np.int16), 16000)
@@ -69,21 +74,38 @@ def _write_folder(root):
 
 # ----------------------------------------------------------------------------- builders
 
+
 def test_folder_round_trip_with_bad_files(tmp_path, capsys, monkeypatch):
     audio_dir, out = tmp_path / "audio", tmp_path / "tfds"
     good = _write_folder(str(audio_dir))
     trials = tmp_path / "my_trials.txt"
-    trials.write_text("1 spk2/sess0/u0.wav spk2/sess1/u1.wav\n0 spk2/sess0/u0.wav spk1/sess0/u0.wav\n"
-                      "1 spk1/sess0/u1.wav spk1/sess1/u0\n")  # last id without extension: resolved
-    monkeypatch.setattr(sys, "argv", ["folder.py", f"--audio_dir={audio_dir}", f"--data_dir={out}", "--name=my_spk",
-                                      f"--trials={trials}", "--num_workers=2"])
-    summary = runpy.run_path(os.path.join(REPO, "data_prep", "folder.py"), run_name="__not_main__")["main"]()
+    trials.write_text(
+        "1 spk2/sess0/u0.wav spk2/sess1/u1.wav\n0 spk2/sess0/u0.wav spk1/sess0/u0.wav\n"
+        "1 spk1/sess0/u1.wav spk1/sess1/u0\n"
+    )  # last id without extension: resolved
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "folder.py",
+            f"--audio_dir={audio_dir}",
+            f"--data_dir={out}",
+            "--name=my_spk",
+            f"--trials={trials}",
+            "--num_workers=2",
+        ],
+    )
+    summary = runpy.run_path(os.path.join(REPO, "data_prep", "folder.py"), run_name="__not_main__")[
+        "main"
+    ]()
     printed = summary.report()
     # Trial speakers (spk1, spk2) are the test split; spk0 trains.
     assert summary.written == {"train": 5, "test": 8}
     reasons = {os.path.basename(k): r for sk in summary.skipped.values() for k, r in sk}
     assert set(reasons) == {"corrupt.wav", "empty.wav", "stray.wav"}
-    assert reasons["corrupt.wav"].startswith("unreadable") and reasons["empty.wav"].startswith("empty")
+    assert reasons["corrupt.wav"].startswith("unreadable") and reasons["empty.wav"].startswith(
+        "empty"
+    )
     assert "3 skipped" in printed.replace("0 skipped", "") or "skipped by reason" in printed
     ds = records.Dataset(records.find_version_dir(str(out), "my_spk"))
     for split in ("train", "test"):
@@ -99,7 +121,9 @@ def test_folder_round_trip_with_bad_files(tmp_path, capsys, monkeypatch):
     # resampled 22.05 kHz file: 1 s of audio -> 16000 samples, still a 440 Hz tone
     hi = [r for r in ds.index("train") if r[0].endswith("hi_rate.flac")][0]
     assert abs(hi[3] - 16000) <= 1
-    x = ds.source("train")[[r[0] for r in ds.index("train")].index(hi[0])]["audio"].astype(np.float64)
+    x = ds.source("train")[[r[0] for r in ds.index("train")].index(hi[0])]["audio"].astype(
+        np.float64
+    )
     assert abs(np.argmax(np.abs(np.fft.rfft(x))) * 16000 / x.size - 440) < 2
     # trials and evaluation utterances through the config API
     cfg = data.default_data_config()
@@ -107,7 +131,7 @@ def test_folder_round_trip_with_bad_files(tmp_path, capsys, monkeypatch):
     # The dataset describes itself: training split, its trial list and the split holding it.
     assert ds.layout == {"train_split": "train", "trials": {"my_trials": "test"}}
     saved = (ds.dir / records.LAYOUT_FILE).read_text()  # a build from before layout.json:
-    (ds.dir / records.LAYOUT_FILE).unlink()              # the same layout, found from the index
+    (ds.dir / records.LAYOUT_FILE).unlink()  # the same layout, found from the index
     assert records.Dataset(ds.dir).layout == ds.layout
     (ds.dir / records.LAYOUT_FILE).write_text(saved)
     assert data.train_split(cfg) == "train" and data.eval_split(cfg) == "test"
@@ -148,20 +172,35 @@ def test_voxceleb_layout(tmp_path):
     from ssv_jax.data import prep
 
     rng = np.random.default_rng(1)
-    for part, spk in (("vox1_dev_wav", "id10001"), ("vox1_test_wav", "id10270"), ("vox1_test_wav", "id10271")):
+    for part, spk in (
+        ("vox1_dev_wav", "id10001"),
+        ("vox1_test_wav", "id10270"),
+        ("vox1_test_wav", "id10271"),
+    ):
         d = tmp_path / "vox1" / part / "wav" / spk / "abcDEF"
         d.mkdir(parents=True)
         for u in (1, 2):
             sf.write(d / f"{u:05d}.wav", (rng.standard_normal(4000) * 1000).astype(np.int16), 16000)
     (tmp_path / "vox1" / "veri_test2.txt").write_text(
-        "1 id10270/abcDEF/00001.wav id10270/abcDEF/00002.wav\n0 id10270/abcDEF/00001.wav id10271/abcDEF/00001.wav\n")
-    [s] = prep.build_voxceleb(str(tmp_path / "tfds"), vox1_dir=str(tmp_path / "vox1"), num_workers=1)
+        "1 id10270/abcDEF/00001.wav id10270/abcDEF/00002.wav\n0 id10270/abcDEF/00001.wav "
+        "id10271/abcDEF/00001.wav\n"
+    )
+    [s] = prep.build_voxceleb(
+        str(tmp_path / "tfds"), vox1_dir=str(tmp_path / "vox1"), num_workers=1
+    )
     assert s.written == {"dev": 2, "test": 4}
     cfg = data.default_data_config()
-    cfg.data_dir, cfg.name, cfg.trials, cfg.augment.enabled = str(tmp_path / "tfds"), "voxceleb1", ("voxceleb1_o",), False
+    cfg.data_dir, cfg.name, cfg.trials, cfg.augment.enabled = (
+        str(tmp_path / "tfds"),
+        "voxceleb1",
+        ("voxceleb1_o",),
+        False,
+    )
     t = data.load_trials(cfg)["voxceleb1_o"]
     assert t.enroll[0] == "id10270/abcDEF/00001.wav" and list(t.labels) == [1, 0]
-    both = [u for u, _ in data.eval_utterances(cfg, "dev+test")]  # VoxCeleb1-E/H evaluate over both splits
+    both = [
+        u for u, _ in data.eval_utterances(cfg, "dev+test")
+    ]  # VoxCeleb1-E/H evaluate over both splits
     assert len(both) == 6 and both[0].startswith("id10001/")
 
 
@@ -171,6 +210,7 @@ def test_parse_trials_rejects_bad_lines():
 
 
 # ----------------------------------------------------------------------------- embedded corpus
+
 
 def test_synthetic_corpus(syn_dir):
     cfg = tiny_cfg(syn_dir)
@@ -188,10 +228,10 @@ def test_synthetic_corpus(syn_dir):
     t = data.load_trials(cfg)["synthetic_test"]
     assert 0.4 <= t.labels.mean() <= 0.6
     sess = lambda u: u.rsplit("/", 1)[0]  # noqa: E731
-    tgt = [(a, b) for l, a, b in zip(t.labels, t.enroll, t.test) if l]
+    tgt = [(a, b) for lab, a, b in zip(t.labels, t.enroll, t.test) if lab]
     assert sum(sess(a) != sess(b) for a, b in tgt) >= 0.75 * len(tgt)
     assert all(a.split("/")[0] == b.split("/")[0] for a, b in tgt)
-    non = [(a, b) for l, a, b in zip(t.labels, t.enroll, t.test) if not l]
+    non = [(a, b) for lab, a, b in zip(t.labels, t.enroll, t.test) if not lab]
     assert all(a.split("/")[0] != b.split("/")[0] for a, b in non)
     # banks: three noise categories and RIRs
     assert set(ds["synthetic_noise"].splits) == {"noise", "speech", "music"}
@@ -202,12 +242,12 @@ def test_synthetic_corpus(syn_dir):
     bigger = dataclasses.replace(size, rirs=size.rirs + 1)
     assert not datasets._synthetic_current(str(syn_dir), bigger, "synthetic_rirs")
     # layout: the corpus trains on "train" and keeps its list in "test"; banks train on nothing
-    assert ds["synthetic"].layout == {"train_split": "train",
-                                      "trials": {"synthetic_test": "test"}}
+    assert ds["synthetic"].layout == {"train_split": "train", "trials": {"synthetic_test": "test"}}
     assert ds["synthetic_rirs"].layout["train_split"] is None
 
 
 # ----------------------------------------------------------------------------- pipeline
+
 
 def _batches(cfg, n, **kw):
     kw.setdefault("global_batch", 4)
@@ -234,8 +274,8 @@ def test_crops_in_bounds_and_distinct(syn_dir, overlap):
             x = pipeline.wrap_pad(x, T if overlap else 2 * T)
             a0, a1 = b["crop_start"][s]
             assert 0 <= a0 <= x.size - T and 0 <= a1 <= x.size - T
-            np.testing.assert_array_equal(b["views"][s, 0], x[a0:a0 + T])
-            np.testing.assert_array_equal(b["views"][s, 1], x[a1:a1 + T])
+            np.testing.assert_array_equal(b["views"][s, 0], x[a0 : a0 + T])
+            np.testing.assert_array_equal(b["views"][s, 1], x[a1 : a1 + T])
             if not overlap:
                 assert abs(int(a0) - int(a1)) >= T
             assert not np.array_equal(b["views"][s, 0], b["views"][s, 1])
@@ -247,7 +287,7 @@ def test_short_utterances_wrap_padded(syn_dir):
     src = datasets.open_dataset(cfg, "synthetic").source("train")
     x = src[int(b["index"][0])]["audio"].astype(np.float32) / 32768.0
     a = b["crop_start"][0, 0]
-    np.testing.assert_array_equal(b["views"][0, 0], np.resize(x, 32000)[a:a + 16000])
+    np.testing.assert_array_equal(b["views"][0, 0], np.resize(x, 32000)[a : a + 16000])
 
 
 def test_augmentation_inputs(syn_dir):
@@ -267,7 +307,7 @@ def test_augmentation_inputs(syn_dir):
     assert np.all(np.argmax(np.abs(rir[rir_on]), 1) == 0)
     np.testing.assert_array_equal(rir[~rir_on], np.eye(800)[[0] * int((~rir_on).sum())])
     noise = np.concatenate([b["noise"].reshape(-1, b["noise"].shape[-1]) for b in bs])
-    assert np.all(np.sqrt(np.mean(noise ** 2, 1)) > 0)
+    assert np.all(np.sqrt(np.mean(noise**2, 1)) > 0)
 
 
 def test_deterministic_for_a_seed(syn_dir):
@@ -327,7 +367,9 @@ def test_decode_reports_instead_of_raising(tmp_path):
     if not audio.shutil.which("ffmpeg"):
         try:
             import av  # noqa: F401
-        except ImportError:  # no decoder: a build of m4a files stops before any work, saying what to install
+        except (
+            ImportError
+        ):  # no decoder: a build of m4a files stops before any work, saying what to install
             with pytest.raises(RuntimeError, match="ffmpeg"):
                 audio.check_decoder_for([str(tmp_path / "x.m4a")])
     ok = audio.decode_file(str(tmp_path / "ok8k.wav"))
@@ -341,19 +383,31 @@ def test_musan_and_rir_banks_feed_the_pipeline(syn_dir, tmp_path):
     for cat, secs in (("noise", 14.0), ("speech", 3.0), ("music", 7.0)):
         d = tmp_path / "musan" / cat / "src"
         d.mkdir(parents=True)
-        sf.write(d / f"{cat}-0001.wav", (rng.standard_normal(int(secs * 16000)) * 0.1).astype(np.float32), 16000)
+        sf.write(
+            d / f"{cat}-0001.wav",
+            (rng.standard_normal(int(secs * 16000)) * 0.1).astype(np.float32),
+            16000,
+        )
     (tmp_path / "musan" / "noise" / "src" / "broken.wav").write_bytes(b"not a wav")
     s = prep.build_musan(str(tmp_path / "musan"), str(syn_dir), name="musan_t", num_workers=1)
-    assert s.written == {"noise": 3, "speech": 1, "music": 1}  # 14 s -> 6 + 6 + 2; 7 s -> 7 (short tail joins)
+    assert s.written == {
+        "noise": 3,
+        "speech": 1,
+        "music": 1,
+    }  # 14 s -> 6 + 6 + 2; 7 s -> 7 (short tail joins)
     ds = records.Dataset(records.find_version_dir(str(syn_dir), "musan_t"))
-    assert [r[3] for r in ds.index("music")] == [7 * 16000] and sum(r[3] for r in ds.index("noise")) == 14 * 16000
+    assert [r[3] for r in ds.index("music")] == [7 * 16000] and sum(
+        r[3] for r in ds.index("noise")
+    ) == 14 * 16000
     assert len(s.skipped["noise"]) == 1
     room = tmp_path / "RIRS_NOISES" / "simulated_rirs" / "smallroom" / "Room001"
     room.mkdir(parents=True)
     for i in range(3):
         h = np.zeros(4000, np.float32)
         h[100 + i] = 0.8  # direct path after a delay: the pipeline trims to it
-        h[150:] = rng.standard_normal(3850).astype(np.float32) * 0.05 * np.exp(-np.arange(3850) / 500)
+        h[150:] = (
+            rng.standard_normal(3850).astype(np.float32) * 0.05 * np.exp(-np.arange(3850) / 500)
+        )
         sf.write(room / f"Room001-0000{i}.wav", h, 8000)  # 8 kHz: resampled
     r = prep.build_rirs(str(tmp_path / "RIRS_NOISES"), str(syn_dir), name="rirs_t", num_workers=1)
     assert r.written == {"train": 3}
@@ -363,7 +417,7 @@ def test_musan_and_rir_banks_feed_the_pipeline(syn_dir, tmp_path):
     cat = np.concatenate([b["noise_category"].ravel() for b in bs])
     assert set(cat) == {0, 1, 2}
     rir = np.concatenate([b["rir"].reshape(-1, 800) for b in bs])
-    np.testing.assert_allclose(np.sum(rir ** 2, 1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.sum(rir**2, 1), 1.0, rtol=1e-5)
     assert np.all(np.argmax(np.abs(rir), 1) == 0)
     cfg.augment.categories = ("noise", "applause")
     with pytest.raises(ValueError, match="applause"):

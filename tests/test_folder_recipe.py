@@ -1,4 +1,5 @@
 """README's recipe for a user's own folder of recordings, run as README writes it."""
+
 import json
 import os
 import re
@@ -14,12 +15,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Only sizes shrink (steps, network, the procedural augmentation banks): no data location, split
 # or trial list is added to README's commands.
-SHRINK = ["--config.train.num_steps=2", "--config.train.batch_size=8",
-          "--config.train.progress_bar=False", "--config.data.crop_seconds=0.5",
-          "--config.model.channels=(8,16,16,16)", "--config.model.blocks=(1,1,1,1)",
-          "--config.model.embed_dim=32", "--config.data.synthetic.noise_clips=4",
-          "--config.data.synthetic.speech_clips=4", "--config.data.synthetic.music_clips=4",
-          "--config.data.synthetic.rirs=4", "--config.data.synthetic.bank_seconds=1.0"]
+SHRINK = [
+    "--config.train.num_steps=2",
+    "--config.train.batch_size=8",
+    "--config.train.progress_bar=False",
+    "--config.data.crop_seconds=0.5",
+    "--config.model.channels=(8,16,16,16)",
+    "--config.model.blocks=(1,1,1,1)",
+    "--config.model.embed_dim=32",
+    "--config.data.synthetic.noise_clips=4",
+    "--config.data.synthetic.speech_clips=4",
+    "--config.data.synthetic.music_clips=4",
+    "--config.data.synthetic.rirs=4",
+    "--config.data.synthetic.bank_seconds=1.0",
+]
 
 
 def readme_commands(section: str) -> list[list[str]]:
@@ -58,20 +67,28 @@ def test_readme_folder_recipe_end_to_end(tmp_path):
 
     commands = readme_commands("Your own recordings")
     assert [c[1] for c in commands] == ["data_prep/folder.py", "main.py"]
-    places = {"MY_AUDIO": str(audio), "MY_DATA": str(data), "MY_TRIALS.txt":
-              str(tmp_path / "MY_TRIALS.txt"), "runs/my_voices": str(work)}
+    places = {
+        "MY_AUDIO": str(audio),
+        "MY_DATA": str(data),
+        "MY_TRIALS.txt": str(tmp_path / "MY_TRIALS.txt"),
+        "runs/my_voices": str(work),
+    }
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     for cmd in commands:
         args = [sys.executable, os.path.join(ROOT, cmd[1])]
         for a in cmd[2:]:
             for k, v in places.items():
                 a = a.replace(k, v)
-            args.append(a if not a.startswith("--config=") else
-                        "--config=" + os.path.join(ROOT, a.split("=", 1)[1]))
+            args.append(
+                a
+                if not a.startswith("--config=")
+                else "--config=" + os.path.join(ROOT, a.split("=", 1)[1])
+            )
         if cmd[1] == "main.py":
             args += SHRINK
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env,
-                              cwd=tmp_path)
+        proc = subprocess.run(
+            args, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path
+        )
         assert proc.returncode == 0, proc.stderr[-4000:]
 
     results = json.loads((work / "results.json").read_text())

@@ -1,4 +1,5 @@
 """Log-mel front-end: exact against an independent float64 numpy reference, librosa, masks."""
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -17,23 +18,33 @@ def _signal(rng, n, sr=16000):
     return x
 
 
-def ref_log_mel(x, sr=16000, n_fft=512, win=400, hop=160, n_mels=40, f_min=0.0, f_max=8000.0,
-                window="hamming", eps=1e-6):
+def ref_log_mel(
+    x,
+    sr=16000,
+    n_fft=512,
+    win=400,
+    hop=160,
+    n_mels=40,
+    f_min=0.0,
+    f_max=8000.0,
+    window="hamming",
+    eps=1e-6,
+):
     """float64 numpy: torchaudio MelSpectrogram(center, reflect, power 2, htk, norm None) + log."""
     x = np.asarray(x, np.float64)
     pad = n_fft // 2
     xp = np.pad(x, (pad, pad), mode="reflect")
     n = np.arange(win)
     a = 0.54 if window == "hamming" else 0.5
-    w = a - (1 - a) * np.cos(2 * np.pi * n / win)                       # periodic window
+    w = a - (1 - a) * np.cos(2 * np.pi * n / win)  # periodic window
     wfull = np.zeros(n_fft)
     left = (n_fft - win) // 2
-    wfull[left:left + win] = w
+    wfull[left : left + win] = w
     n_frames = 1 + len(x) // hop
-    frames = np.stack([xp[i * hop:i * hop + n_fft] * wfull for i in range(n_frames)])
+    frames = np.stack([xp[i * hop : i * hop + n_fft] * wfull for i in range(n_frames)])
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
-    mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)                 # noqa: E731
-    imel = lambda m: 700.0 * (10 ** (m / 2595.0) - 1.0)                 # noqa: E731
+    mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731
+    imel = lambda m: 700.0 * (10 ** (m / 2595.0) - 1.0)  # noqa: E731
     pts = imel(np.linspace(mel(f_min), mel(f_max), n_mels + 2))
     freqs = np.linspace(0, sr // 2, n_fft // 2 + 1)
     fb = np.zeros((n_fft // 2 + 1, n_mels))
@@ -53,8 +64,7 @@ def waves():
     return np.stack([_signal(rng, 16000 + 37), _signal(rng, 16000 + 37)])
 
 
-@pytest.mark.parametrize("window,dft", [("hamming", "fft"), ("hann", "fft"),
-                                        ("hamming", "matmul")])
+@pytest.mark.parametrize("window,dft", [("hamming", "fft"), ("hann", "fft"), ("hamming", "matmul")])
 def test_log_mel_matches_float64_reference(waves, window, dft):
     out = np.asarray(frontend.log_mel(jnp.asarray(waves, jnp.float32), window=window, dft=dft))
     assert out.dtype == np.float32
@@ -84,8 +94,21 @@ def test_close_to_librosa(waves):
     x = waves[0].astype(np.float32)
     # librosa: centre-padded window, periodic Hann, HTK mel without norm, reflect padding.
     mel = librosa.feature.melspectrogram(
-        y=x, sr=16000, n_fft=512, win_length=400, hop_length=160, window="hann", center=True,
-        pad_mode="reflect", power=2.0, n_mels=40, fmin=0.0, fmax=8000.0, htk=True, norm=None)
+        y=x,
+        sr=16000,
+        n_fft=512,
+        win_length=400,
+        hop_length=160,
+        window="hann",
+        center=True,
+        pad_mode="reflect",
+        power=2.0,
+        n_mels=40,
+        fmin=0.0,
+        fmax=8000.0,
+        htk=True,
+        norm=None,
+    )
     ref = np.log(mel.T + 1e-6)
     out = np.asarray(frontend.log_mel(jnp.asarray(x[None]), window="hann"))[0]
     assert out.shape == ref.shape
@@ -104,11 +127,12 @@ def test_instance_norm_and_mask():
     mask = np.arange(50)[None] < lens[:, None]
     outm = np.asarray(frontend.instance_norm(jnp.asarray(f), jnp.asarray(mask)))
     for b, n in enumerate(lens):
-        alone = np.asarray(frontend.instance_norm(jnp.asarray(f[b:b + 1, :n])))[0]
+        alone = np.asarray(frontend.instance_norm(jnp.asarray(f[b : b + 1, :n])))[0]
         np.testing.assert_allclose(outm[b, :n], alone, atol=1e-5)
         assert np.all(outm[b, n:] == 0)
 
 
+@pytest.mark.slow
 def test_padded_batch_features_equal_each_alone():
     rng = np.random.default_rng(2)
     lens = [4000, 5555, 8000]
@@ -119,15 +143,24 @@ def test_padded_batch_features_equal_each_alone():
     np.testing.assert_array_equal(np.asarray(mask).sum(1), [1 + n // 160 for n in lens])
     np.testing.assert_array_equal(frontend.frame_mask(jnp.asarray(lens), 51), mask)
     for i, n in enumerate(lens):
-        alone, m = frontend.features(jnp.asarray(batch[i:i + 1, :n]))
+        alone, m = frontend.features(jnp.asarray(batch[i : i + 1, :n]))
         assert m is None
-        np.testing.assert_allclose(np.asarray(feats[i, :alone.shape[1]]), alone[0], atol=1e-4)
+        np.testing.assert_allclose(np.asarray(feats[i, : alone.shape[1]]), alone[0], atol=1e-4)
 
 
 def test_features_config_and_jit():
     cfg = frontend.default_frontend_config()
-    assert set(cfg.keys()) >= {"sample_rate", "n_fft", "win_length", "hop_length", "n_mels",
-                               "f_min", "f_max", "window", "log_eps"}
+    assert set(cfg.keys()) >= {
+        "sample_rate",
+        "n_fft",
+        "win_length",
+        "hop_length",
+        "n_mels",
+        "f_min",
+        "f_max",
+        "window",
+        "log_eps",
+    }
     cfg.n_mels = 24
     x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 3200)), jnp.float32)
     feats, _ = jax.jit(lambda w: frontend.features(w, cfg))(x)

@@ -1,4 +1,5 @@
 """oneDNN convolution kernels (ssv_jax/kernels): exact against float64, in the model, sharded."""
+
 import logging
 import os
 import subprocess
@@ -9,13 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ssv_jax.kernels import onednn
 from ssv_jax.models import FastResNet34, resnet
 
-pytestmark = pytest.mark.skipif(not onednn.available(),
-                                reason=f"oneDNN kernels unavailable: {onednn.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(
+    not onednn.available(), reason=f"oneDNN kernels unavailable: {onednn.unavailable_reason()}"
+)
 
 
 def ref_conv(x, w, stride, pads, g):
@@ -34,15 +37,15 @@ def ref_conv(x, w, stride, pads, g):
                 continue
             dw[i, j] = np.einsum("nhwc,nhwo->co", xp[sl], g)
             dxp[sl] += np.einsum("nhwo,co->nhwc", g, w[i, j])
-    return y, dxp[:, t0:xp.shape[1] - t1, f0:xp.shape[2] - f1], dw
+    return y, dxp[:, t0 : xp.shape[1] - t1, f0 : xp.shape[2] - f1], dw
 
 
 CASES = [  # x shape (N, H, W, C_in), kernel (kh, kw, C_out), stride, padding
     ((2, 9, 7, 16), (3, 3, 16), (1, 1), ((1, 1), (1, 1))),
-    ((3, 12, 10, 16), (3, 3, 32), (2, 2), ((1, 1), (1, 1))),     # stride-2 stage entry
-    ((2, 11, 9, 32), (3, 3, 16), (2, 2), ((1, 1), (1, 1))),      # odd sizes
-    ((2, 13, 12, 1), (7, 7, 16), (1, 2), ((3, 3), (3, 3))),      # single-channel stem
-    ((1, 8, 6, 16), (3, 1, 16), (1, 1), ((0, 2), (1, 0))),       # uneven, asymmetric padding
+    ((3, 12, 10, 16), (3, 3, 32), (2, 2), ((1, 1), (1, 1))),  # stride-2 stage entry
+    ((2, 11, 9, 32), (3, 3, 16), (2, 2), ((1, 1), (1, 1))),  # odd sizes
+    ((2, 13, 12, 1), (7, 7, 16), (1, 2), ((3, 3), (3, 3))),  # single-channel stem
+    ((1, 8, 6, 16), (3, 1, 16), (1, 1), ((0, 2), (1, 0))),  # uneven, asymmetric padding
 ]
 
 
@@ -62,7 +65,8 @@ def test_conv_and_gradients_match_float64(xs, ks, stride, pads):
         return jnp.sum(y * g.astype(np.float32)), y
 
     (_, y), (dx, dw) = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(
-        x.astype(np.float32), w.astype(np.float32))
+        x.astype(np.float32), w.astype(np.float32)
+    )
     np.testing.assert_allclose(np.asarray(y), y_ref, atol=2e-5)
     np.testing.assert_allclose(np.asarray(dx), dx_ref, atol=2e-5)
     np.testing.assert_allclose(np.asarray(dw), dw_ref, atol=1e-4 * np.abs(dw_ref).max())
@@ -73,11 +77,11 @@ def test_blocked_layout_round_trip_and_refusals():
     for block in (16, 8):
         xb = onednn.to_blocked(x, block)
         assert xb.shape == (2, 32 // block, 3, 4, block)
-        np.testing.assert_array_equal(xb[1, 1, 2, 3], x[1, 2, 3, block:2 * block])
+        np.testing.assert_array_equal(xb[1, 1, 2, 3], x[1, 2, 3, block : 2 * block])
         np.testing.assert_array_equal(onednn.from_blocked(xb), x)
     b = onednn.block_size()
-    assert not onednn.supports((2, 9, 7, b // 2), (3, 3, b // 2, b), jnp.float32)      # C_in
-    assert not onednn.supports((2, 9, 7, b), (3, 3, b, b + b // 2), jnp.float32)       # C_out
+    assert not onednn.supports((2, 9, 7, b // 2), (3, 3, b // 2, b), jnp.float32)  # C_in
+    assert not onednn.supports((2, 9, 7, b), (3, 3, b, b + b // 2), jnp.float32)  # C_out
     assert not onednn.supports((2, 9, 7, b), (3, 3, b, b), jnp.bfloat16)
     with pytest.raises(ValueError, match=f"C_out % {b}"):
         onednn.conv2d(jnp.zeros((2, 9, 7, b // 2)), jnp.zeros((3, 3, b // 2, b)))
@@ -90,6 +94,7 @@ def _model_loss_and_grads(model, feats, dtype=jnp.float32):
     def loss(params):
         m = nnx.merge(graphdef, params, rest, copy=True)
         return jnp.sum(jnp.square(m(feats.astype(dtype))))
+
     return jax.tree.map(np.asarray, jax.jit(jax.value_and_grad(loss))(params))
 
 
@@ -108,21 +113,31 @@ def test_fast_resnet34_with_onednn_is_as_accurate_as_xla(train):
     if not train:
         # Eval mode is well conditioned: every leaf within 1e-4 of its largest float64 value,
         # or no worse than 4x float32 XLA's own error on it.
-        err = {on: [np.abs(a - b).max() / (np.abs(b).max() or 1.0)  # (dead SE units: all zero)
-                    for a, b in zip(jax.tree.leaves(r), jax.tree.leaves(exact))]
-               for on, r in runs.items()}
-        bad = [(i, e1, e0) for i, (e1, e0) in enumerate(zip(err[True], err[False]))
-               if e1 > max(4 * e0, 1e-4)]
+        err = {
+            on: [
+                np.abs(a - b).max() / (np.abs(b).max() or 1.0)  # (dead SE units: all zero)
+                for a, b in zip(jax.tree.leaves(r), jax.tree.leaves(exact))
+            ]
+            for on, r in runs.items()
+        }
+        bad = [
+            (i, e1, e0)
+            for i, (e1, e0) in enumerate(zip(err[True], err[False]))
+            if e1 > max(4 * e0, 1e-4)
+        ]
         assert not bad, bad
         return
     # Train mode: BatchNorm over this small batch makes single leaves ill conditioned (float32
     # errors of a few percent on some leaves, large for oneDNN on one CPU and for XLA on
     # another), so compare the whole gradient: its relative L2 error (1e-3 here; a wrong
     # gradient path, layout or transposition gives order 1) and the loss.
-    flat = {k: np.concatenate([x.ravel() for x in jax.tree.leaves(r[1])])
-            for k, r in {**runs, "exact": exact}.items()}
-    g_err = {on: np.linalg.norm(flat[on] - flat["exact"]) / np.linalg.norm(flat["exact"])
-             for on in runs}
+    flat = {
+        k: np.concatenate([x.ravel() for x in jax.tree.leaves(r[1])])
+        for k, r in {**runs, "exact": exact}.items()
+    }
+    g_err = {
+        on: np.linalg.norm(flat[on] - flat["exact"]) / np.linalg.norm(flat["exact"]) for on in runs
+    }
     assert g_err[True] <= max(4 * g_err[False], 5e-3), g_err
     assert abs(runs[True][0] - exact[0]) <= 1e-5 * abs(exact[0])
 
@@ -135,6 +150,7 @@ def test_onednn_conv_runs_per_batch_shard_over_8_devices_and_equals_one():
 
     def f(x, w):
         return jax.value_and_grad(lambda w: jnp.sum(onednn.conv2d(x, w, (2, 2)) ** 2))(w)
+
     l1, g1 = jax.jit(f)(x, w)
     xs = jax.device_put(x, NamedSharding(mesh, P("data")))
     ws = jax.device_put(w, NamedSharding(mesh, P()))
@@ -143,7 +159,7 @@ def test_onednn_conv_runs_per_batch_shard_over_8_devices_and_equals_one():
     hlo = jax.jit(f).lower(xs, ws).compile().as_text()
     assert "all-gather" not in hlo and "all-reduce" in hlo
     b = onednn.block_size()
-    assert "custom-call(" in hlo and f"f32[1,{32 // b},5,3,{b}]" in hlo      # local batch 1 of 8
+    assert "custom-call(" in hlo and f"f32[1,{32 // b},5,3,{b}]" in hlo  # local batch 1 of 8
     np.testing.assert_allclose(float(l8), float(l1), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(g8), np.asarray(g1), rtol=1e-5, atol=1e-5)
 
@@ -153,7 +169,7 @@ def test_unavailable_kernels_fall_back_to_xla_with_a_warning(monkeypatch, caplog
     feats = jnp.asarray(np.random.default_rng(3).standard_normal((2, 30, 40)), jnp.float32)
     model = FastResNet34(rngs=nnx.Rngs(0))
     model.eval()
-    want = np.asarray(model(feats))                         # oneDNN
+    want = np.asarray(model(feats))  # oneDNN
     monkeypatch.setattr(onednn, "_state", {"ok": False, "reason": "no compiler (test)"})
     resnet._onednn_ready.cache_clear()
     try:
@@ -169,9 +185,14 @@ def test_unavailable_kernels_fall_back_to_xla_with_a_warning(monkeypatch, caplog
 
 def _run(args, isa="ALL", timeout=600, **env):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                         timeout=timeout, cwd=root,
-                         env={**os.environ, "ONEDNN_MAX_CPU_ISA": isa, **env})
+    out = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=root,
+        env={**os.environ, "ONEDNN_MAX_CPU_ISA": isa, **env},
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
 
@@ -181,21 +202,36 @@ def test_avx2_cpus_use_8_channel_blocks():
     """Without AVX-512 oneDNN's fast kernels take 8-channel blocks (nChw8c, AVX2), and only
     reference loops for the single-channel stem, which then runs in XLA. Simulated with
     ONEDNN_MAX_CPU_ISA=AVX2; this file's exactness, model and sharding tests rerun there."""
-    code = ("import jax.numpy as jnp; from ssv_jax.kernels import onednn; "
-            "print(onednn.available(), onednn.block_size(), onednn.supports("
-            "(2, 8, 8, 1), (7, 7, 1, 16), jnp.float32), onednn.supports((2, 8, 8, 8), "
-            "(3, 3, 8, 24), jnp.float32))")
+    code = (
+        "import jax.numpy as jnp; from ssv_jax.kernels import onednn; "
+        "print(onednn.available(), onednn.block_size(), onednn.supports("
+        "(2, 8, 8, 1), (7, 7, 1, 16), jnp.float32), onednn.supports((2, 8, 8, 8), "
+        "(3, 3, 8, 24), jnp.float32))"
+    )
     assert _run(["-c", code], "AVX2").stdout.split() == ["True", "8", "False", "True"]
-    out = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-                "float64 or accurate or shard or refusals"], "AVX2")
-    assert "8 passed, 1 skipped" in out.stdout, out.stdout[-2000:]      # skipped: the stem
+    out = _run(
+        [
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+            "-k",
+            "float64 or accurate or shard or refusals",
+        ],
+        "AVX2",
+    )
+    assert "8 passed, 1 skipped" in out.stdout, out.stdout[-2000:]  # skipped: the stem
 
 
 def test_cpu_without_fast_onednn_kernels_uses_xla():
     """With neither AVX-512 nor AVX2, oneDNN has only reference loops (far slower than XLA):
     the load-time probe turns the kernels off. Simulated with ONEDNN_MAX_CPU_ISA=AVX."""
-    code = ("from ssv_jax.kernels import onednn; from ssv_jax.models import resnet; "
-            "print(onednn.available(), resnet._onednn_ready()); print(onednn.unavailable_reason())")
+    code = (
+        "from ssv_jax.kernels import onednn; from ssv_jax.models import resnet; "
+        "print(onednn.available(), resnet._onednn_ready()); print(onednn.unavailable_reason())"
+    )
     out = _run(["-c", code], "AVX", timeout=300)
     first, reason = out.stdout.splitlines()[:2]
     assert first == "False False"
@@ -207,14 +243,20 @@ def test_cpu_without_fast_onednn_kernels_uses_xla():
 def test_no_compiler_means_xla_convolutions_and_a_reason(tmp_path):
     """A machine without a C++ compiler (or oneDNN headers) trains with XLA's convolutions; the
     warning says why. Simulated with CXX pointing nowhere and an empty kernel cache."""
-    code = ("import jax.numpy as jnp; from flax import nnx; from ssv_jax.kernels import onednn; "
-            "from ssv_jax.models import FastResNet34; "
-            "m = FastResNet34(rngs=nnx.Rngs(0)); m.eval(); e = m(jnp.ones((2, 20, 40))); "
-            "print(onednn.available(), e.shape); print(onednn.unavailable_reason())")
-    out = _run(["-c", code], timeout=300, CXX="/nonexistent/g++",
-               SSV_JAX_KERNEL_DIR=str(tmp_path / "kernels"))
+    code = (
+        "import jax.numpy as jnp; from flax import nnx; from ssv_jax.kernels import onednn; "
+        "from ssv_jax.models import FastResNet34; "
+        "m = FastResNet34(rngs=nnx.Rngs(0)); m.eval(); e = m(jnp.ones((2, 20, 40))); "
+        "print(onednn.available(), e.shape); print(onednn.unavailable_reason())"
+    )
+    out = _run(
+        ["-c", code],
+        timeout=300,
+        CXX="/nonexistent/g++",
+        SSV_JAX_KERNEL_DIR=str(tmp_path / "kernels"),
+    )
     first, reason = out.stdout.splitlines()[:2]
     assert first == "False (2, 512)"
     assert "/nonexistent/g++" in reason
     assert "using XLA's convolutions" in out.stderr
-    assert not list((tmp_path / "kernels").glob("*"))          # no half-written library left
+    assert not list((tmp_path / "kernels").glob("*"))  # no half-written library left

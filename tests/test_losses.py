@@ -1,4 +1,5 @@
 """NT-Xent-AM / AAM / MoCo-AM against independent float64 references, and across devices."""
+
 import math
 
 import jax
@@ -89,7 +90,10 @@ def ref_moco(q, k, queue, s, m, angular=False):
 def test_method_reference_values(s, m, sym, expected):
     got = float(losses.nt_xent_am(Z1, Z2, scale=s, margin=m, symmetric=sym))
     assert got == pytest.approx(expected, rel=1e-5)
-    z1, z2 = Z1.astype(np.float64), np.array([[0.9, 0.1, 0], [0.2, 0.8, 0.1], [0.1, 0, 1.2], [0.5, 1, 0.3]])
+    z1, z2 = (
+        Z1.astype(np.float64),
+        np.array([[0.9, 0.1, 0], [0.2, 0.8, 0.1], [0.1, 0, 1.2], [0.5, 1, 0.3]]),
+    )
     assert ref_loss(z1, z2, s, m, sym) == pytest.approx(expected, rel=1e-9)
 
 
@@ -119,7 +123,8 @@ def test_aam_uses_fallback_beyond_pi():
     got = float(losses.nt_xent_aam(z1, z2, scale=5.0, margin=0.3, symmetric=False))
     assert got == pytest.approx(ref_loss(z1, z2, 5.0, 0.3, False, angular=True), rel=1e-5)
     np.testing.assert_allclose(
-        losses.additive_angular_margin(jnp.float32(-1.0), 0.3), -1.0 - 0.3 * math.sin(0.3),
+        losses.additive_angular_margin(jnp.float32(-1.0), 0.3),
+        -1.0 - 0.3 * math.sin(0.3),
         rtol=1e-6,
     )
 
@@ -144,6 +149,7 @@ def test_margin_increases_loss_and_aam_matches_am_for_small_margin():
     assert a0 == pytest.approx(l0, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_numerically_stable_and_bf16():
     rng = np.random.default_rng(5)
     z1 = rng.normal(size=(6, 8)).astype(np.float32)
@@ -173,8 +179,13 @@ def test_moco_matches_reference_and_stops_key_gradients():
         got = float(losses.moco_aam(q, k, queue, scale=30.0, margin=m))
         assert got == pytest.approx(ref_moco(q, k, queue, 30.0, m, angular=True), rel=1e-5)
     # The angular margin differs from the cosine one (beyond float error) for m > 0.
-    assert abs(float(losses.moco_aam(q, k, queue, scale=30.0, margin=0.2))
-               - float(losses.moco_am(q, k, queue, scale=30.0, margin=0.2))) > 1e-3
+    assert (
+        abs(
+            float(losses.moco_aam(q, k, queue, scale=30.0, margin=0.2))
+            - float(losses.moco_am(q, k, queue, scale=30.0, margin=0.2))
+        )
+        > 1e-3
+    )
     gq, gk, gqueue = jax.grad(
         lambda a, b, c: losses.moco_am(a, b, c, scale=30.0, margin=0.1), (0, 1, 2)
     )(q, k, queue)
@@ -185,9 +196,7 @@ def test_moco_matches_reference_and_stops_key_gradients():
 # ---------------------------------------------------------------- across devices
 def _sharded(fn, mesh, n_in, **kw):
     body = lambda *xs: fn(*xs, axis_name=DATA_AXIS, **kw)  # noqa: E731
-    return jax.shard_map(
-        body, mesh=mesh, in_specs=tuple([P(DATA_AXIS)] * n_in), out_specs=P()
-    )
+    return jax.shard_map(body, mesh=mesh, in_specs=tuple([P(DATA_AXIS)] * n_in), out_specs=P())
 
 
 @pytest.mark.parametrize("fn", [losses.nt_xent_am, losses.nt_xent_aam])
@@ -203,7 +212,9 @@ def test_sharded_loss_and_grads_equal_single_device(fn, sym):
     multi = jax.jit(jax.value_and_grad(_sharded(fn, mesh, 2, **kw), (0, 1)))
     (l1, g1), (l8, g8) = single(z1, z2), multi(z1, z2)
     assert float(l8) == pytest.approx(float(l1), rel=1e-5)
-    assert float(l1) == pytest.approx(ref_loss(z1, z2, 30.0, 0.1, sym, fn is losses.nt_xent_aam), rel=1e-5)
+    assert float(l1) == pytest.approx(
+        ref_loss(z1, z2, 30.0, 0.1, sym, fn is losses.nt_xent_aam), rel=1e-5
+    )
     for a, b in zip(g1, g8):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
     assert np.abs(np.asarray(g1[0])).sum() > 0
@@ -224,9 +235,13 @@ def test_sharded_grads_inside_shard_map_wrt_replicated_params():
     g_ref = jax.grad(loss)(w, x1, x2)
     inner = jax.shard_map(
         lambda w, a, b: jax.grad(loss)(w, a, b, axis_name=DATA_AXIS),
-        mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS)), out_specs=P(),
+        mesh=mesh,
+        in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS)),
+        out_specs=P(),
     )
-    np.testing.assert_allclose(np.asarray(inner(w, x1, x2)), np.asarray(g_ref), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(inner(w, x1, x2)), np.asarray(g_ref), rtol=1e-5, atol=1e-7
+    )
 
 
 @pytest.mark.slow
@@ -238,7 +253,9 @@ def test_sharded_moco_equals_single_device():
     queue = rng.normal(size=(32, 8)).astype(np.float32)
     fn = jax.shard_map(
         lambda a, b, c: losses.moco_am(a, b, c, scale=30.0, margin=0.1, axis_name=DATA_AXIS),
-        mesh=mesh, in_specs=(P(DATA_AXIS), P(DATA_AXIS), P()), out_specs=P(),
+        mesh=mesh,
+        in_specs=(P(DATA_AXIS), P(DATA_AXIS), P()),
+        out_specs=P(),
     )
     l8, g8 = jax.value_and_grad(fn)(q, k, queue)
     l1, g1 = jax.value_and_grad(lambda a: losses.moco_am(a, k, queue, scale=30.0, margin=0.1))(q)

@@ -1,4 +1,5 @@
 """EER / minDCF / DET points against docs/method.md#metrics and independent float64 references."""
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_curve

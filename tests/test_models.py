@@ -6,11 +6,18 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ssv_jax import models
-from ssv_jax.models import (ECAPATDNN, FastResNet34, Projector, build_encoder, count_params,
-                            default_model_config)
+from ssv_jax.models import (
+    ECAPATDNN,
+    FastResNet34,
+    Projector,
+    build_encoder,
+    count_params,
+    default_model_config,
+)
 from ssv_jax.models.layers import BatchNorm, fusion_barrier
 from ssv_jax.models.resnet import conv2d, conv_space_to_depth
 
@@ -27,9 +34,9 @@ def _eval_fn(model):
 
 # ---------------------------------------------------------------- parameter counts
 def test_fast_resnet34_parameter_counts():
-    sap = nnx.eval_shape(lambda: FastResNet34(rngs=nnx.Rngs(0)))   # shapes only: fast
+    sap = nnx.eval_shape(lambda: FastResNet34(rngs=nnx.Rngs(0)))  # shapes only: fast
     assert count_params(sap) == 1_437_078
-    head = (count_params(sap.sap) + count_params(sap.fc))
+    head = count_params(sap.sap) + count_params(sap.fc)
     assert count_params(sap) - head == 1_354_390
     stats = nnx.eval_shape(lambda: FastResNet34(rngs=nnx.Rngs(0), pooling="stats"))
     assert count_params(stats) == 2_010_262
@@ -40,15 +47,18 @@ def test_fast_resnet34_parameter_counts():
 
 @pytest.mark.parametrize("n_mels,channels", [(40, 512), (80, 512), (80, 1024)])
 def test_ecapa_parameter_counts(n_mels, channels):
-    m = nnx.eval_shape(lambda: ECAPATDNN(rngs=nnx.Rngs(0), n_mels=n_mels, channels=channels,
-                                         embed_dim=192))
+    m = nnx.eval_shape(
+        lambda: ECAPATDNN(rngs=nnx.Rngs(0), n_mels=n_mels, channels=channels, embed_dim=192)
+    )
     assert count_params(m) == models.ECAPA_PARAM_COUNTS[(n_mels, channels, 192)]
 
 
 def test_projector():
     p = Projector(rngs=nnx.Rngs(0))
-    lin = lambda a, b: a * b + b                                        # noqa: E731
-    assert count_params(p) == lin(512, 2048) + 2 * 2048 + lin(2048, 2048) + 2 * 2048 + lin(2048, 128)
+    lin = lambda a, b: a * b + b  # noqa: E731
+    assert count_params(p) == lin(512, 2048) + 2 * 2048 + lin(2048, 2048) + 2 * 2048 + lin(
+        2048, 128
+    )
     p.train()
     assert p(jnp.ones((4, 512)) * jnp.arange(4)[:, None]).shape == (4, 128)
 
@@ -64,7 +74,7 @@ def np_conv(x, w, stride, pad):
     out = np.zeros((b, co, ho, wo))
     for i in range(kh):
         for j in range(kw):
-            patch = xp[:, :, i:i + stride[0] * ho:stride[0], j:j + stride[1] * wo:stride[1]]
+            patch = xp[:, :, i : i + stride[0] * ho : stride[0], j : j + stride[1] * wo : stride[1]]
             out += np.einsum("bchw,oc->bohw", patch, w[:, :, i, j])
     return out
 
@@ -78,16 +88,21 @@ def np_bn(x, bn, train):
     else:
         mean, var = np.asarray(bn.mean[...], np.float64), np.asarray(bn.var[...], np.float64)
     g, b = np.asarray(bn.scale[...], np.float64), np.asarray(bn.bias[...], np.float64)
-    return (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + 1e-5) * g.reshape(shape) \
-        + b.reshape(shape)
+    return (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + 1e-5) * g.reshape(
+        shape
+    ) + b.reshape(shape)
 
 
 def np_resnet(model, feats, train):
     """The Fast ResNet-34 of docs/method.md in PyTorch layout: feats [B, T, F] -> x [B, 1, F, T]."""
     t = lambda k: np.asarray(k[...], np.float64).transpose(3, 2, 1, 0)  # noqa: E731 -> [Co,Ci,kf,kt]
-    lin = lambda layer, v: v @ np.asarray(layer.kernel[...], np.float64) + \
-        np.asarray(layer.bias[...], np.float64)                          # noqa: E731
-    relu = lambda v: np.maximum(v, 0)                                     # noqa: E731
+
+    def lin(layer, v):
+        return v @ np.asarray(layer.kernel[...], np.float64) + np.asarray(
+            layer.bias[...], np.float64
+        )  # noqa: E731
+
+    relu = lambda v: np.maximum(v, 0)  # noqa: E731
     x = np.asarray(feats, np.float64).transpose(0, 2, 1)[:, None]
     x = relu(np_bn(np_conv(x, t(model.stem.kernel), (2, 1), (3, 3)), model.stem_bn, train))
     for blk in model.blocks:
@@ -96,11 +111,14 @@ def np_resnet(model, feats, train):
         z = np_bn(np_conv(z, t(blk.conv2.kernel), (1, 1), (1, 1)), blk.bn2, train)
         e = 1 / (1 + np.exp(-lin(blk.se_fc2, relu(lin(blk.se_fc1, z.mean((2, 3)))))))
         z = z * e[:, :, None, None]
-        res = x if blk.down_conv is None else np_bn(
-            np_conv(x, t(blk.down_conv.kernel), (s, s), (0, 0)), blk.down_bn, train)
+        res = (
+            x
+            if blk.down_conv is None
+            else np_bn(np_conv(x, t(blk.down_conv.kernel), (s, s), (0, 0)), blk.down_bn, train)
+        )
         x = relu(z + res)
     if model.pooling == "sap":
-        h = x.mean(2).transpose(0, 2, 1)                                  # [B, T, C]
+        h = x.mean(2).transpose(0, 2, 1)  # [B, T, C]
         w = np.tanh(lin(model.sap.linear, h)) @ np.asarray(model.sap.attention[...], np.float64)
         w = np.exp(w - w.max(1, keepdims=True))
         w = w / w.sum(1, keepdims=True)
@@ -118,8 +136,12 @@ def test_space_to_depth_conv_equals_strided_conv():
     k = rng.standard_normal((3, 3, 3, 5)).astype(np.float32)
     for h, w in [(20, 201), (10, 101), (5, 8)]:
         x = rng.standard_normal((2, h, w, 3)).astype(np.float32)
-        ref = np_conv(x.transpose(0, 3, 1, 2).astype(np.float64),
-                      k.transpose(3, 2, 0, 1).astype(np.float64), (2, 2), (1, 1))
+        ref = np_conv(
+            x.transpose(0, 3, 1, 2).astype(np.float64),
+            k.transpose(3, 2, 0, 1).astype(np.float64),
+            (2, 2),
+            (1, 1),
+        )
         for out in (conv_space_to_depth(x, k, (2, 2)), conv2d(x, k, (2, 2))):
             np.testing.assert_allclose(np.asarray(out).transpose(0, 3, 1, 2), ref, atol=1e-4)
 
@@ -127,13 +149,14 @@ def test_space_to_depth_conv_equals_strided_conv():
 @pytest.mark.slow
 def test_fusion_barrier_is_exact_and_keeps_fusions_small():
     x = np.random.default_rng(0).standard_normal((2, 7, 5, 16)).astype(np.float32) * 1e3
-    x[0, 0, 0] = [0.0, 1e-37, 3e38] + [1.0] * 13       # zero, tiny, near max
+    x[0, 0, 0] = [0.0, 1e-37, 3e38] + [1.0] * 13  # zero, tiny, near max
     np.testing.assert_array_equal(np.asarray(jax.jit(fusion_barrier)(x)), x)
     # Subnormals: flushed to zero, as XLA:CPU's elementwise ops (the ReLU before it) already do.
     relu = jax.jit(lambda v: jnp.maximum(v, 0.0))
     x[1, 0, 0] = [1e-40, 1e-45] + [2.0] * 14
-    np.testing.assert_array_equal(np.asarray(jax.jit(lambda v: fusion_barrier(relu(v)))(x)),
-                                  np.asarray(relu(x)))
+    np.testing.assert_array_equal(
+        np.asarray(jax.jit(lambda v: fusion_barrier(relu(v)))(x)), np.asarray(relu(x))
+    )
     # Fast ResNet-34 train-mode loss and parameter gradients: the same with or without (up to
     # float32 summation order: XLA fuses the reductions differently).
     feats = jnp.asarray(np.random.default_rng(1).standard_normal((2, 40, 40)), jnp.float32)
@@ -144,13 +167,17 @@ def test_fusion_barrier_is_exact_and_keeps_fusions_small():
 
         def loss(p):
             return jnp.sum(jnp.square(nnx.merge(graphdef, p, rest, copy=True)(feats)))
+
         step = jax.jit(jax.value_and_grad(loss))
         results[barrier] = step(params)
         hlo = step.lower(params).compile().as_text()
         # The widest fusion (input count): 15 with the barrier, 36 without (a stage's whole
         # residual chain re-computed inside one consumer).
-        widest = max(line.split(" fusion(")[1].split("), kind")[0].count("%")
-                     for line in hlo.splitlines() if " fusion(" in line and "), kind" in line)
+        widest = max(
+            line.split(" fusion(")[1].split("), kind")[0].count("%")
+            for line in hlo.splitlines()
+            if " fusion(" in line and "), kind" in line
+        )
         results[barrier, "widest"] = widest
     for a, b in zip(jax.tree.leaves(results[True][:2]), jax.tree.leaves(results[False][:2])):
         b = np.asarray(b)
@@ -181,13 +208,17 @@ def test_batchnorm_train_update_and_eval():
     x = np.random.default_rng(2).standard_normal((4, 5, 3)) * [1.0, 2.0, 3.0] + [0.0, 1.0, -1.0]
     y = np.asarray(bn(jnp.asarray(x, jnp.float32)))
     flat = x.reshape(-1, 3)
-    np.testing.assert_allclose(y.reshape(-1, 3), (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        y.reshape(-1, 3), (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5), atol=1e-5
+    )
     np.testing.assert_allclose(bn.mean[...], 0.1 * flat.mean(0), atol=1e-6)
     np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * flat.var(0, ddof=1), atol=1e-5)  # unbiased
     bn.use_running_average = True
-    np.testing.assert_allclose(np.asarray(bn(jnp.asarray(x, jnp.float32))),
-                               (x - bn.mean[...]) / np.sqrt(bn.var[...] + 1e-5), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(bn(jnp.asarray(x, jnp.float32))),
+        (x - bn.mean[...]) / np.sqrt(bn.var[...] + 1e-5),
+        atol=1e-5,
+    )
 
 
 # ---------------------------------------------------------------- shapes, masks, sharding
@@ -196,7 +227,7 @@ def test_batchnorm_train_update_and_eval():
 def test_shapes_1s_2s_10s(name):
     cfg = default_model_config(name)
     if name == "ecapa_tdnn":
-        cfg.channels = 256                     # shapes only; keeps the test fast
+        cfg.channels = 256  # shapes only; keeps the test fast
     fwd = _eval_fn(build_encoder(cfg, rngs=nnx.Rngs(0)))
     for seconds in (1, 2, 10):
         frames = 1 + seconds * 16000 // 160
@@ -205,30 +236,35 @@ def test_shapes_1s_2s_10s(name):
         assert np.all(np.isfinite(np.asarray(out)))
 
 
-@pytest.mark.parametrize("name,kw", [("fast_resnet34", dict(TINY, pooling="sap")),
-                                     ("fast_resnet34", dict(TINY, pooling="stats")),
-                                     ("ecapa_tdnn", dict(channels=64, mfa_channels=96,
-                                                         embed_dim=16, dense_residual=True))])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("fast_resnet34", dict(TINY, pooling="sap")),
+        ("fast_resnet34", dict(TINY, pooling="stats")),
+        ("ecapa_tdnn", dict(channels=64, mfa_channels=96, embed_dim=16, dense_residual=True)),
+    ],
+)
 @pytest.mark.slow
 def test_masked_batch_equals_one_at_a_time(name, kw):
     model = build_encoder(ml_collections.ConfigDict(dict(name=name, **kw)), rngs=nnx.Rngs(3))
     fwd = _eval_fn(model)
     rng = np.random.default_rng(4)
-    lens = [31, 57, 101, 64]                   # frames; odd lengths exercise the stride-2 masks
+    lens = [31, 57, 101, 64]  # frames; odd lengths exercise the stride-2 masks
     feats = np.zeros((4, 101, 40), np.float32)
     for i, n in enumerate(lens):
         feats[i, :n] = rng.standard_normal((n, 40))
-    feats[0, 31:] = 100.0                      # garbage in padding must not leak
+    feats[0, 31:] = 100.0  # garbage in padding must not leak
     mask = np.arange(101)[None] < np.array(lens)[:, None]
     batched = np.asarray(fwd(jnp.asarray(feats), jnp.asarray(mask)))
     for i, n in enumerate(lens):
-        alone = np.asarray(fwd(jnp.asarray(feats[i:i + 1, :n])))[0]
+        alone = np.asarray(fwd(jnp.asarray(feats[i : i + 1, :n])))[0]
         np.testing.assert_allclose(batched[i], alone, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name,kw", [("fast_resnet34", TINY),
-                                     ("ecapa_tdnn", dict(channels=64, mfa_channels=96,
-                                                         embed_dim=16))])
+@pytest.mark.parametrize(
+    "name,kw",
+    [("fast_resnet34", TINY), ("ecapa_tdnn", dict(channels=64, mfa_channels=96, embed_dim=16))],
+)
 @pytest.mark.slow
 def test_sharded_train_forward_equals_single_device(name, kw):
     """Train-mode BN under jit over a batch sharded on 8 devices uses global-batch statistics."""
@@ -241,7 +277,8 @@ def test_sharded_train_forward_equals_single_device(name, kw):
         def loss_fn(params):
             m = nnx.merge(graphdef, params, rest, copy=True)
             emb = m(x)
-            return jnp.sum(emb ** 2), (emb, nnx.state(m, nnx.BatchStat))
+            return jnp.sum(emb**2), (emb, nnx.state(m, nnx.BatchStat))
+
         (_, (emb, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return emb, stats, grads
 
@@ -251,12 +288,17 @@ def test_sharded_train_forward_equals_single_device(name, kw):
     xs = jax.device_put(x, NamedSharding(mesh, P("data")))
     rep = NamedSharding(mesh, P())
     sharded = jax.jit(step, in_shardings=(rep, rep, NamedSharding(mesh, P("data"))))(
-        params, rest, xs)
+        params, rest, xs
+    )
     assert len(sharded[0].sharding.device_set) == 8
     for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded)):
         # Within 1e-4 of each leaf's largest value (float32 sums in another order).
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0,
-                                   atol=1e-4 * max(float(np.abs(np.asarray(b)).max()), 1.0))
+        np.testing.assert_allclose(
+            np.asarray(a),
+            np.asarray(b),
+            rtol=0,
+            atol=1e-4 * max(float(np.abs(np.asarray(b)).max()), 1.0),
+        )
     # Batch statistics really are used in train mode: per-device statistics would differ.
     per_dev = jax.jit(step)(params, rest, x[:2])[0]
     assert not np.allclose(np.asarray(per_dev), np.asarray(single[0][:2]), atol=1e-3)

@@ -1,4 +1,5 @@
 """The project's own contract: README's test command is what CI runs."""
+
 import os
 import re
 
@@ -7,7 +8,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _readme_commands():
     text = open(os.path.join(ROOT, "README.md")).read()
-    return [line.strip() for line in text.splitlines() if line.startswith("    python3 -m venv .venv")]
+    return [
+        line.strip() for line in text.splitlines() if line.startswith("    python3 -m venv .venv")
+    ]
 
 
 def test_readme_has_two_commands_and_ci_runs_the_test_one():

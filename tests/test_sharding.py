@@ -1,4 +1,5 @@
 """Mesh, shardings and global-batch assembly (one process x 8 devices; two processes x 4)."""
+
 import os
 
 import jax
@@ -55,8 +56,9 @@ def test_two_processes_equal_one(tmp_path):
     loss, grad = jax.value_and_grad(lambda a: losses.nt_xent_am(a, z2, scale=30.0, margin=0.1))(z1)
     for r in res:
         assert float(r["loss"]) == pytest.approx(float(loss), rel=1e-5)
-    np.testing.assert_allclose(np.concatenate([r["grad"] for r in res]), np.asarray(grad),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        np.concatenate([r["grad"] for r in res]), np.asarray(grad), rtol=1e-5, atol=1e-7
+    )
 
 
 @pytest.mark.slow
@@ -64,6 +66,7 @@ def test_two_process_evaluation_equals_one(tmp_path):
     """Embeddings with the eval mesh spanning 2 processes x 4 devices == 1 process x 8."""
     from ssv_jax import evaluate
     from tests.helpers.cases import embed_case, embed_network
+
     worker = os.path.join(os.path.dirname(__file__), "helpers", "mp_embed_worker.py")
     out = str(tmp_path / "emb")
     launch(worker, [f"--out={out}"], n_proc=2, devices_per_proc=4)

@@ -1,5 +1,6 @@
 """Training end to end on a tiny corpus: sharded step == 1 device, resume == uninterrupted,
 MoCo queue/EMA, config overrides, NaN handling, main.py."""
+
 import importlib.util
 import json
 import os
@@ -10,15 +11,14 @@ import jax
 import numpy as np
 import pytest
 
-from ssv_jax import checkpoints
+from ssv_jax import checkpoints, metrics
 from ssv_jax import config as config_lib
 from ssv_jax import data as data_lib
-from ssv_jax import metrics
 from ssv_jax import state as state_lib
 from ssv_jax import train as train_lib
 from ssv_jax.data.batch import device_part
-from ssv_jax.sharding import data_mesh, global_batch, replicated
 from ssv_jax.optim import lr_schedule, make_optimizer
+from ssv_jax.sharding import data_mesh, global_batch, replicated
 from tests.helpers.cases import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,8 +32,11 @@ def data_dir(tmp_path_factory):
 
 
 def _batch(cfg, step, mesh):
-    local = next(data_lib.train_batches(cfg.data, global_batch=cfg.train.batch_size,
-                                        seed=cfg.data.seed, start_step=step))
+    local = next(
+        data_lib.train_batches(
+            cfg.data, global_batch=cfg.train.batch_size, seed=cfg.data.seed, start_step=step
+        )
+    )
     return global_batch(device_part(local), mesh)
 
 
@@ -81,13 +84,24 @@ def test_two_process_training_equals_one(data_dir, tmp_path):
     """train.train on 2 processes x 4 devices (each loads its half of every batch, gloo
     collectives, one shared checkpoint) == 1 process x 8 devices, MoCo queues included."""
     from tests.helpers.multiprocess import launch
+
     cfg = tiny_config(data_dir, "moco")
     cfg.optim.name, cfg.optim.lr = "sgd", 0.05
     _, ref, _ = train_lib.train(cfg, str(tmp_path / "one"), max_steps=2)
     worker = os.path.join(ROOT, "tests", "helpers", "mp_train_worker.py")
     out = str(tmp_path / "res")
-    launch(worker, [f"--data_dir={data_dir}", "--method=moco", f"--workdir={tmp_path / 'two'}",
-                    f"--out={out}"], n_proc=2, devices_per_proc=4, timeout=400)
+    launch(
+        worker,
+        [
+            f"--data_dir={data_dir}",
+            "--method=moco",
+            f"--workdir={tmp_path / 'two'}",
+            f"--out={out}",
+        ],
+        n_proc=2,
+        devices_per_proc=4,
+        timeout=400,
+    )
     ref_leaves = [np.asarray(x) for x in jax.tree.leaves(ref.params)]
     for i in range(2):
         r = np.load(f"{out}.{i}.npz")
@@ -101,9 +115,15 @@ def test_two_process_training_equals_one(data_dir, tmp_path):
     for a, b in zip(jax.tree.leaves(restored.params), ref_leaves):
         np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-5)
     for q in ("queue1", "queue2"):
-        np.testing.assert_allclose(np.asarray(restored.method_state[q]),
-                                   np.asarray(ref.method_state[q]), rtol=1e-5, atol=1e-5)
-    two, one = (train_lib.evaluate(cfg, str(tmp_path / d))["synthetic_test"] for d in ("two", "one"))
+        np.testing.assert_allclose(
+            np.asarray(restored.method_state[q]),
+            np.asarray(ref.method_state[q]),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+    two, one = (
+        train_lib.evaluate(cfg, str(tmp_path / d))["synthetic_test"] for d in ("two", "one")
+    )
     assert two["n_trials"] == one["n_trials"] > 20
     assert two["eer"] == pytest.approx(one["eer"], abs=1e-6)
 
@@ -128,8 +148,11 @@ def test_moco_queue_and_ema(data_dir):
     state2, _ = _step_on(cfg, mesh, n_steps=2)
     assert int(state2.method_state["queue_ptr"]) == 2 * b
     # After step 2: key = 0.9 * init + 0.1 * (params after step 1).
-    for k, p0, p1 in zip(jax.tree.leaves(state2.method_state["key_params"]),
-                         jax.tree.leaves(init.params), jax.tree.leaves(state.params)):
+    for k, p0, p1 in zip(
+        jax.tree.leaves(state2.method_state["key_params"]),
+        jax.tree.leaves(init.params),
+        jax.tree.leaves(state.params),
+    ):
         np.testing.assert_allclose(k, 0.9 * p0 + 0.1 * p1, rtol=1e-5, atol=1e-6)
 
 
@@ -169,7 +192,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monke
             yield b
 
     monkeypatch.setattr(train_lib.data_lib, "train_batches", poisoned)
-    with pytest.raises(train_lib.TrainingDiverged, match="at step 2.*last good checkpoint \\(step 2\\)"):
+    with pytest.raises(
+        train_lib.TrainingDiverged, match="at step 2.*last good checkpoint \\(step 2\\)"
+    ):
         train_lib.train(cfg, str(tmp_path / "nan"))
     mgr = checkpoints.manager(str(tmp_path / "nan"), cfg)
     assert mgr.all_steps() == [1, 2]  # nothing saved after the NaN
@@ -192,7 +217,9 @@ def test_recipes_hold_the_papers_values():
     assert paper.data.crop_seconds == 2.0 and paper.data.augment.noise_bank == "musan"
     assert paper.data.trials == ("voxceleb1_o", "voxceleb1_e", "voxceleb1_h")
     assert not paper.method.projector and paper.model.name == "fast_resnet34"
-    assert paper.optim.lr == 1e-3 and paper.optim.decay_rate == 0.95 and paper.optim.decay_epochs == 5
+    assert (
+        paper.optim.lr == 1e-3 and paper.optim.decay_rate == 0.95 and paper.optim.decay_epochs == 5
+    )
     assert _recipe("simclr").method.margin == 0.0
     moco = _recipe("moco_am")
     assert moco.method.name == "moco" and moco.method.momentum == 0.999
@@ -221,10 +248,17 @@ def test_recipes_hold_the_papers_values():
 @pytest.mark.slow
 def test_unknown_config_key_is_refused_by_name(tmp_path):
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "main.py"),
-         "--config=" + os.path.join(ROOT, "configs/simclr_am.py:demo"),
-         f"--workdir={tmp_path}", "--config.optim.lrr=3e-4"],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            os.path.join(ROOT, "main.py"),
+            "--config=" + os.path.join(ROOT, "configs/simclr_am.py:demo"),
+            f"--workdir={tmp_path}",
+            "--config.optim.lrr=3e-4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "unknown config key" in proc.stderr and "lrr" in proc.stderr
     assert not (tmp_path / "checkpoints").exists()
@@ -234,21 +268,46 @@ def _tiny_overrides(data_dir):
     """Command-line overrides that shrink the demo corpus to ``tiny_config``'s."""
     cfg = tiny_config(data_dir)
     overrides = [f"--config.data.data_dir={data_dir}"]
-    for k in ("train_speakers", "test_speakers", "train_sessions", "test_sessions",
-              "utterances_per_session", "min_seconds", "max_seconds", "n_trials", "noise_clips",
-              "speech_clips", "music_clips", "rirs", "bank_seconds"):
+    for k in (
+        "train_speakers",
+        "test_speakers",
+        "train_sessions",
+        "test_sessions",
+        "utterances_per_session",
+        "min_seconds",
+        "max_seconds",
+        "n_trials",
+        "noise_clips",
+        "speech_clips",
+        "music_clips",
+        "rirs",
+        "bank_seconds",
+    ):
         overrides.append(f"--config.data.synthetic.{k}={cfg.data.synthetic[k]}")
-    return overrides + ["--config.data.crop_seconds=0.5", "--config.train.batch_size=8",
-                        "--config.train.num_steps=2", "--config.train.progress_bar=False"]
+    return overrides + [
+        "--config.data.crop_seconds=0.5",
+        "--config.train.batch_size=8",
+        "--config.train.num_steps=2",
+        "--config.train.progress_bar=False",
+    ]
 
 
 def _run_main(config, workdir, overrides):
     """``python main.py --config=configs/CONFIG --workdir=WORKDIR OVERRIDES`` on 2 devices."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "main.py"),
-         "--config=" + os.path.join(ROOT, "configs", config), f"--workdir={workdir}",
-         *overrides], capture_output=True, text=True, timeout=600, env=env)
+        [
+            sys.executable,
+            os.path.join(ROOT, "main.py"),
+            "--config=" + os.path.join(ROOT, "configs", config),
+            f"--workdir={workdir}",
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -257,9 +316,16 @@ def _run_main(config, workdir, overrides):
 def main_run(data_dir, tmp_path_factory):
     """A workdir trained and evaluated by main.py (tiny Fast ResNet-34, 2 steps on 2 devices)."""
     workdir = tmp_path_factory.mktemp("main") / "run"
-    _run_main("simclr_am.py:demo", workdir, _tiny_overrides(data_dir) + [
-        "--config.model.channels=(8,16,16,16)", "--config.model.blocks=(1,1,1,1)",
-        "--config.model.embed_dim=32"])
+    _run_main(
+        "simclr_am.py:demo",
+        workdir,
+        _tiny_overrides(data_dir)
+        + [
+            "--config.model.channels=(8,16,16,16)",
+            "--config.model.blocks=(1,1,1,1)",
+            "--config.model.embed_dim=32",
+        ],
+    )
     return workdir
 
 
@@ -267,11 +333,21 @@ def main_run(data_dir, tmp_path_factory):
 def test_main_trains_ecapa_with_moco_aam(data_dir, tmp_path):
     """The other encoder, chosen by recipe argument, trains through main.py (MoCo with the
     angular-margin loss) and is evaluated with its own architecture."""
-    _run_main("moco_am.py:demo,ecapa", tmp_path, _tiny_overrides(data_dir) + [
-        "--config.model.channels=32", "--config.model.mfa_channels=96",
-        "--config.model.embed_dim=24", "--config.model.se_channels=8",
-        "--config.model.attention_channels=8", "--config.model.res2net_scale=4",
-        "--config.method.loss=nt_xent_aam", "--config.method.queue_size=64"])
+    _run_main(
+        "moco_am.py:demo,ecapa",
+        tmp_path,
+        _tiny_overrides(data_dir)
+        + [
+            "--config.model.channels=32",
+            "--config.model.mfa_channels=96",
+            "--config.model.embed_dim=24",
+            "--config.model.se_channels=8",
+            "--config.model.attention_channels=8",
+            "--config.model.res2net_scale=4",
+            "--config.method.loss=nt_xent_aam",
+            "--config.method.queue_size=64",
+        ],
+    )
     stored = json.loads((tmp_path / "config.json").read_text())
     assert stored["model"]["name"] == "ecapa_tdnn" and stored["method"]["loss"] == "nt_xent_aam"
     r = json.loads((tmp_path / "results.json").read_text())["synthetic_test"]
@@ -291,15 +367,18 @@ def test_main_trains_evaluates_and_writes_results(main_run):
     assert json.loads((workdir / "config.json").read_text())["train"]["num_steps"] == 2
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
     # eval/: the scores behind results.json, the EER threshold, a DET plot, a histogram.
-    rows = [line.split() for line in (workdir / "eval" / "synthetic_test_scores.txt")
-            .read_text().splitlines()]
+    rows = [
+        line.split()
+        for line in (workdir / "eval" / "synthetic_test_scores.txt").read_text().splitlines()
+    ]
     assert len(rows) == r["n_trials"] and all(len(row) == 4 for row in rows)
     labels = np.array([int(row[0]) for row in rows])
     scores = np.array([float(row[3]) for row in rows])
     assert metrics.eer(scores, labels) == pytest.approx(r["eer"], abs=1e-3)
     thr = json.loads((workdir / "eval" / "thresholds.json").read_text())
     assert thr["synthetic_test"]["eer_threshold"] == pytest.approx(
-        metrics.eer_threshold(scores, labels), abs=1e-5)
+        metrics.eer_threshold(scores, labels), abs=1e-5
+    )
     for png in ("det.png", "synthetic_test_hist.png"):
         data = (workdir / "eval" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
@@ -314,11 +393,14 @@ def _ssv_jax(*args):
 @pytest.mark.slow
 def test_console_embed_and_verify(main_run, tmp_path):
     import soundfile as sf
+
     rng = np.random.default_rng(0)
     audio = tmp_path / "audio"
     (audio / "spk").mkdir(parents=True)
     a = (0.1 * rng.standard_normal(24000)).astype(np.float32)
-    b = (0.1 * np.sin(np.arange(30000) * 0.05) + 0.02 * rng.standard_normal(30000)).astype(np.float32)
+    b = (0.1 * np.sin(np.arange(30000) * 0.05) + 0.02 * rng.standard_normal(30000)).astype(
+        np.float32
+    )
     sf.write(audio / "spk" / "a.wav", a, 16000)
     sf.write(audio / "spk" / "a_copy.flac", a, 16000)
     sf.write(audio / "b.wav", b, 16000)
@@ -326,13 +408,15 @@ def test_console_embed_and_verify(main_run, tmp_path):
     out = tmp_path / "emb.npz"
     proc = _ssv_jax("embed", f"--workdir={main_run}", f"--out={out}", audio)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "3 embedding(s) of size 32" in proc.stdout and "1 unreadable file(s) skipped" in proc.stdout
+    assert (
+        "3 embedding(s) of size 32" in proc.stdout and "1 unreadable file(s) skipped" in proc.stdout
+    )
     assert "broken.wav" in proc.stderr
     res = np.load(out)
     ids, emb = list(res["ids"]), res["embeddings"]
     assert ids == ["b.wav", "spk/a.wav", "spk/a_copy.flac"] and emb.shape == (3, 32)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(emb[1], emb[2], atol=1e-4)   # same audio, wav vs flac
+    np.testing.assert_allclose(emb[1], emb[2], atol=1e-4)  # same audio, wav vs flac
     # verify: the workdir's EER threshold by default; the score is embed's cosine.
     thr = json.loads((main_run / "eval" / "thresholds.json").read_text())
     thr = thr["synthetic_test"]["eer_threshold"]
@@ -342,8 +426,13 @@ def test_console_embed_and_verify(main_run, tmp_path):
     assert score == pytest.approx(float(emb[0] @ emb[1]), abs=1e-4)
     assert f"threshold {thr:.4f} (EER threshold of synthetic_test)" in proc.stdout
     assert ("same speaker" if score >= thr else "different speakers") in proc.stdout
-    proc = _ssv_jax("verify", f"--workdir={main_run}", "--threshold=1.5",
-                    audio / "spk" / "a.wav", audio / "spk" / "a_copy.flac")
+    proc = _ssv_jax(
+        "verify",
+        f"--workdir={main_run}",
+        "--threshold=1.5",
+        audio / "spk" / "a.wav",
+        audio / "spk" / "a_copy.flac",
+    )
     assert proc.returncode == 0 and "different speakers" in proc.stdout
     assert float(proc.stdout.split()[1]) == pytest.approx(1.0, abs=1e-4)
     # A directory that main.py did not train: the error says what --workdir must be.

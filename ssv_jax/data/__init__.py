@@ -1,4 +1,5 @@
-"""Data: datasets on disk (TFDS array_record), the embedded corpus, the training pipeline, evaluation data.
+"""Data: datasets on disk (TFDS array_record), the embedded corpus, the training pipeline,
+evaluation data.
 
 Public API (imported lazily, so worker processes that only decode audio do not
 load TensorFlow):
@@ -12,6 +13,7 @@ load TensorFlow):
   ensure_dataset(cfg)                           builds the embedded corpus or names the missing one
   Trials, DatasetNotFoundError
 """
+
 from __future__ import annotations
 
 import importlib

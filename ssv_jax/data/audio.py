@@ -4,6 +4,7 @@
 corrupt, empty or too-short files are reported, never raised, so that data
 preparation can skip them with a warning and count them.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,19 @@ from typing import NamedTuple
 
 import numpy as np
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".m4a", ".aac", ".mp3", ".mp4", ".opus", ".aiff", ".aif", ".sph")
+AUDIO_EXTENSIONS = (
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".m4a",
+    ".aac",
+    ".mp3",
+    ".mp4",
+    ".opus",
+    ".aiff",
+    ".aif",
+    ".sph",
+)
 
 
 class Decoded(NamedTuple):
@@ -69,7 +82,8 @@ def _read_pyav(av, path: str, sample_rate: int) -> np.ndarray:
 
 
 def _read_ffmpeg(path: str, sample_rate: int) -> np.ndarray:
-    """Decode any format ffmpeg reads (m4a/AAC) to mono float32 at ``sample_rate`` (PyAV, else the ffmpeg command)."""
+    """Decode any format ffmpeg reads (m4a/AAC) to mono float32 at ``sample_rate`` (PyAV, else the
+    ffmpeg command)."""
     try:
         import av  # PyAV bundles ffmpeg's libraries
     except ImportError:
@@ -83,7 +97,21 @@ def _read_ffmpeg(path: str, sample_rate: int) -> np.ndarray:
             "or PyAV (pip install av)"
         )
     proc = subprocess.run(
-        [exe, "-v", "error", "-nostdin", "-i", path, "-f", "f32le", "-ac", "1", "-ar", str(sample_rate), "-"],
+        [
+            exe,
+            "-v",
+            "error",
+            "-nostdin",
+            "-i",
+            path,
+            "-f",
+            "f32le",
+            "-ac",
+            "1",
+            "-ar",
+            str(sample_rate),
+            "-",
+        ],
         capture_output=True,
         check=False,
     )
@@ -96,7 +124,8 @@ FFMPEG_EXTENSIONS = (".m4a", ".aac", ".mp4", ".opus")
 
 
 def check_decoder_for(paths) -> None:
-    """Raise (before any work) if ``paths`` include formats that need ffmpeg and none is installed."""
+    """Raise (before any work) if ``paths`` include formats that need ffmpeg and none is
+    installed."""
     need = sorted({os.path.splitext(p)[1].lower() for p in paths} & set(FFMPEG_EXTENSIONS))
     if not need:
         return
@@ -108,8 +137,10 @@ def check_decoder_for(paths) -> None:
         pass
     if shutil.which("ffmpeg") is None:
         raise RuntimeError(
-            f"{', '.join(need)} files need an ffmpeg decoder and none is installed: install the ffmpeg command "
-            "(e.g. apt-get install ffmpeg) or PyAV (pip install av), then rerun.")
+            f"{', '.join(need)} files need an ffmpeg decoder and none is installed: install the "
+            "ffmpeg command "
+            "(e.g. apt-get install ffmpeg) or PyAV (pip install av), then rerun."
+        )
 
 
 def read_audio(path: str, sample_rate: int = 16000) -> np.ndarray:
@@ -134,21 +165,29 @@ def to_pcm16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.asarray(x, np.float32) * 32767.0), -32768, 32767).astype(np.int16)
 
 
-def decode_file(path: str, sample_rate: int = 16000, min_seconds: float = 0.1, peak_normalise: bool = False) -> Decoded:
-    """Decode ``path`` to int16 PCM at ``sample_rate``; failures come back as ``Decoded(None, why)``.
+def decode_file(
+    path: str, sample_rate: int = 16000, min_seconds: float = 0.1, peak_normalise: bool = False
+) -> Decoded:
+    """Decode ``path`` to int16 PCM at ``sample_rate``; failures come back as
+    ``Decoded(None, why)``.
 
     ``peak_normalise`` scales the audio to a peak of 1 first (RIRs: their scale is arbitrary).
     """
     try:
         x = read_audio(path, sample_rate)
     except Exception as err:  # corrupt / unreadable: reported, not raised
-        return Decoded(None, f"unreadable ({str(err).splitlines()[0][:200] if str(err) else type(err).__name__})")
+        return Decoded(
+            None,
+            f"unreadable ({str(err).splitlines()[0][:200] if str(err) else type(err).__name__})",
+        )
     if x.size == 0:
         return Decoded(None, "empty (0 samples)")
     if not np.all(np.isfinite(x)):
         return Decoded(None, "corrupt (non-finite samples)")
     if x.size < min_seconds * sample_rate:
-        return Decoded(None, f"too short ({x.size / sample_rate:.3f} s < min_seconds={min_seconds})")
+        return Decoded(
+            None, f"too short ({x.size / sample_rate:.3f} s < min_seconds={min_seconds})"
+        )
     if peak_normalise:
         x = x / max(float(np.max(np.abs(x))), 1e-9)
     return Decoded(to_pcm16(x), None)

@@ -5,6 +5,7 @@ Shapes are in terms of B (utterances of this process), T (samples per view:
 1 without an RIR bank). ``DEVICE_FIELDS`` are what the jitted train step consumes
 (``ssv_jax.augment``); the others are host-side bookkeeping, kept for tests and inspection.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,13 +26,19 @@ SPEC: dict[str, Field] = {
     "noise": Field(("B", 2, "T"), np.float32, True, "noise crop per view (zeros where off)"),
     "snr_db": Field(("B", 2), np.float32, True, "SNR at which to add it"),
     "noise_on": Field(("B", 2), np.bool_, True, "whether the view gets noise"),
-    "rir": Field(("B", 2, "L"), np.float32, True,
-                 "unit-energy RIR, direct path at index 0 (a delta where off)"),
+    "rir": Field(
+        ("B", 2, "L"),
+        np.float32,
+        True,
+        "unit-energy RIR, direct path at index 0 (a delta where off)",
+    ),
     "rir_on": Field(("B", 2), np.bool_, True, "whether the view is reverberated"),
-    "noise_category": Field(("B", 2), np.int32, False,
-                            "0 noise, 1 speech (babble), 2 music, -1 none"),
-    "crop_start": Field(("B", 2), np.int32, False,
-                        "offset of each view in the (wrap-padded) utterance"),
+    "noise_category": Field(
+        ("B", 2), np.int32, False, "0 noise, 1 speech (babble), 2 music, -1 none"
+    ),
+    "crop_start": Field(
+        ("B", 2), np.int32, False, "offset of each view in the (wrap-padded) utterance"
+    ),
     "index": Field(("B",), np.int32, False, "record index of the utterance in the train split"),
 }
 

@@ -1,4 +1,5 @@
 """The data config: every field, its default and what it means."""
+
 from __future__ import annotations
 
 import os

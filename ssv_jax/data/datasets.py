@@ -1,4 +1,6 @@
-"""Finding, building and opening datasets by config: ensure_dataset, load_trials, eval_utterances."""
+"""Finding, building and opening datasets by config: ensure_dataset, load_trials,
+eval_utterances."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +28,11 @@ _open: dict = {}
 
 def _prep_command(name: str, data_dir: str) -> str:
     if name in ("voxceleb1", "voxceleb2"):
-        return (f"python data_prep/voxceleb.py --vox1_dir=VOX1_DIR --vox2_dir=VOX2_DIR --trials_dir=TRIALS_DIR "
-                f"--data_dir={data_dir}")
+        return (
+            "python data_prep/voxceleb.py --vox1_dir=VOX1_DIR --vox2_dir=VOX2_DIR "
+            "--trials_dir=TRIALS_DIR "
+            f"--data_dir={data_dir}"
+        )
     if name == "musan":
         return f"python data_prep/musan.py --musan_dir=MUSAN_DIR --data_dir={data_dir}"
     if name == "rirs":
@@ -55,42 +60,68 @@ def _results(fn_path, items, num_workers):
         yield r
 
 
-def build_synthetic(data_dir: str, size: synthetic.CorpusSize, *, num_workers: int = 2,
-                    overwrite: bool = True,
-                    names=(SYNTHETIC, SYNTHETIC_NOISE, SYNTHETIC_RIRS)) -> list[records.BuildSummary]:
+def build_synthetic(
+    data_dir: str,
+    size: synthetic.CorpusSize,
+    *,
+    num_workers: int = 2,
+    overwrite: bool = True,
+    names=(SYNTHETIC, SYNTHETIC_NOISE, SYNTHETIC_RIRS),
+) -> list[records.BuildSummary]:
     """Build the embedded corpus (train/test + trials) and/or its noise and RIR banks."""
     summaries = []
     if SYNTHETIC in names:
         plans = {s: synthetic.utterance_plan(size, s) for s in ("train", "test")}
 
         def split_fn(split):
-            return lambda: _results(_SYN + "render_utterance",
-                                    [(size, row) for row in plans[split]], num_workers)
+            return lambda: _results(
+                _SYN + "render_utterance", [(size, row) for row in plans[split]], num_workers
+            )
 
-        summaries.append(records.write_dataset(
-            SYNTHETIC, data_dir, {s: split_fn(s) for s in plans},
-            description="Embedded procedural multi-speaker speech corpus (ssv_jax.data.synthetic).",
-            trials={"synthetic_test": synthetic.make_trials(size, plans["test"])},
-            overwrite=overwrite))
+        summaries.append(
+            records.write_dataset(
+                SYNTHETIC,
+                data_dir,
+                {s: split_fn(s) for s in plans},
+                description="Embedded procedural multi-speaker speech corpus "
+                "(ssv_jax.data.synthetic).",
+                trials={"synthetic_test": synthetic.make_trials(size, plans["test"])},
+                overwrite=overwrite,
+            )
+        )
     if SYNTHETIC_NOISE in names:
-        counts = {"noise": size.noise_clips, "speech": size.speech_clips,
-                  "music": size.music_clips}
+        counts = {"noise": size.noise_clips, "speech": size.speech_clips, "music": size.music_clips}
 
         def bank_fn(cat):
-            return lambda: _results(_SYN + "render_noise",
-                                    [(size, cat, i) for i in range(counts[cat])], num_workers)
+            return lambda: _results(
+                _SYN + "render_noise", [(size, cat, i) for i in range(counts[cat])], num_workers
+            )
 
-        summaries.append(records.write_dataset(
-            SYNTHETIC_NOISE, data_dir, {c: bank_fn(c) for c in counts},
-            description="Procedural noise bank: noise, speech (for babble), music.",
-            train_split=None, overwrite=overwrite))
+        summaries.append(
+            records.write_dataset(
+                SYNTHETIC_NOISE,
+                data_dir,
+                {c: bank_fn(c) for c in counts},
+                description="Procedural noise bank: noise, speech (for babble), music.",
+                train_split=None,
+                overwrite=overwrite,
+            )
+        )
     if SYNTHETIC_RIRS in names:
-        summaries.append(records.write_dataset(
-            SYNTHETIC_RIRS, data_dir,
-            {"train": lambda: _results(_SYN + "render_rir", [(size, i) for i in range(size.rirs)],
-                                       num_workers)},
-            description="Procedural room impulse responses (RT60 0.15-0.9 s).", train_split=None,
-            overwrite=overwrite))
+        summaries.append(
+            records.write_dataset(
+                SYNTHETIC_RIRS,
+                data_dir,
+                {
+                    "train": lambda: _results(
+                        _SYN + "render_rir", [(size, i) for i in range(size.rirs)], num_workers
+                    )
+                },
+                description="Procedural room impulse responses (RT60 0.15-0.9 s).",
+                train_split=None,
+                overwrite=overwrite,
+            )
+        )
     for name in names:
         vdir = records.find_version_dir(data_dir, name)
         (vdir / _SIZE_FILE).write_text(_fingerprint(size))
@@ -98,13 +129,19 @@ def build_synthetic(data_dir: str, size: synthetic.CorpusSize, *, num_workers: i
 
 
 def _fingerprint(size: synthetic.CorpusSize) -> str:
-    return json.dumps(dict(dataclasses.asdict(size), generator_version=synthetic.GENERATOR_VERSION), sort_keys=True)
+    return json.dumps(
+        dict(dataclasses.asdict(size), generator_version=synthetic.GENERATOR_VERSION),
+        sort_keys=True,
+    )
 
 
 def _synthetic_current(data_dir: str, size: synthetic.CorpusSize, name: str) -> bool:
     vdir = records.find_version_dir(data_dir, name)
-    return (vdir is not None and (vdir / _SIZE_FILE).exists()
-            and (vdir / _SIZE_FILE).read_text() == _fingerprint(size))
+    return (
+        vdir is not None
+        and (vdir / _SIZE_FILE).exists()
+        and (vdir / _SIZE_FILE).read_text() == _fingerprint(size)
+    )
 
 
 def _names(data_cfg) -> list[str]:
@@ -127,15 +164,21 @@ def ensure_dataset(data_cfg) -> dict:
     with _lock:
         names = _names(data_cfg)
         size = size_from_config(data_cfg)
-        stale = [n for n in names if n in (SYNTHETIC, SYNTHETIC_NOISE, SYNTHETIC_RIRS)
-                 and not _synthetic_current(data_dir, size, n)]
+        stale = [
+            n
+            for n in names
+            if n in (SYNTHETIC, SYNTHETIC_NOISE, SYNTHETIC_RIRS)
+            and not _synthetic_current(data_dir, size, n)
+        ]
         if stale:
-            log.warning("building the embedded %s in %s (one-off, cached)", ", ".join(stale),
-                        data_dir)
+            log.warning(
+                "building the embedded %s in %s (one-off, cached)", ", ".join(stale), data_dir
+            )
             for n in stale:
                 _open.pop((str(records.dataset_root(data_dir, n)), n), None)
-            for s in build_synthetic(data_dir, size, names=stale,
-                                     num_workers=int(data_cfg.synthetic.num_workers)):
+            for s in build_synthetic(
+                data_dir, size, names=stale, num_workers=int(data_cfg.synthetic.num_workers)
+            ):
                 log.warning("%s", s.report())
         for name in names:
             key = (str(records.dataset_root(data_dir, name)), name)
@@ -143,8 +186,10 @@ def ensure_dataset(data_cfg) -> dict:
                 vdir = records.find_version_dir(data_dir, name)
                 if vdir is None:
                     raise DatasetNotFoundError(
-                        f"dataset {name!r} not found at {records.dataset_root(data_dir, name)} (no complete build); "
-                        f"build it with: {_prep_command(name, data_dir)}")
+                        f"dataset {name!r} not found at {records.dataset_root(data_dir, name)} "
+                        "(no complete build); "
+                        f"build it with: {_prep_command(name, data_dir)}"
+                    )
                 _open[key] = records.Dataset(vdir)
             out[name] = _open[key]
     return out
@@ -165,8 +210,10 @@ def train_split(data_cfg) -> str:
     ds = open_dataset(data_cfg, data_cfg.name)
     split = ds.layout["train_split"]
     if not split:
-        raise ValueError(f"dataset {ds.name!r} ({ds.dir}) records no training split; it has splits "
-                         f"{ds.splits}: name one with --config.data.train_split=SPLIT.")
+        raise ValueError(
+            f"dataset {ds.name!r} ({ds.dir}) records no training split; it has splits "
+            f"{ds.splits}: name one with --config.data.train_split=SPLIT."
+        )
     return split
 
 
@@ -178,9 +225,11 @@ def trial_lists(data_cfg) -> tuple[str, ...]:
     names = tuple(ds.layout["trials"]) or tuple(ds.trial_names())
     if not names:
         raise ValueError(
-            f"dataset {ds.name!r} ({ds.dir}) stores no trial list, so there is nothing to evaluate: "
+            f"dataset {ds.name!r} ({ds.dir}) stores no trial list, so there is nothing to "
+            "evaluate: "
             f"rebuild it with one (data_prep/folder.py --trials=FILE) or name a dataset that has "
-            f"one with --config.data.eval_name=NAME.")
+            f"one with --config.data.eval_name=NAME."
+        )
     return names
 
 
@@ -194,8 +243,10 @@ def eval_split(data_cfg) -> str:
         used.update(ds.trial_split(name).split("+"))
     split = "+".join(s for s in ds.splits if s in used)
     if not split:
-        raise ValueError(f"dataset {ds.name!r} ({ds.dir}) does not say which split holds the "
-                         f"utterances of {trial_lists(data_cfg)}; set --config.data.eval_split.")
+        raise ValueError(
+            f"dataset {ds.name!r} ({ds.dir}) does not say which split holds the "
+            f"utterances of {trial_lists(data_cfg)}; set --config.data.eval_split."
+        )
     return split
 
 
@@ -213,7 +264,8 @@ def load_trials(data_cfg) -> dict[str, Trials]:
             raise FileNotFoundError(
                 f"trial list {name!r} not found at {path}; {ds.name!r} has "
                 f"{ds.trial_names() or 'no trial lists'}. Rebuild the dataset with its trial list "
-                f"(e.g. data_prep/folder.py --trials=FILE) or fix --config.data.trials.")
+                f"(e.g. data_prep/folder.py --trials=FILE) or fix --config.data.trials."
+            )
     split = eval_split(data_cfg)
     known = {row[0] for row in ds.index(split)}
     out = {}
@@ -224,7 +276,9 @@ def load_trials(data_cfg) -> dict[str, Trials]:
     return out
 
 
-def eval_utterances(data_cfg, split: str | None = None, *, only=None) -> Iterator[tuple[str, np.ndarray]]:
+def eval_utterances(
+    data_cfg, split: str | None = None, *, only=None
+) -> Iterator[tuple[str, np.ndarray]]:
     """(utterance id, float32 [T] full-length wave) for every utterance of the eval split.
 
     ``only``: optional collection of utterance ids; others are skipped without
@@ -237,9 +291,16 @@ def eval_utterances(data_cfg, split: str | None = None, *, only=None) -> Iterato
     want = None if only is None else set(only)
     idx = [i for i, r in enumerate(rows) if want is None or r[0] in want]
     for start in range(0, len(idx), 32):
-        chunk = idx[start:start + 32]
+        chunk = idx[start : start + 32]
         for i, rec in zip(chunk, src.__getitems__(chunk)):
-            utt = rec["utterance"].decode() if isinstance(rec["utterance"], bytes) else str(rec["utterance"])
+            utt = (
+                rec["utterance"].decode()
+                if isinstance(rec["utterance"], bytes)
+                else str(rec["utterance"])
+            )
             if utt != rows[i][0]:
-                raise RuntimeError(f"index of {ds.dir} is out of step with its records at {i}; rebuild the dataset.")
+                raise RuntimeError(
+                    f"index of {ds.dir} is out of step with its records at {i}; rebuild the "
+                    "dataset."
+                )
             yield utt, rec["audio"].astype(np.float32) / 32768.0

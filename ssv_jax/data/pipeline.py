@@ -31,6 +31,7 @@ a noise crop of the view's length from a category drawn uniformly
 from that category's range, and an RIR trimmed to start at its peak (direct
 path), normalised to unit energy, truncated/zero-padded to L samples.
 """
+
 from __future__ import annotations
 
 import collections
@@ -51,8 +52,10 @@ CATEGORY_IDS = {"noise": 0, "speech": 1, "music": 2}
 def _check_batch(global_batch: int, process_count: int) -> int:
     if global_batch <= 0 or global_batch % process_count:
         raise ValueError(
-            f"global_batch {global_batch} does not split over {process_count} processes; use a positive "
-            f"multiple of {process_count}.")
+            f"global_batch {global_batch} does not split over {process_count} processes; use a "
+            "positive "
+            f"multiple of {process_count}."
+        )
     return global_batch // process_count
 
 
@@ -64,12 +67,14 @@ def steps_per_epoch(data_cfg, global_batch: int) -> int:
     if n < global_batch:
         raise ValueError(
             f"split {split!r} of {data_cfg.name!r} has {n} utterances, fewer than one global "
-            f"batch of {global_batch}; lower the batch size or use a bigger dataset.")
+            f"batch of {global_batch}; lower the batch size or use a bigger dataset."
+        )
     return n // global_batch
 
 
 def wrap_pad(x: np.ndarray, length: int) -> np.ndarray:
-    """Repeat ``x`` cyclically up to at least ``length`` samples (unchanged if already long enough)."""
+    """Repeat ``x`` cyclically up to at least ``length`` samples (unchanged if already long
+    enough)."""
     if x.size >= length:
         return x
     if x.size == 0:
@@ -95,7 +100,9 @@ def _text(v) -> str:
 class TrainStream:
     """Builds batch k of this process from scratch (see the module docstring)."""
 
-    def __init__(self, data_cfg, *, global_batch: int, seed: int, process_index: int, process_count: int):
+    def __init__(
+        self, data_cfg, *, global_batch: int, seed: int, process_index: int, process_count: int
+    ):
         self.cfg = data_cfg
         self.seed = int(seed)
         self.pi, self.pc = int(process_index), int(process_count)
@@ -120,10 +127,15 @@ class TrainStream:
             bank = dsets[aug.noise_bank]
             for cat in aug.categories:
                 if cat not in CATEGORY_IDS:
-                    raise ValueError(f"augment.categories: unknown category {cat!r}; use noise, speech, music.")
+                    raise ValueError(
+                        f"augment.categories: unknown category {cat!r}; use noise, speech, music."
+                    )
                 if cat not in bank.splits:
-                    raise ValueError(f"noise bank {aug.noise_bank!r} ({bank.dir}) has no split {cat!r}; it has "
-                                     f"{bank.splits}. Remove {cat!r} from augment.categories or rebuild the bank.")
+                    raise ValueError(
+                        f"noise bank {aug.noise_bank!r} ({bank.dir}) has no split {cat!r}; it has "
+                        f"{bank.splits}. Remove {cat!r} from augment.categories or rebuild the "
+                        "bank."
+                    )
                 self.noise_src[cat] = bank.source(cat)
         self.noise_p = float(aug.noise_prob) if self.noise_src else 0.0
         self.rir_src = dsets[aug.rir_bank].source("train") if on and aug.rir_bank else None
@@ -151,14 +163,14 @@ class TrainStream:
         """Record indices of this process's slots of global batch ``step``."""
         epoch, j = divmod(int(step), self.steps_per_epoch)
         start = j * self.G + self.pi * self.B
-        return self.epoch_order(epoch)[start:start + self.B]
+        return self.epoch_order(epoch)[start : start + self.B]
 
     # -- augmentation inputs ----------------------------------------------------------------------
     def _clip(self, src, rng, T) -> np.ndarray:
         rec = src[int(rng.integers(len(src)))]
         x = wrap_pad(rec["audio"].astype(np.float32) / 32768.0, T)
         o = int(rng.integers(0, x.size - T + 1))
-        return x[o:o + T]
+        return x[o : o + T]
 
     def _noise(self, rng, T):
         cat = self.cats[int(rng.integers(len(self.cats)))]
@@ -168,7 +180,7 @@ class TrainStream:
             y = np.zeros(T, np.float32)
             for _ in range(k):
                 c = self._clip(self.noise_src[cat], rng, T)
-                y += c / (np.sqrt(np.mean(c ** 2)) + 1e-8)
+                y += c / (np.sqrt(np.mean(c**2)) + 1e-8)
         else:
             y = self._clip(self.noise_src[cat], rng, T)
         return y, np.float32(snr), CATEGORY_IDS[cat]
@@ -176,10 +188,10 @@ class TrainStream:
     def _rir(self, rng) -> np.ndarray:
         rec = self.rir_src[int(rng.integers(len(self.rir_src)))]
         h = rec["audio"].astype(np.float32)
-        h = h[int(np.argmax(np.abs(h))):][: self.L] if h.size else h
+        h = h[int(np.argmax(np.abs(h))) :][: self.L] if h.size else h
         out = np.zeros(self.L, np.float32)
         out[: h.size] = h
-        e = np.sqrt(np.sum(out ** 2))
+        e = np.sqrt(np.sum(out**2))
         if e <= 0:
             out[0] = 1.0
             return out
@@ -197,13 +209,17 @@ class TrainStream:
             rng = np.random.default_rng([self.seed, 11, int(step), self.pi * B + s])
             x = wrap_pad(rec["audio"], need).astype(np.float32) / 32768.0
             a, b = crop_pair(x.size, T, self.overlap, rng)
-            out["views"][s, 0] = x[a:a + T]
-            out["views"][s, 1] = x[b:b + T]
+            out["views"][s, 0] = x[a : a + T]
+            out["views"][s, 1] = x[b : b + T]
             out["crop_start"][s] = (a, b)
             for v in range(2):
                 if rng.random() < self.noise_p:
                     n, snr, cat = self._noise(rng, T)
-                    out["noise"][s, v], out["snr_db"][s, v], out["noise_category"][s, v] = n, snr, cat
+                    out["noise"][s, v], out["snr_db"][s, v], out["noise_category"][s, v] = (
+                        n,
+                        snr,
+                        cat,
+                    )
                     out["noise_on"][s, v] = True
                 if rng.random() < self.rir_p:
                     out["rir"][s, v] = self._rir(rng)
@@ -215,13 +231,22 @@ class TrainStream:
         return tuple(b[k] for k in batch_spec.FIELDS)
 
 
-def train_batches(data_cfg, *, global_batch: int, seed: int | None = None, start_step: int = 0,
-                  process_index: int | None = None, process_count: int | None = None,
-                  num_steps: int | None = None) -> Iterator[dict]:
-    """Iterator of this process's batches (dicts of numpy arrays, fixed shapes), from ``start_step``.
+def train_batches(
+    data_cfg,
+    *,
+    global_batch: int,
+    seed: int | None = None,
+    start_step: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_steps: int | None = None,
+) -> Iterator[dict]:
+    """Iterator of this process's batches (dicts of numpy arrays, fixed shapes) from
+    ``start_step``.
 
     B = global_batch // process_count; the fields, shapes and dtypes are
-    ``ssv_jax.data.batch.SPEC``. Batch i of an iterator started at ``start_step=s`` equals batch s+i of one started at 0.
+    ``ssv_jax.data.batch.SPEC``. Batch i of an iterator started at ``start_step=s`` equals
+    batch s+i of one started at 0.
     ``num_steps``: stop after this many batches (default: endless, epoch after epoch).
     """
     import jax
@@ -230,8 +255,10 @@ def train_batches(data_cfg, *, global_batch: int, seed: int | None = None, start
     pc = jax.process_count() if process_count is None else int(process_count)
     _check_batch(global_batch, pc)
     seed = int(data_cfg.seed if seed is None else seed)
-    stream = TrainStream(data_cfg, global_batch=global_batch, seed=seed, process_index=pi, process_count=pc)
-    stop = start_step + num_steps if num_steps is not None else 2 ** 62
+    stream = TrainStream(
+        data_cfg, global_batch=global_batch, seed=seed, process_index=pi, process_count=pc
+    )
+    stop = start_step + num_steps if num_steps is not None else 2**62
     workers = int(data_cfg.num_workers)
     if workers <= 0:
         for k in range(int(start_step), stop):

@@ -22,6 +22,7 @@ written and what was skipped and why). ``ssv_jax_complete`` marks a finished bui
 
 Shards target 100-200 MB (TFDS picks a power of two between those sizes).
 """
+
 from __future__ import annotations
 
 import collections
@@ -88,18 +89,27 @@ class BuildSummary:
         lines = [f"dataset {self.name} at {self.path}"]
         for split, n in self.written.items():
             sk = self.skipped.get(split, [])
-            lines.append(f"  {split}: {n} records, {self.hours.get(split, 0.0):.3f} h, {len(sk)} skipped")
-        reasons = collections.Counter(r.split(" (")[0] for sk in self.skipped.values() for _, r in sk)
+            lines.append(
+                f"  {split}: {n} records, {self.hours.get(split, 0.0):.3f} h, {len(sk)} skipped"
+            )
+        reasons = collections.Counter(
+            r.split(" (")[0] for sk in self.skipped.values() for _, r in sk
+        )
         if reasons:
-            lines.append("  skipped by reason: " + ", ".join(f"{k}: {v}" for k, v in reasons.items()))
+            lines.append(
+                "  skipped by reason: " + ", ".join(f"{k}: {v}" for k, v in reasons.items())
+            )
             for split, sk in self.skipped.items():
                 for key, why in sk[:10]:
                     lines.append(f"    [{split}] {key}: {why}")
                 if len(sk) > 10:
-                    lines.append(f"    [{split}] ... and {len(sk) - 10} more (see prep_summary.json)")
+                    lines.append(
+                        f"    [{split}] ... and {len(sk) - 10} more (see prep_summary.json)"
+                    )
         minutes = self.seconds / 60
         lines.append(
-            f"  built in {self.seconds:.1f} s ({self.total_hours() / max(minutes, 1e-9):.2f} audio hours per minute)"
+            f"  built in {self.seconds:.1f} s ({self.total_hours() / max(minutes, 1e-9):.2f} "
+            "audio hours per minute)"
         )
         return "\n".join(lines)
 
@@ -118,7 +128,9 @@ def features():
     text = tfds.features.Text()
     return tfds.features.FeaturesDict(
         {
-            "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16, encoding=tfds.features.Encoding.BYTES),
+            "audio": tfds.features.Tensor(
+                shape=(None,), dtype=np.int16, encoding=tfds.features.Encoding.BYTES
+            ),
             "speaker": text,
             "session": text,
             "utterance": text,
@@ -128,8 +140,14 @@ def features():
     )
 
 
-def _make_builder_class(name: str, description: str, splits: Mapping[str, Callable[[], Iterable]],
-                        summary: BuildSummary, index: dict, sample_rate: int):
+def _make_builder_class(
+    name: str,
+    description: str,
+    splits: Mapping[str, Callable[[], Iterable]],
+    summary: BuildSummary,
+    index: dict,
+    sample_rate: int,
+):
     """A GeneratorBasedBuilder subclass named ``name`` (not registered globally)."""
     tfds = _tfds()
 
@@ -163,14 +181,17 @@ def _make_builder_class(name: str, description: str, splits: Mapping[str, Callab
             audio = np.asarray(item["audio"], np.int16)
             samples += audio.size
             rows.append((utt, item.get("speaker", ""), item.get("session", ""), int(audio.size)))
-            yield utt, {
-                "audio": audio,
-                "speaker": item.get("speaker", ""),
-                "session": item.get("session", ""),
-                "utterance": utt,
-                "category": item.get("category", ""),
-                "duration": np.float32(audio.size / sample_rate),
-            }
+            yield (
+                utt,
+                {
+                    "audio": audio,
+                    "speaker": item.get("speaker", ""),
+                    "session": item.get("session", ""),
+                    "utterance": utt,
+                    "category": item.get("category", ""),
+                    "duration": np.float32(audio.size / sample_rate),
+                },
+            )
         summary.written[split] = len(rows)
         summary.hours[split] = samples / sample_rate / 3600.0
 
@@ -186,7 +207,10 @@ def _make_builder_class(name: str, description: str, splits: Mapping[str, Callab
     }
     cls_name = "".join(p.capitalize() for p in name.split("_")) + "Builder"
     return types.new_class(
-        cls_name, (tfds.core.GeneratorBasedBuilder,), {"skip_registration": True}, lambda ns: ns.update(body)
+        cls_name,
+        (tfds.core.GeneratorBasedBuilder,),
+        {"skip_registration": True},
+        lambda ns: ns.update(body),
     )
 
 
@@ -236,7 +260,9 @@ def write_dataset(
     existing = find_version_dir(data_dir, name)
     root = dataset_root(data_dir, name)
     if existing is not None and not overwrite:
-        raise FileExistsError(f"dataset {name!r} already exists at {existing}; pass --overwrite to rebuild it.")
+        raise FileExistsError(
+            f"dataset {name!r} already exists at {existing}; pass --overwrite to rebuild it."
+        )
     if root.exists():
         root.rmtree()  # incomplete or to be overwritten
     summary = BuildSummary(name=name)
@@ -244,14 +270,19 @@ def write_dataset(
     cls = _make_builder_class(name, description, splits, summary, index, sample_rate)
     builder = cls(data_dir=str(epath.Path(data_dir).expanduser()), file_format="array_record")
     cfg = tfds.download.DownloadConfig(
-        min_shard_size=min_shard_mb << 20, max_shard_size=max_shard_mb << 20, compute_stats=tfds.download.ComputeStatsMode.SKIP
+        min_shard_size=min_shard_mb << 20,
+        max_shard_size=max_shard_mb << 20,
+        compute_stats=tfds.download.ComputeStatsMode.SKIP,
     )
     # tfds 4.9's ShardConfig.calculate_number_shards is a classmethod that reads the CLASS
     # defaults (64 MiB - 1 GiB), ignoring the sizes passed above: set them for this call.
     from tensorflow_datasets.core.utils import shard_utils
 
     saved = (shard_utils.ShardConfig.min_shard_size, shard_utils.ShardConfig.max_shard_size)
-    shard_utils.ShardConfig.min_shard_size, shard_utils.ShardConfig.max_shard_size = cfg.min_shard_size, cfg.max_shard_size
+    shard_utils.ShardConfig.min_shard_size, shard_utils.ShardConfig.max_shard_size = (
+        cfg.min_shard_size,
+        cfg.max_shard_size,
+    )
     try:
         builder.download_and_prepare(download_config=cfg)
     finally:
@@ -270,21 +301,36 @@ def write_dataset(
             rows = list(rows)
             missing = sorted({u for _, a, b in rows for u in (a, b) if u not in known})
             if missing:
-                log.warning("trial list %s: %d trials name utterances not in the data (first: %s); dropping them",
-                            tname, sum(1 for _, a, b in rows if a not in known or b not in known), missing[0])
+                log.warning(
+                    "trial list %s: %d trials name utterances not in the data (first: %s); "
+                    "dropping them",
+                    tname,
+                    sum(1 for _, a, b in rows if a not in known or b not in known),
+                    missing[0],
+                )
                 rows = [r for r in rows if r[1] in known and r[2] in known]
-                summary.skipped.setdefault(f"trials:{tname}", []).extend((u, "missing utterance") for u in missing)
+                summary.skipped.setdefault(f"trials:{tname}", []).extend(
+                    (u, "missing utterance") for u in missing
+                )
             with (vdir / "trials" / f"{tname}.txt").open("w") as f:
-                f.writelines(f"{int(l)} {a} {b}\n" for l, a, b in rows)
+                f.writelines(f"{int(lab)} {a} {b}\n" for lab, a, b in rows)
             used = {split_of[u] for _, a, b in rows for u in (a, b)}
             layout["trials"][tname] = "+".join(s for s in index if s in used)
     (vdir / LAYOUT_FILE).write_text(json.dumps(layout, indent=1))
     summary.path = str(vdir)
     summary.seconds = time.time() - t0
-    (vdir / "prep_summary.json").write_text(json.dumps(
-        {"name": name, "written": summary.written, "hours": summary.hours,
-         "skipped": {k: [list(x) for x in v] for k, v in summary.skipped.items()},
-         "seconds": summary.seconds}, indent=1))
+    (vdir / "prep_summary.json").write_text(
+        json.dumps(
+            {
+                "name": name,
+                "written": summary.written,
+                "hours": summary.hours,
+                "skipped": {k: [list(x) for x in v] for k, v in summary.skipped.items()},
+                "seconds": summary.seconds,
+            },
+            indent=1,
+        )
+    )
     (vdir / COMPLETE_MARK).write_text("ok\n")
     return summary
 
@@ -307,11 +353,14 @@ class Dataset:
         names = [s.strip() for s in split.split("+") if s.strip()]
         for s in names:
             if s not in self.splits:
-                raise ValueError(f"dataset {self.name!r} at {self.dir} has no split {s!r}; it has {self.splits}.")
+                raise ValueError(
+                    f"dataset {self.name!r} at {self.dir} has no split {s!r}; it has {self.splits}."
+                )
         return names
 
     def source(self, split: str):
-        """Random-access sequence of decoded records (dicts of numpy) for ``split`` ('a+b' allowed)."""
+        """Random-access sequence of decoded records (dicts of numpy) for ``split`` ('a+b'
+        allowed)."""
         if split not in self._sources:
             self._sources[split] = self.builder.as_data_source(split=split)
         return self._sources[split]
@@ -340,8 +389,10 @@ class Dataset:
                 self._layout = json.loads(path.read_text())
             else:
                 train = next((s for s in ("train", "dev") if s in self.splits), None)
-                self._layout = {"train_split": train, "trials": {
-                    name: self._splits_holding(name) for name in self.trial_names()}}
+                self._layout = {
+                    "train_split": train,
+                    "trials": {name: self._splits_holding(name) for name in self.trial_names()},
+                }
         return self._layout
 
     def trial_split(self, name: str) -> str:
@@ -363,4 +414,3 @@ class Dataset:
 
     def trial_path(self, name: str) -> epath.Path:
         return self.dir / "trials" / f"{name}.txt"
-

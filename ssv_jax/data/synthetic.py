@@ -28,6 +28,7 @@ corpus; the pipeline sums several into babble), ``music`` (harmonic notes,
 chords, percussion), and RIRs (exponentially decaying noise, RT60 0.15-0.9 s,
 sparse early reflections, direct path at index 0, unit energy).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,12 +47,25 @@ _WIN = np.sqrt(np.hanning(N_FFT + 1)[:-1]).astype(np.float32)  # periodic sqrt-H
 
 # Vowel formant targets F1-F3 (Hz) for a reference tract; F4, F5 fixed.
 _VOWELS = np.array(
-    [[270, 2290, 3010], [390, 1990, 2550], [530, 1840, 2480], [660, 1720, 2410], [730, 1090, 2440],
-     [570, 840, 2410], [300, 870, 2240], [440, 1020, 2240], [640, 1190, 2390]], np.float32)
+    [
+        [270, 2290, 3010],
+        [390, 1990, 2550],
+        [530, 1840, 2480],
+        [660, 1720, 2410],
+        [730, 1090, 2440],
+        [570, 840, 2410],
+        [300, 870, 2240],
+        [440, 1020, 2240],
+        [640, 1190, 2390],
+    ],
+    np.float32,
+)
 _F45 = np.array([3500.0, 4500.0], np.float32)
 _NASAL = np.array([250, 1100, 2300, 3500, 4500], np.float32)
 _LIQUIDS = np.array([[360, 1300, 1600, 3500, 4500], [310, 1050, 2700, 3500, 4500]], np.float32)
-_FRICATIVES = np.array([[6200, 1500], [3300, 1000], [5000, 3500], [4200, 2500]], np.float32)  # centre, width
+_FRICATIVES = np.array(
+    [[6200, 1500], [3300, 1000], [5000, 3500], [4200, 2500]], np.float32
+)  # centre, width
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,8 +116,13 @@ def make_speaker(seed: int, index: int) -> Speaker:
     r = _rng(seed, 1, index)
     alpha = float(np.exp(r.uniform(np.log(0.8), np.log(1.25))))
     # Shorter tracts (higher alpha) go with higher voices, with plenty of spread.
-    f0 = float(np.exp(np.log(85) + (np.log(alpha) - np.log(0.8)) / (np.log(1.25) - np.log(0.8)) * np.log(260 / 85)
-                      + r.normal(0, 0.15)))
+    f0 = float(
+        np.exp(
+            np.log(85)
+            + (np.log(alpha) - np.log(0.8)) / (np.log(1.25) - np.log(0.8)) * np.log(260 / 85)
+            + r.normal(0, 0.15)
+        )
+    )
     return Speaker(
         alpha=alpha,
         formant_offsets=r.uniform(-0.15, 0.15, (len(_VOWELS), 3)).astype(np.float32),
@@ -145,7 +164,9 @@ def make_session(seed: int, speaker_index: int, session_index: int) -> Session:
     k = int(r.integers(3, 6))
     logf = np.log(np.maximum(_FREQS, 50.0))
     nc = r.uniform(np.log(200), np.log(7000), 3)
-    noise_curve = (r.uniform(-12, 6, 3)[:, None] * np.exp(-0.5 * ((logf[None] - nc[:, None]) / 0.6) ** 2)).sum(0)
+    noise_curve = (
+        r.uniform(-12, 6, 3)[:, None] * np.exp(-0.5 * ((logf[None] - nc[:, None]) / 0.6) ** 2)
+    ).sum(0)
     noise_curve += r.uniform(-6, 0) * np.log2(np.maximum(_FREQS, 100) / 100)
     return Session(
         eq_centres=np.exp(r.uniform(np.log(150), np.log(7000), k)).astype(np.float32),
@@ -167,7 +188,10 @@ def make_session(seed: int, speaker_index: int, session_index: int) -> Session:
 def channel_curve_db(s: Session) -> np.ndarray:
     """The session's EQ and band limits as gain in dB on the STFT bins."""
     logf = np.log(np.maximum(_FREQS, 50.0))
-    g = (s.eq_gains[:, None] * np.exp(-0.5 * ((logf[None] - np.log(s.eq_centres)[:, None]) / s.eq_widths[:, None]) ** 2)).sum(0)
+    g = (
+        s.eq_gains[:, None]
+        * np.exp(-0.5 * ((logf[None] - np.log(s.eq_centres)[:, None]) / s.eq_widths[:, None]) ** 2)
+    ).sum(0)
     g = g + s.eq_tilt * np.log2(np.maximum(_FREQS, 100) / 1000)
     if s.lowpass:
         g = g - 60.0 / (1 + np.exp(np.clip(-(_FREQS - s.lowpass) / 120.0, -50, 50)))
@@ -189,7 +213,7 @@ def _istft(X: np.ndarray, length: int) -> np.ndarray:
     out = np.zeros((n + 3) * HOP, np.float32)
     r = N_FFT // HOP
     for j in range(r):  # overlap-add: frame i's j-th hop block lands at block i + j
-        out[j * HOP: j * HOP + n * HOP] += frames[:, j * HOP:(j + 1) * HOP].reshape(-1)
+        out[j * HOP : j * HOP + n * HOP] += frames[:, j * HOP : (j + 1) * HOP].reshape(-1)
     return out[:length] / 2.0  # sum of the squared sqrt-Hann windows at hop N/4 is 2
 
 
@@ -241,16 +265,16 @@ def _phone_tracks(spk: Speaker, r: np.random.Generator, n_frames: int, rate: flo
             amp_v, amp_n = (0.25 if r.random() < 0.3 else 0.0), r.uniform(0.3, 0.6)
             c, w = _FRICATIVES[int(r.integers(len(_FRICATIVES)))]
             n = int(dur / rate * ms) + 1
-            fc[pos:pos + n] = min(c * spk.fric_shift * np.sqrt(spk.alpha), 7600)
-            fw[pos:pos + n] = w
+            fc[pos : pos + n] = min(c * spk.fric_shift * np.sqrt(spk.alpha), 7600)
+            fw[pos : pos + n] = w
         elif kind == "plosive":
             closure = int(r.uniform(30, 60) / rate * ms) + 1
             burst = int(r.uniform(10, 25) / rate * ms) + 1
             target = F[pos - 1]
-            F[pos:pos + closure + burst] = target
-            fc[pos + closure:pos + closure + burst] = r.uniform(1500, 4500)
-            fw[pos + closure:pos + closure + burst] = 3000
-            an[pos + closure:pos + closure + burst] = r.uniform(0.5, 1.0)
+            F[pos : pos + closure + burst] = target
+            fc[pos + closure : pos + closure + burst] = r.uniform(1500, 4500)
+            fw[pos + closure : pos + closure + burst] = 3000
+            an[pos + closure : pos + closure + burst] = r.uniform(0.5, 1.0)
             pos += closure + burst
             continue
         else:
@@ -258,10 +282,10 @@ def _phone_tracks(spk: Speaker, r: np.random.Generator, n_frames: int, rate: flo
             target = F[pos - 1]
             amp_v, amp_n = 0.0, 0.0
         n = int(dur / rate * ms) + 1
-        F[pos:pos + n] = target
-        av[pos:pos + n] = amp_v
-        an[pos:pos + n] = np.maximum(an[pos:pos + n], amp_n)
-        nasal[pos:pos + n] = 1.0 if kind == "nasal" else 0.0
+        F[pos : pos + n] = target
+        av[pos : pos + n] = amp_v
+        an[pos : pos + n] = np.maximum(an[pos : pos + n], amp_n)
+        nasal[pos : pos + n] = 1.0 if kind == "nasal" else 0.0
         pos += n
     F = np.exp(_smooth(np.log(F[:n_frames]), 7))  # coarticulation: glide between targets
     return F, _smooth(av, 3), _smooth(an, 2), fc, fw, _smooth(nasal, 3)
@@ -273,11 +297,13 @@ def _formant_envelope(F: np.ndarray, spk: Speaker, nasal: np.ndarray) -> np.ndar
     Fk = F[:, :, None]
     B = spk.bw_scale * (50.0 + 0.05 * F) * (1 + 2.0 * nasal[:, None])
     B = B[:, :, None]
-    logm = 2 * np.log(Fk) - 0.5 * np.log((Fk ** 2 - f ** 2) ** 2 + (B * f) ** 2 + 1e-6)
+    logm = 2 * np.log(Fk) - 0.5 * np.log((Fk**2 - f**2) ** 2 + (B * f) ** 2 + 1e-6)
     return np.exp(logm.sum(1)).astype(np.float32)
 
 
-def synth_speech(spk: Speaker, sess: Session | None, r: np.random.Generator, seconds: float) -> np.ndarray:
+def synth_speech(
+    spk: Speaker, sess: Session | None, r: np.random.Generator, seconds: float
+) -> np.ndarray:
     """One utterance of ``seconds`` from speaker ``spk`` through session ``sess`` (None = clean)."""
     T = int(round(seconds * SR))
     n_frames = (T + N_FFT) // HOP + 1
@@ -300,36 +326,44 @@ def synth_speech(spk: Speaker, sess: Session | None, r: np.random.Generator, sec
     pulses[k] *= 1 + spk.shimmer * r.standard_normal(k.size).astype(np.float32)
     pulses *= np.sqrt(150 / f0_s)  # loudness independent of F0 (power ~ pulses per frame)
     Ev = _stft(pulses)
-    # STFT of white noise (std 0.1) drawn directly: complex Gaussian, E|X|^2 = 0.01 * sum(win^2) = 2.56.
-    En = (r.standard_normal((n_frames, _NB), np.float32) + 1j * r.standard_normal((n_frames, _NB), np.float32))
-    En *= np.float32(np.sqrt(0.01 * np.sum(_WIN ** 2) / 2))
+    # STFT of white noise (std 0.1) drawn directly: complex Gaussian, E|X|^2 = 0.01 * sum(win^2) =
+    # 2.56.
+    En = r.standard_normal((n_frames, _NB), np.float32) + 1j * r.standard_normal(
+        (n_frames, _NB), np.float32
+    )
+    En *= np.float32(np.sqrt(0.01 * np.sum(_WIN**2) / 2))
     tilt = spk.tilt + (sess.tilt_shift if sess else 0.0)
     src = (np.maximum(_FREQS, 150) / 150) ** (tilt / 6.02)
-    notch = 1 - (1 - 10 ** (-spk.notch_depth / 20)) * np.exp(-0.5 * ((_FREQS - spk.notch_f) / (0.06 * spk.notch_f)) ** 2)
+    notch = 1 - (1 - 10 ** (-spk.notch_depth / 20)) * np.exp(
+        -0.5 * ((_FREQS - spk.notch_f) / (0.06 * spk.notch_f)) ** 2
+    )
     H = _formant_envelope(F, spk, nasal) * (src * notch)[None, :]
-    H /= np.sqrt(np.mean(H ** 2, axis=1, keepdims=True)) + 1e-9  # shape per frame; loudness from av
+    H /= np.sqrt(np.mean(H**2, axis=1, keepdims=True)) + 1e-9  # shape per frame; loudness from av
     fric = np.exp(-0.5 * ((_FREQS[None, :] - fc[:, None]) / fw[:, None]) ** 2)
     fric *= 1 / (1 + np.exp(-(_FREQS[None, :] - 1200) / 150))
-    fric /= np.sqrt(np.mean(fric ** 2, axis=1, keepdims=True)) + 1e-9
+    fric /= np.sqrt(np.mean(fric**2, axis=1, keepdims=True)) + 1e-9
     Y = Ev * (H * av[:, None]) + En * (H * (spk.breath * av[:, None]) + fric * (an[:, None] * 0.6))
     if sess is not None:
         Y *= (10 ** (channel_curve_db(sess) / 20))[None, :]
-    y = _istft(Y, Tp)[N_FFT // 2: N_FFT // 2 + T]
-    rms = np.sqrt(np.mean(y ** 2)) + 1e-9
+    y = _istft(Y, Tp)[N_FFT // 2 : N_FFT // 2 + T]
+    rms = np.sqrt(np.mean(y**2)) + 1e-9
     level = 10 ** ((sess.level_db if sess else -24.0) / 20)
     y *= level / rms
     if sess is not None:  # noise floor (coloured) or hum at the session SNR
         if sess.hum:
             tt = np.arange(T) / SR
-            nf = sum(np.sin(2 * np.pi * sess.hum * h * tt + r.uniform(0, 6.3)) / h for h in (1, 2, 3, 5))
+            nf = sum(
+                np.sin(2 * np.pi * sess.hum * h * tt + r.uniform(0, 6.3)) / h for h in (1, 2, 3, 5)
+            )
             nf = nf + 0.1 * r.standard_normal(T)
         else:
-            # Stationary coloured noise: white noise filtered over its whole length by the session curve.
+            # Stationary coloured noise: white noise filtered over its whole length by the session
+            # curve.
             nz = sfft.rfft(r.standard_normal(T).astype(np.float32))
             curve = np.interp(np.arange(nz.size) * (SR / T), _FREQS, sess.noise_curve)
             nf = sfft.irfft(nz * (10 ** (curve / 20)).astype(np.float32), T)
         nf = nf.astype(np.float32)
-        nf *= level / (np.sqrt(np.mean(nf ** 2)) + 1e-9) * 10 ** (-sess.noise_snr / 20)
+        nf *= level / (np.sqrt(np.mean(nf**2)) + 1e-9) * 10 ** (-sess.noise_snr / 20)
         y = y + nf
     return np.clip(y, -1, 1).astype(np.float32)
 
@@ -344,7 +378,8 @@ def _speaker_ids(size: CorpusSize):
 
 
 def utterance_plan(size: CorpusSize, split: str):
-    """(utterance id, speaker id, session id, speaker index, session index, utt index) per utterance."""
+    """(utterance id, speaker id, session id, speaker index, session index, utt index) per
+    utterance."""
     train, test = _speaker_ids(size)
     spk, n_sess = (train, size.train_sessions) if split == "train" else (test, size.test_sessions)
     out = []
@@ -363,7 +398,12 @@ def render_utterance(args) -> dict:
     r = _rng(size.seed, 3, si, e, u)
     seconds = r.uniform(size.min_seconds, size.max_seconds)
     y = synth_speech(spk, sess, r, seconds)
-    return {"audio": (y * 32767).astype(np.int16), "speaker": sid, "session": sess_id, "utterance": utt}
+    return {
+        "audio": (y * 32767).astype(np.int16),
+        "speaker": sid,
+        "session": sess_id,
+        "utterance": utt,
+    }
 
 
 def make_trials(size: CorpusSize, plan) -> list[tuple[int, str, str]]:
@@ -425,8 +465,12 @@ def render_noise(args) -> dict:
             hum = r.choice([50.0, 60.0])
             y += 0.2 * np.sin(2 * np.pi * hum * np.arange(T) / SR).astype(np.float32)
             for p in r.integers(0, T - 400, int(r.integers(5, 30))):
-                y[p:p + 400] += r.standard_normal(400).astype(np.float32) * np.exp(-np.arange(400) / 60)
-        y *= 1 + 0.5 * np.sin(2 * np.pi * r.uniform(0.1, 2) * np.arange(T) / SR + r.uniform(0, 6))  # slow level wander
+                y[p : p + 400] += r.standard_normal(400).astype(np.float32) * np.exp(
+                    -np.arange(400) / 60
+                )
+        y *= 1 + 0.5 * np.sin(
+            2 * np.pi * r.uniform(0.1, 2) * np.arange(T) / SR + r.uniform(0, 6)
+        )  # slow level wander
     else:  # music: notes of harmonic tones with envelopes, chords, percussion
         y = np.zeros(T, np.float32)
         bpm = r.uniform(70, 160)
@@ -440,17 +484,27 @@ def render_noise(args) -> dict:
             for _ in range(int(r.integers(1, 4))):
                 midi = root + scale[int(r.integers(7))] + 12 * int(r.integers(0, 2))
                 f0 = 440 * 2 ** ((midi - 69) / 12)
-                harm = sum(np.sin(2 * np.pi * f0 * h * t_note) / h ** r.uniform(0.8, 2) for h in range(1, n_harm + 1)
-                           if f0 * h < 7500)
+                harm = sum(
+                    np.sin(2 * np.pi * f0 * h * t_note) / h ** r.uniform(0.8, 2)
+                    for h in range(1, n_harm + 1)
+                    if f0 * h < 7500
+                )
                 env = np.minimum(t_note / 0.01, 1) * np.exp(-decay * t_note)
                 seg = (harm * env).astype(np.float32)[: T - start]
-                y[start:start + seg.size] += seg * r.uniform(0.3, 1.0)
+                y[start : start + seg.size] += seg * r.uniform(0.3, 1.0)
             if r.random() < 0.5:
                 n = min(2000, T - start)
-                y[start:start + n] += 0.5 * r.standard_normal(n).astype(np.float32) * np.exp(-np.arange(n) / 300)
+                y[start : start + n] += (
+                    0.5 * r.standard_normal(n).astype(np.float32) * np.exp(-np.arange(n) / 300)
+                )
     y = y / (np.max(np.abs(y)) + 1e-9) * 0.5
-    return {"audio": (y * 32767).astype(np.int16), "speaker": cat, "session": cat, "category": cat,
-            "utterance": f"{cat}/{i:05d}"}
+    return {
+        "audio": (y * 32767).astype(np.int16),
+        "speaker": cat,
+        "session": cat,
+        "category": cat,
+        "utterance": f"{cat}/{i:05d}",
+    }
 
 
 def render_rir(args) -> dict:
@@ -471,6 +525,11 @@ def render_rir(args) -> dict:
     for _ in range(int(r.integers(3, 10))):  # early reflections
         h[int(r.uniform(0.002, 0.05) * SR)] += r.uniform(-0.6, 0.6)
     h[0] = 1.0  # direct path
-    h /= np.sqrt(np.sum(h ** 2))
-    return {"audio": (h / max(1.0, np.max(np.abs(h))) * 32767).astype(np.int16), "speaker": "rir",
-            "session": f"rt60_{rt60:.2f}", "category": "rir", "utterance": f"rir/{i:05d}"}
+    h /= np.sqrt(np.sum(h**2))
+    return {
+        "audio": (h / max(1.0, np.max(np.abs(h))) * 32767).astype(np.int16),
+        "speaker": "rir",
+        "session": f"rt60_{rt60:.2f}",
+        "category": "rir",
+        "utterance": f"rir/{i:05d}",
+    }

@@ -1,4 +1,5 @@
 """Trial lists in the VoxCeleb format: one ``label utterance_a utterance_b`` per line."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +9,8 @@ import numpy as np
 
 @dataclasses.dataclass
 class Trials:
-    """One trial list: ``labels`` int32 [n] (1 = same speaker), ``enroll`` and ``test`` utterance ids."""
+    """One trial list: ``labels`` int32 [n] (1 = same speaker), ``enroll`` and ``test`` utterance
+    ids."""
 
     name: str
     labels: np.ndarray
@@ -33,7 +35,8 @@ def parse_trials(text: str, name: str = "trials", source: str = "") -> Trials:
             continue
         if len(parts) != 3 or parts[0] not in ("0", "1"):
             raise ValueError(
-                f"trial list {name} ({source or 'text'}) line {n}: expected 'label utterance_a utterance_b' "
+                f"trial list {name} ({source or 'text'}) line {n}: expected 'label utterance_a "
+                "utterance_b' "
                 f"with label 0 or 1, got {line.strip()!r}."
             )
         labels.append(int(parts[0]))
@@ -49,6 +52,7 @@ def resolve_ids(trials: Trials, known: set, where: str) -> Trials:
 
     Raises a ValueError naming the first missing utterance if any cannot be found.
     """
+
     def stem(u):
         head, _, tail = u.rpartition("/")
         return (head + "/" if head else "") + tail.rsplit(".", 1)[0]
@@ -68,6 +72,9 @@ def resolve_ids(trials: Trials, known: set, where: str) -> Trials:
     if missing:
         raise ValueError(
             f"trial list {trials.name} names {len(missing)} utterance(s) that are not in {where}, "
-            f"e.g. {missing[0]!r}; rebuild the dataset with the audio for them or fix the trial list."
+            f"e.g. {missing[0]!r}; rebuild the dataset with the audio for them or fix the trial "
+            "list."
         )
-    return Trials(trials.name, trials.labels, [out[u] for u in trials.enroll], [out[u] for u in trials.test])
+    return Trials(
+        trials.name, trials.labels, [out[u] for u in trials.enroll], [out[u] for u in trials.test]
+    )

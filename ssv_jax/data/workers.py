@@ -8,6 +8,7 @@ scripts without an ``if __name__ == "__main__"`` guard) and, unlike fork, never
 copies a process that runs TensorFlow or JAX threads. An exception inside
 ``function`` comes back as a ``WorkerError`` result (the caller decides).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -56,8 +57,15 @@ def parallel_map(fn_path: str, items: Iterable[Any], num_workers: int = 2) -> It
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    procs = [subprocess.Popen([sys.executable, "-m", "ssv_jax.data.workers", fn_path], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, env=env) for _ in range(W)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ssv_jax.data.workers", fn_path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        for _ in range(W)
+    ]
 
     def feed(p, chunk):
         try:
@@ -66,7 +74,10 @@ def parallel_map(fn_path: str, items: Iterable[Any], num_workers: int = 2) -> It
         except BrokenPipeError:
             pass
 
-    feeders = [threading.Thread(target=feed, args=(p, items[w::W]), daemon=True) for w, p in enumerate(procs)]
+    feeders = [
+        threading.Thread(target=feed, args=(p, items[w::W]), daemon=True)
+        for w, p in enumerate(procs)
+    ]
     for t in feeders:
         t.start()
     try:
@@ -75,7 +86,9 @@ def parallel_map(fn_path: str, items: Iterable[Any], num_workers: int = 2) -> It
             try:
                 yield pickle.load(p.stdout)
             except EOFError:
-                raise RuntimeError(f"data worker for {fn_path} died (exit code {p.wait()}); see its stderr above.")
+                raise RuntimeError(
+                    f"data worker for {fn_path} died (exit code {p.wait()}); see its stderr above."
+                )
     finally:
         for p in procs:
             if p.poll() is None:

@@ -22,6 +22,7 @@ where oneDNN has fast kernels for it, i.e. AVX-512; its input gradient uses XLA)
 processes), each device runs the kernels on its own batch shard and the weight gradient is
 summed over shards (``custom_partitioning``); other shardings run replicated.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -30,19 +31,21 @@ import hashlib
 import importlib.metadata
 import os
 import subprocess
-import sys
 import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental.custom_partitioning import custom_partitioning
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "onednn_conv.cc")
-_TARGETS = {"ssv_onednn_conv_fwd": "SsvConvForward",
-            "ssv_onednn_conv_bwd_data": "SsvConvBackwardData",
-            "ssv_onednn_conv_bwd_weights": "SsvConvBackwardWeights"}
+_TARGETS = {
+    "ssv_onednn_conv_fwd": "SsvConvForward",
+    "ssv_onednn_conv_bwd_data": "SsvConvBackwardData",
+    "ssv_onednn_conv_bwd_weights": "SsvConvBackwardWeights",
+}
 _state: dict = {}
 
 
@@ -57,8 +60,9 @@ def _dist_file(dist: str, suffix: str) -> str:
 
 
 def _kernel_dir() -> str:
-    return os.path.expanduser(os.environ.get(
-        "SSV_JAX_KERNEL_DIR", os.path.join("~", ".cache", "ssv_jax", "kernels")))
+    return os.path.expanduser(
+        os.environ.get("SSV_JAX_KERNEL_DIR", os.path.join("~", ".cache", "ssv_jax", "kernels"))
+    )
 
 
 def _build() -> str:
@@ -67,12 +71,24 @@ def _build() -> str:
     hpp = _dist_file("onednn-devel-cpu-gomp", "include/oneapi/dnnl/dnnl.hpp")
     dnnl_include = os.path.dirname(os.path.dirname(os.path.dirname(hpp)))
     cxx = os.environ.get("CXX", "g++")
-    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", _SOURCE,
-           "-I", jax.ffi.include_dir(), "-I", dnnl_include, lib,
-           "-Wl,-rpath," + os.path.dirname(lib)]
+    cmd = [
+        cxx,
+        "-O2",
+        "-std=c++17",
+        "-shared",
+        "-fPIC",
+        _SOURCE,
+        "-I",
+        jax.ffi.include_dir(),
+        "-I",
+        dnnl_include,
+        lib,
+        "-Wl,-rpath," + os.path.dirname(lib),
+    ]
     with open(_SOURCE, "rb") as f:
-        digest = hashlib.sha256(f.read() + " ".join(cmd).encode() +
-                                jax.__version__.encode()).hexdigest()[:16]
+        digest = hashlib.sha256(
+            f.read() + " ".join(cmd).encode() + jax.__version__.encode()
+        ).hexdigest()[:16]
     out = os.path.join(_kernel_dir(), f"onednn_conv_{digest}.so")
     if os.path.exists(out):
         return out
@@ -83,7 +99,7 @@ def _build() -> str:
         proc = subprocess.run(cmd + ["-o", tmp], capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             raise RuntimeError(f"compiling {_SOURCE} failed:\n{proc.stderr[-2000:]}")
-        os.replace(tmp, out)            # atomic: concurrent builders each publish a whole file
+        os.replace(tmp, out)  # atomic: concurrent builders each publish a whole file
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -98,13 +114,16 @@ def _load() -> None:
         names = ctypes.create_string_buffer(1024)
         block = next((b for b in (16, 8) if lib.SsvConvProbe(b, 0, names, len(names))), None)
         if block is None:
-            raise RuntimeError("oneDNN has only reference kernels on this CPU (it needs AVX-512 "
-                               f"or AVX2; got: {names.value.decode().strip()}), which are slower "
-                               "than XLA's")
+            raise RuntimeError(
+                "oneDNN has only reference kernels on this CPU (it needs AVX-512 "
+                f"or AVX2; got: {names.value.decode().strip()}), which are slower "
+                "than XLA's"
+            )
         for name, symbol in _TARGETS.items():
-            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)),
-                                        platform="cpu")
-        stem = bool(lib.SsvConvProbe(block, 1, names, len(names)))   # single-channel input
+            jax.ffi.register_ffi_target(
+                name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu"
+            )
+        stem = bool(lib.SsvConvProbe(block, 1, names, len(names)))  # single-channel input
         _state.update(ok=True, lib=lib, block=block, single_channel=stem)
     except Exception as e:  # noqa: BLE001  (any failure means: use XLA's convolutions)
         _state.update(ok=False, reason=f"{type(e).__name__}: {e}")
@@ -135,8 +154,12 @@ def supports(x_shape, kernel_shape, dtype) -> bool:
     if not available():
         return False
     ci, co, b = kernel_shape[2], kernel_shape[3], block_size()
-    return (len(x_shape) == 4 and dtype == jnp.float32 and co % b == 0
-            and (ci % b == 0 or (ci == 1 and _state["single_channel"])))
+    return (
+        len(x_shape) == 4
+        and dtype == jnp.float32
+        and co % b == 0
+        and (ci % b == 0 or (ci == 1 and _state["single_channel"]))
+    )
 
 
 def to_blocked(x, block: int):
@@ -159,7 +182,8 @@ def _attrs(geom):
 
 def _ffi_local(name, out_shape, a, b, geom):
     return jax.ffi.ffi_call(name, jax.ShapeDtypeStruct(out_shape, jnp.float32))(
-        a, b, **_attrs(geom))
+        a, b, **_attrs(geom)
+    )
 
 
 def _mesh_over(sharding) -> Mesh:
@@ -186,12 +210,15 @@ def _make_partitioned(name: str, reduce_batch: bool):
     result stays split; the weight gradient (``reduce_batch``) is summed over the shards (psum).
     Any other sharding runs replicated (XLA gathers the operands), as an unpartitioned call.
     """
+
     @functools.partial(custom_partitioning, static_argnums=(2, 3))
     def call(a, b, out_shape, geom):
         return _ffi_local(name, out_shape, a, b, geom)
 
     def shardings(mesh, a_ndim, b_ndim, out_ndim):
-        batch = (lambda nd: NamedSharding(mesh, P("b", *[None] * (nd - 1))))
+        def batch(nd):
+            return NamedSharding(mesh, P("b", *[None] * (nd - 1)))
+
         repl = NamedSharding(mesh, P())
         args = (batch(a_ndim), batch(b_ndim) if reduce_batch else repl)
         return args, repl if reduce_batch else batch(out_ndim)
@@ -199,11 +226,10 @@ def _make_partitioned(name: str, reduce_batch: bool):
     def partition(out_shape, geom, mesh, arg_shapes, result_shape):
         a, b = arg_shapes
         split = _batch_split(a.sharding, a.shape)
-        if split is None:                       # replicated fallback
+        if split is None:  # replicated fallback
             m = _mesh_over(a.sharding)
             repl = NamedSharding(m, P())
-            return m, functools.partial(_ffi_local, name, out_shape, geom=geom), repl, \
-                (repl, repl)
+            return m, functools.partial(_ffi_local, name, out_shape, geom=geom), repl, (repl, repl)
         n = split.size
         arg_sh, out_sh = shardings(split, len(a.shape), len(b.shape), len(out_shape))
         local_out = out_shape if reduce_batch else (out_shape[0] // n,) + tuple(out_shape[1:])
@@ -211,6 +237,7 @@ def _make_partitioned(name: str, reduce_batch: bool):
         def lower(a, b):
             r = _ffi_local(name, local_out, a, b, geom)
             return jax.lax.psum(r, "b") if reduce_batch else r
+
         return split, lower, out_sh, arg_sh
 
     def infer(out_shape, geom, mesh, arg_shapes, result_shape):
@@ -229,16 +256,18 @@ def _make_partitioned(name: str, reduce_batch: bool):
         b = ["n"] * reduce_batch + [f"b{i}" for i in range(ranks[1] - reduce_batch)]
         out = ["n"] * (not reduce_batch) + [f"o{i}" for i in range(4)]
         extra = dict(reduction_factors=("n",)) if reduce_batch else {}
-        return (f"{' '.join(a)}, {' '.join(b)} -> {' '.join(out)}",
-                dict(need_replication_factors=tuple(f for f in a + b + out if f != "n"), **extra))
+        return (
+            f"{' '.join(a)}, {' '.join(b)} -> {' '.join(out)}",
+            dict(need_replication_factors=tuple(f for f in a + b + out if f != "n"), **extra),
+        )
 
-    call.def_partition(partition=partition, infer_sharding_from_operands=infer,
-                       sharding_rule=rule)
+    call.def_partition(partition=partition, infer_sharding_from_operands=infer, sharding_rule=rule)
     return call
 
 
-_PARTITIONED = {name: _make_partitioned(name, reduce_batch=name.endswith("weights"))
-                for name in _TARGETS}
+_PARTITIONED = {
+    name: _make_partitioned(name, reduce_batch=name.endswith("weights")) for name in _TARGETS
+}
 
 
 def _ffi(name, out_shape, a, b, geom):
@@ -248,14 +277,18 @@ def _ffi(name, out_shape, a, b, geom):
 
 def _xla_conv(x, kernel, geom):
     sh, sw, plo, phi, qlo, qhi, _ = geom
-    return jax.lax.conv_general_dilated(x, kernel, (sh, sw), [(plo, phi), (qlo, qhi)],
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(
+        x, kernel, (sh, sw), [(plo, phi), (qlo, qhi)], dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
 def _out_shape(xb, kernel, geom):
     sh, sw, plo, phi, qlo, qhi, b = geom
-    n, h, w = (xb.shape[0], xb.shape[1], xb.shape[2]) if xb.ndim == 4 else \
-        (xb.shape[0], xb.shape[2], xb.shape[3])
+    n, h, w = (
+        (xb.shape[0], xb.shape[1], xb.shape[2])
+        if xb.ndim == 4
+        else (xb.shape[0], xb.shape[2], xb.shape[3])
+    )
     kh, kw, _, co = kernel.shape
     return (n, co // b, (h + plo + phi - kh) // sh + 1, (w + qlo + qhi - kw) // sw + 1, b)
 
@@ -274,7 +307,7 @@ def _conv_blocked_bwd(geom, res, dyb):
     dw = _ffi("ssv_onednn_conv_bwd_weights", kernel.shape, xb, dyb, geom)
     if xb.ndim == 5:
         dx = _ffi("ssv_onednn_conv_bwd_data", xb.shape, dyb, kernel, geom)
-    else:                               # single-channel input: its gradient through XLA
+    else:  # single-channel input: its gradient through XLA
         dx = jax.vjp(lambda x: _xla_conv(x, kernel, geom), xb)[1](from_blocked(dyb))[0]
     return dx, dw
 
@@ -294,13 +327,22 @@ def conv2d(x, kernel, stride=(1, 1), padding=None):
         raise RuntimeError(f"oneDNN kernels unavailable: {unavailable_reason()}")
     b = block_size()
     if not supports(x.shape, kernel.shape, x.dtype):
-        raise ValueError(f"oneDNN conv needs float32, C_out % {b} == 0 and C_in % {b} == 0 or 1 "
-                         f"(channel block {b} on this CPU); got x {x.shape} {x.dtype}, kernel "
-                         f"{kernel.shape}.")
+        raise ValueError(
+            f"oneDNN conv needs float32, C_out % {b} == 0 and C_in % {b} == 0 or 1 "
+            f"(channel block {b} on this CPU); got x {x.shape} {x.dtype}, kernel "
+            f"{kernel.shape}."
+        )
     geom = (int(stride[0]), int(stride[1]), *map(int, padding[0]), *map(int, padding[1]), b)
     xb = x if x.shape[-1] == 1 else to_blocked(x, b)
     return from_blocked(_conv_blocked(xb, kernel, geom))
 
 
-__all__ = ["available", "unavailable_reason", "block_size", "supports", "conv2d", "to_blocked",
-           "from_blocked"]
+__all__ = [
+    "available",
+    "unavailable_reason",
+    "block_size",
+    "supports",
+    "conv2d",
+    "to_blocked",
+    "from_blocked",
+]

@@ -10,6 +10,7 @@ drives identically:
 ``apply(params, batch_stats, feats) -> (embeddings, new batch_stats)`` runs the network in
 train mode; ``aux`` holds the logged ``pos_cos`` / ``neg_cos`` and what ``after_update`` needs.
 """
+
 from ssv_jax.methods import moco, simclr
 from ssv_jax.methods.common import SSLNetwork, margin_at
 

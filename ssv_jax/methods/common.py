@@ -1,4 +1,5 @@
 """What every method shares: the trained network (encoder + optional projector), margin schedule."""
+
 from __future__ import annotations
 
 import math
@@ -19,9 +20,14 @@ class SSLNetwork(nnx.Module):
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         self.encoder = build_encoder(cfg.model, rngs=rngs)
         self.projector = (
-            Projector(rngs=rngs, in_dim=cfg.model.embed_dim, hidden=cfg.method.projector_hidden,
-                      out_dim=cfg.method.projector_out)
-            if cfg.method.projector else None
+            Projector(
+                rngs=rngs,
+                in_dim=cfg.model.embed_dim,
+                hidden=cfg.method.projector_hidden,
+                out_dim=cfg.method.projector_out,
+            )
+            if cfg.method.projector
+            else None
         )
 
     def embed(self, feats, mask=None):

@@ -11,6 +11,7 @@ cannot tell a query's positive apart. Here BatchNorm statistics are those of the
 is normalised with the same statistics and no per-device signature exists; shuffling would
 not change any number, so none is done.
 """
+
 from __future__ import annotations
 
 import jax
@@ -22,8 +23,10 @@ from ssv_jax.losses import l2_normalize
 
 def init_state(cfg, params, batch_stats, rng):
     """Key network (a copy of the query network) and one queue of random unit keys per view."""
-    k, d = cfg.method.queue_size, (cfg.method.projector_out if cfg.method.projector
-                                   else cfg.model.embed_dim)
+    k, d = (
+        cfg.method.queue_size,
+        (cfg.method.projector_out if cfg.method.projector else cfg.model.embed_dim),
+    )
     r1, r2 = jax.random.split(rng)
     return {
         "key_params": jax.tree.map(jnp.copy, params),
@@ -51,8 +54,9 @@ def loss_and_updates(cfg, mesh, apply, params, batch_stats, method_state, feats,
     q = q.reshape(b, 2, -1)
     fn = losses.moco_aam if cfg.method.loss == "nt_xent_aam" else losses.moco_am
     kw = dict(scale=cfg.method.scale, margin=margin)
-    loss = 0.5 * (fn(q[:, 0], k[:, 1], st["queue2"], **kw)
-                  + fn(q[:, 1], k[:, 0], st["queue1"], **kw))
+    loss = 0.5 * (
+        fn(q[:, 0], k[:, 1], st["queue2"], **kw) + fn(q[:, 1], k[:, 0], st["queue1"], **kw)
+    )
     pos, neg = losses.similarity_stats(q[:, 0], k[:, 1])
     new_state = dict(st, key_params=key_params, key_batch_stats=key_stats)
     return loss, (new_stats, new_state, {"pos_cos": pos, "neg_cos": neg, "keys": k})

@@ -1,4 +1,6 @@
-"""SimCLR with NT-Xent-AM (docs/method.md#nt-xent-am): both views through one network, global negatives."""
+"""SimCLR with NT-Xent-AM (docs/method.md#nt-xent-am): both views through one network, global
+negatives."""
+
 from __future__ import annotations
 
 import jax
@@ -15,17 +17,25 @@ def init_state(cfg, params, batch_stats, rng):
 
 
 def contrastive_loss(cfg, mesh, z1, z2, margin):
-    """The configured NT-Xent variant over the global batch; per-device logits B_local x B_global."""
+    """The configured NT-Xent variant over the global batch; per-device logits B_local x
+    B_global."""
     fn = losses.nt_xent_aam if cfg.method.loss == "nt_xent_aam" else losses.nt_xent_am
 
     def body(a, b, m):
-        loss = fn(a, b, scale=cfg.method.scale, margin=m, symmetric=cfg.method.symmetric,
-                  axis_name=DATA_AXIS)
+        loss = fn(
+            a,
+            b,
+            scale=cfg.method.scale,
+            margin=m,
+            symmetric=cfg.method.symmetric,
+            axis_name=DATA_AXIS,
+        )
         pos, neg = losses.similarity_stats(a, b, axis_name=DATA_AXIS)
         return loss, pos, neg
 
-    return jax.shard_map(body, mesh=mesh, in_specs=(P(DATA_AXIS), P(DATA_AXIS), P()),
-                         out_specs=(P(), P(), P()))(z1, z2, margin)
+    return jax.shard_map(
+        body, mesh=mesh, in_specs=(P(DATA_AXIS), P(DATA_AXIS), P()), out_specs=(P(), P(), P())
+    )(z1, z2, margin)
 
 
 def loss_and_updates(cfg, mesh, apply, params, batch_stats, method_state, feats, margin):

@@ -21,6 +21,7 @@ without a copy those Variables belong to the outer (jit) trace, which flax refus
 inside ``jax.grad`` (TraceContextError). Eval: ``model.eval()`` before splitting, or
 ``nnx.merge(...)`` then ``m.eval()``.
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -34,14 +35,37 @@ from ssv_jax.models.resnet import FastResNet34
 _ENCODERS = {"fast_resnet34": FastResNet34, "ecapa_tdnn": ECAPATDNN}
 
 _DEFAULTS = {
-    "fast_resnet34": dict(n_mels=40, channels=(16, 32, 64, 128), blocks=(3, 4, 6, 3),
-                          strides=(1, 2, 2, 1), embed_dim=512, pooling="sap", stem_kernel=7,
-                          se_reduction=8, last_bn=False, s2d=True, barrier=True, onednn=True,
-                          bn_momentum=0.1, bn_eps=1e-5),
-    "ecapa_tdnn": dict(n_mels=40, channels=512, embed_dim=192, mfa_channels=1536,
-                       kernel_sizes=(5, 3, 3, 3), dilations=(1, 2, 3, 4), res2net_scale=8,
-                       se_channels=128, attention_channels=128, global_context=True,
-                       dense_residual=False, bn_momentum=0.1, bn_eps=1e-5),
+    "fast_resnet34": dict(
+        n_mels=40,
+        channels=(16, 32, 64, 128),
+        blocks=(3, 4, 6, 3),
+        strides=(1, 2, 2, 1),
+        embed_dim=512,
+        pooling="sap",
+        stem_kernel=7,
+        se_reduction=8,
+        last_bn=False,
+        s2d=True,
+        barrier=True,
+        onednn=True,
+        bn_momentum=0.1,
+        bn_eps=1e-5,
+    ),
+    "ecapa_tdnn": dict(
+        n_mels=40,
+        channels=512,
+        embed_dim=192,
+        mfa_channels=1536,
+        kernel_sizes=(5, 3, 3, 3),
+        dilations=(1, 2, 3, 4),
+        res2net_scale=8,
+        se_channels=128,
+        attention_channels=128,
+        global_context=True,
+        dense_residual=False,
+        bn_momentum=0.1,
+        bn_eps=1e-5,
+    ),
 }
 
 
@@ -50,8 +74,8 @@ def default_model_config(name: str = "fast_resnet34") -> ml_collections.ConfigDi
 
     Fields: fast_resnet34 -> n_mels, channels, blocks, strides, embed_dim, pooling, stem_kernel,
     se_reduction, last_bn, s2d, barrier, onednn, bn_momentum, bn_eps. ecapa_tdnn -> n_mels,
-    channels, embed_dim, mfa_channels, kernel_sizes, dilations, res2net_scale, se_channels, attention_channels,
-    global_context, dense_residual, bn_momentum, bn_eps.
+    channels, embed_dim, mfa_channels, kernel_sizes, dilations, res2net_scale, se_channels,
+    attention_channels, global_context, dense_residual, bn_momentum, bn_eps.
     """
     if name not in _DEFAULTS:
         raise ValueError(f"unknown encoder {name!r}; use one of {sorted(_DEFAULTS)}.")
@@ -66,12 +90,15 @@ def build_encoder(model_cfg, *, rngs: nnx.Rngs) -> nnx.Module:
     cfg = dict(model_cfg)
     name = cfg.pop("name", None)
     if name not in _ENCODERS:
-        raise ValueError(f"model config name {name!r} is not an encoder; use one of "
-                         f"{sorted(_ENCODERS)}.")
+        raise ValueError(
+            f"model config name {name!r} is not an encoder; use one of {sorted(_ENCODERS)}."
+        )
     unknown = set(cfg) - set(_DEFAULTS[name])
     if unknown:
-        raise ValueError(f"unknown field(s) {sorted(unknown)} for encoder {name!r}; accepted: "
-                         f"{sorted(_DEFAULTS[name])}.")
+        raise ValueError(
+            f"unknown field(s) {sorted(unknown)} for encoder {name!r}; accepted: "
+            f"{sorted(_DEFAULTS[name])}."
+        )
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
     return _ENCODERS[name](rngs=rngs, **cfg)
 
@@ -80,8 +107,18 @@ def count_params(model: nnx.Module) -> int:
     """Number of trainable parameters (``nnx.Param`` leaves; running BN statistics excluded)."""
     import jax
     import numpy as np
+
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-__all__ = ["FastResNet34", "ECAPATDNN", "Projector", "BatchNorm", "Linear", "build_encoder",
-           "default_model_config", "count_params", "ECAPA_PARAM_COUNTS"]
+__all__ = [
+    "FastResNet34",
+    "ECAPATDNN",
+    "Projector",
+    "BatchNorm",
+    "Linear",
+    "build_encoder",
+    "default_model_config",
+    "count_params",
+    "ECAPA_PARAM_COUNTS",
+]

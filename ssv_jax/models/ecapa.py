@@ -9,16 +9,25 @@ to ``embed_dim``. This is the layer arrangement of sslsv's / SpeechBrain's ECAPA
 sum of the stem and all previous block outputs); the parameter count is the same.
 
 Parameters (``nnx.Param`` count): see ``ECAPA_PARAM_COUNTS``.
-Layout: sequences ``[B, time, C]``; conv kernels ``[k, C_in, C_out]`` (PyTorch ``w.permute(2, 1, 0)``).
+Layout: sequences ``[B, time, C]``; conv kernels ``[k, C_in, C_out]`` (PyTorch
+``w.permute(2, 1, 0)``).
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssv_jax.models.layers import (BatchNorm, Linear, apply_mask, check_encoder_input, masked_mean,
-                                   masked_softmax, torch_uniform)
+from ssv_jax.models.layers import (
+    BatchNorm,
+    Linear,
+    apply_mask,
+    check_encoder_input,
+    masked_mean,
+    masked_softmax,
+    torch_uniform,
+)
 
 # (n_mels, channels, embed_dim) -> parameters, checked in tests/test_models.py.
 ECAPA_PARAM_COUNTS = {
@@ -32,29 +41,36 @@ ECAPA_PARAM_COUNTS = {
 class Conv1d(nnx.Module):
     """1-D conv with bias, zero 'same' padding (odd kernel), dilation; PyTorch default init."""
 
-    def __init__(self, cin: int, cout: int, kernel_size: int = 1, dilation: int = 1, *,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, cin: int, cout: int, kernel_size: int = 1, dilation: int = 1, *, rngs: nnx.Rngs
+    ):
         init = torch_uniform(cin * kernel_size)
         self.kernel = nnx.Param(init(rngs.params(), (kernel_size, cin, cout)))
         self.bias = nnx.Param(init(rngs.params(), (cout,)))
         self.dilation = dilation
 
-    def __call__(self, x, mask=None):                      # x [B, T, C]
+    def __call__(self, x, mask=None):  # x [B, T, C]
         k = self.kernel[...]
         if k.shape[0] == 1:
             return x @ k[0] + self.bias[...]
         pad = self.dilation * (k.shape[0] // 2)
-        y = jax.lax.conv_general_dilated(apply_mask(x, mask), k, (1,), [(pad, pad)],
-                                         rhs_dilation=(self.dilation,),
-                                         dimension_numbers=("NWC", "WIO", "NWC"))
+        y = jax.lax.conv_general_dilated(
+            apply_mask(x, mask),
+            k,
+            (1,),
+            [(pad, pad)],
+            rhs_dilation=(self.dilation,),
+            dimension_numbers=("NWC", "WIO", "NWC"),
+        )
         return y + self.bias[...]
 
 
 class TDNNBlock(nnx.Module):
     """Conv1d -> ReLU -> BatchNorm."""
 
-    def __init__(self, cin, cout, kernel_size=1, dilation=1, *, bn_momentum=0.1, bn_eps=1e-5,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, cin, cout, kernel_size=1, dilation=1, *, bn_momentum=0.1, bn_eps=1e-5, rngs: nnx.Rngs
+    ):
         self.conv = Conv1d(cin, cout, kernel_size, dilation, rngs=rngs)
         self.bn = BatchNorm(cout, momentum=bn_momentum, eps=bn_eps)
 
@@ -65,15 +81,29 @@ class TDNNBlock(nnx.Module):
 class SERes2Block(nnx.Module):
     """TDNN(k1) -> Res2Net(k, dilation, scale) -> TDNN(k1) -> SE -> + residual."""
 
-    def __init__(self, cin, cout, *, kernel_size=3, dilation=1, scale=8, se_channels=128,
-                 rngs: nnx.Rngs, **bn):
+    def __init__(
+        self,
+        cin,
+        cout,
+        *,
+        kernel_size=3,
+        dilation=1,
+        scale=8,
+        se_channels=128,
+        rngs: nnx.Rngs,
+        **bn,
+    ):
         if cout % scale:
             raise ValueError(f"channels ({cout}) must be divisible by res2net_scale ({scale}).")
         self.scale = scale
         self.tdnn1 = TDNNBlock(cin, cout, rngs=rngs, **bn)
         width = cout // scale
-        self.res2 = nnx.List([TDNNBlock(width, width, kernel_size, dilation, rngs=rngs, **bn)
-                              for _ in range(scale - 1)])
+        self.res2 = nnx.List(
+            [
+                TDNNBlock(width, width, kernel_size, dilation, rngs=rngs, **bn)
+                for _ in range(scale - 1)
+            ]
+        )
         self.tdnn2 = TDNNBlock(cout, cout, rngs=rngs, **bn)
         self.se1 = Linear(cout, se_channels, rngs=rngs)
         self.se2 = Linear(se_channels, cout, rngs=rngs)
@@ -98,20 +128,21 @@ class SERes2Block(nnx.Module):
 class AttentiveStatsPool(nnx.Module):
     """Attentive statistics pooling (channel-wise attention, optional global context)."""
 
-    def __init__(self, channels, attention_channels=128, global_context=True, *,
-                 rngs: nnx.Rngs, **bn):
+    def __init__(
+        self, channels, attention_channels=128, global_context=True, *, rngs: nnx.Rngs, **bn
+    ):
         self.global_context = global_context
         cin = 3 * channels if global_context else channels
         self.tdnn = TDNNBlock(cin, attention_channels, rngs=rngs, **bn)
         self.conv = Conv1d(attention_channels, channels, 1, rngs=rngs)
 
     @staticmethod
-    def _stats(x, w, eps=1e-12):                            # w [B, T, C] sums to 1 over time
+    def _stats(x, w, eps=1e-12):  # w [B, T, C] sums to 1 over time
         mean = jnp.sum(w * x, axis=1)
         var = jnp.sum(w * jnp.square(x - mean[:, None]), axis=1)
         return mean, jnp.sqrt(jnp.maximum(var, eps))
 
-    def __call__(self, x, mask=None):                      # x [B, T, C] -> [B, 2C]
+    def __call__(self, x, mask=None):  # x [B, T, C] -> [B, 2C]
         t = x.shape[1]
         if self.global_context:
             if mask is None:
@@ -120,8 +151,14 @@ class AttentiveStatsPool(nnx.Module):
                 m = mask.astype(x.dtype)[..., None]
                 w = m / jnp.maximum(jnp.sum(m, axis=1, keepdims=True), 1.0)
             mean, std = self._stats(x, w)
-            ctx = jnp.concatenate([x, jnp.broadcast_to(mean[:, None], x.shape),
-                                   jnp.broadcast_to(std[:, None], x.shape)], axis=-1)
+            ctx = jnp.concatenate(
+                [
+                    x,
+                    jnp.broadcast_to(mean[:, None], x.shape),
+                    jnp.broadcast_to(std[:, None], x.shape),
+                ],
+                axis=-1,
+            )
         else:
             ctx = x
         logits = self.conv(jnp.tanh(self.tdnn(ctx, mask)))
@@ -139,27 +176,53 @@ class ECAPATDNN(nnx.Module):
     dense_residual (False; True = the paper's summed block inputs); bn_momentum / bn_eps.
     """
 
-    def __init__(self, *, rngs: nnx.Rngs, n_mels: int = 40, channels: int = 512,
-                 embed_dim: int = 192, mfa_channels: int = 1536,
-                 kernel_sizes=(5, 3, 3, 3), dilations=(1, 2, 3, 4), res2net_scale: int = 8,
-                 se_channels: int = 128, attention_channels: int = 128,
-                 global_context: bool = True, dense_residual: bool = False,
-                 bn_momentum: float = 0.1, bn_eps: float = 1e-5):
+    def __init__(
+        self,
+        *,
+        rngs: nnx.Rngs,
+        n_mels: int = 40,
+        channels: int = 512,
+        embed_dim: int = 192,
+        mfa_channels: int = 1536,
+        kernel_sizes=(5, 3, 3, 3),
+        dilations=(1, 2, 3, 4),
+        res2net_scale: int = 8,
+        se_channels: int = 128,
+        attention_channels: int = 128,
+        global_context: bool = True,
+        dense_residual: bool = False,
+        bn_momentum: float = 0.1,
+        bn_eps: float = 1e-5,
+    ):
         if len(kernel_sizes) != len(dilations) or len(kernel_sizes) < 2:
-            raise ValueError("kernel_sizes and dilations need one entry for the stem and one per "
-                             f"block, got {tuple(kernel_sizes)} and {tuple(dilations)}.")
+            raise ValueError(
+                "kernel_sizes and dilations need one entry for the stem and one per "
+                f"block, got {tuple(kernel_sizes)} and {tuple(dilations)}."
+            )
         bn = dict(bn_momentum=bn_momentum, bn_eps=bn_eps)
         self.n_mels = n_mels
         self.dense_residual = dense_residual
         self.stem = TDNNBlock(n_mels, channels, kernel_sizes[0], dilations[0], rngs=rngs, **bn)
-        self.blocks = nnx.List([
-            SERes2Block(channels, channels, kernel_size=k, dilation=d, scale=res2net_scale,
-                        se_channels=se_channels, rngs=rngs, **bn)
-            for k, d in zip(kernel_sizes[1:], dilations[1:])])
+        self.blocks = nnx.List(
+            [
+                SERes2Block(
+                    channels,
+                    channels,
+                    kernel_size=k,
+                    dilation=d,
+                    scale=res2net_scale,
+                    se_channels=se_channels,
+                    rngs=rngs,
+                    **bn,
+                )
+                for k, d in zip(kernel_sizes[1:], dilations[1:])
+            ]
+        )
         n_blocks = len(kernel_sizes) - 1
         self.mfa = TDNNBlock(n_blocks * channels, mfa_channels, rngs=rngs, **bn)
-        self.asp = AttentiveStatsPool(mfa_channels, attention_channels, global_context,
-                                      rngs=rngs, **bn)
+        self.asp = AttentiveStatsPool(
+            mfa_channels, attention_channels, global_context, rngs=rngs, **bn
+        )
         self.asp_bn = BatchNorm(2 * mfa_channels, momentum=bn_momentum, eps=bn_eps)
         self.fc = Linear(2 * mfa_channels, embed_dim, rngs=rngs)
 

@@ -3,6 +3,7 @@
 Layouts: images ``[B, time, freq, C]`` (NHWC, kernels HWIO), sequences ``[B, time, C]``.
 Masks are ``[B, time]`` bool (True = valid frame) or None (all frames valid; no masking cost).
 """
+
 from __future__ import annotations
 
 import math
@@ -13,11 +14,13 @@ from flax import nnx
 
 
 def torch_uniform(fan_in: int):
-    """``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``: PyTorch's default Linear/Conv weight and bias init."""
+    """``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``: PyTorch's default Linear/Conv weight and bias
+    init."""
     bound = 1.0 / math.sqrt(fan_in)
 
     def init(key, shape, dtype=jnp.float32):
         return jax.random.uniform(key, shape, dtype, -bound, bound)
+
     return init
 
 
@@ -28,8 +31,9 @@ kaiming_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 class Linear(nnx.Module):
     """Dense layer ``x @ kernel + bias`` with PyTorch's default initialisation."""
 
-    def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, in_features: int, out_features: int, *, use_bias: bool = True, rngs: nnx.Rngs
+    ):
         init = torch_uniform(in_features)
         self.kernel = nnx.Param(init(rngs.params(), (in_features, out_features)))
         self.bias = nnx.Param(init(rngs.params(), (out_features,))) if use_bias else None
@@ -50,8 +54,14 @@ class BatchNorm(nnx.Module):
     ``nnx.BatchStat``. ``mask``: ``[B, T]`` bool for ``[B, T, ...]`` inputs.
     """
 
-    def __init__(self, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5,
-                 rngs: nnx.Rngs | None = None):
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        momentum: float = 0.1,
+        eps: float = 1e-5,
+        rngs: nnx.Rngs | None = None,
+    ):
         del rngs
         self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
         self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
@@ -109,8 +119,10 @@ fusion_barrier.defvjp(lambda x: (fusion_barrier(x), None), lambda _, g: (g,))
 def check_encoder_input(feats, mask, n_mels: int) -> None:
     """Encoders take [B, frames, n_mels] features and an optional [B, frames] mask."""
     if feats.ndim != 3 or feats.shape[-1] != n_mels:
-        raise ValueError(f"feats must be [B, frames, {n_mels}] (instance-normalised "
-                         f"log-mel), got shape {feats.shape}.")
+        raise ValueError(
+            f"feats must be [B, frames, {n_mels}] (instance-normalised "
+            f"log-mel), got shape {feats.shape}."
+        )
     if mask is not None and mask.shape != feats.shape[:2]:
         raise ValueError(f"mask must be [B, frames] = {feats.shape[:2]}, got {mask.shape}.")
 
@@ -126,7 +138,8 @@ def apply_mask(x, mask):
 
 
 def masked_mean(x, mask, axes):
-    """Mean of x over ``axes`` (must include axis 1 = time when mask is given), valid frames only."""
+    """Mean of x over ``axes`` (must include axis 1 = time when mask is given), valid frames
+    only."""
     if mask is None:
         return jnp.mean(x, axis=axes)
     m = jnp.broadcast_to(expand_mask(mask, x), x.shape[:-1] + (1,))
@@ -141,5 +154,6 @@ def masked_softmax(logits, mask, axis=1):
 
 
 def downsample_mask(mask, stride: int):
-    """Mask after a stride-``stride`` conv with 'same'-style padding: frame j valid iff j*s valid."""
+    """Mask after a stride-``stride`` conv with 'same'-style padding: frame j valid iff j*s
+    valid."""
     return mask if mask is None or stride == 1 else mask[:, ::stride]

@@ -21,6 +21,7 @@ each utterance, the SE/attention/statistics poolings use valid frames only, and 
 BatchNorm statistics count valid frames only, so a padded utterance gets the embedding it gets
 alone (eval mode).
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,8 +34,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssv_jax.kernels import onednn
-from ssv_jax.models.layers import (BatchNorm, Linear, apply_mask, check_encoder_input, downsample_mask,
-                                   fusion_barrier, kaiming_fan_out, masked_mean, masked_softmax)
+from ssv_jax.models.layers import (
+    BatchNorm,
+    Linear,
+    apply_mask,
+    check_encoder_input,
+    downsample_mask,
+    fusion_barrier,
+    kaiming_fan_out,
+    masked_mean,
+    masked_softmax,
+)
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -80,7 +90,7 @@ def conv_space_to_depth(x, kernel, stride=(2, 2), padding=None):
         x_phase_axes.append(len(xshape) - 1)
         k_phase_axes.append(len(kshape) - 1)
     pads.append((0, 0))
-    if any(hi < 0 for _, hi in pads):          # input longer than needed: crop the tail
+    if any(hi < 0 for _, hi in pads):  # input longer than needed: crop the tail
         x = x[tuple(slice(0, x.shape[i] + min(hi, 0)) for i, (_, hi) in enumerate(pads))]
         pads = [(lo, max(hi, 0)) for lo, hi in pads]
     x = jnp.pad(x, pads).reshape(xshape + [c])
@@ -100,8 +110,11 @@ def _onednn_ready() -> bool:
     if jax.default_backend() != "cpu":
         return False
     if not onednn.available():
-        logging.warning("oneDNN convolution kernels unavailable (%s); using XLA's convolutions, "
-                        "which are slower on CPU.", onednn.unavailable_reason())
+        logging.warning(
+            "oneDNN convolution kernels unavailable (%s); using XLA's convolutions, "
+            "which are slower on CPU.",
+            onednn.unavailable_reason(),
+        )
         return False
     return True
 
@@ -129,9 +142,20 @@ class ConvKernel(nnx.Module):
 class SEBasicBlock(nnx.Module):
     """conv3x3 -> ReLU -> BN -> conv3x3 -> BN -> squeeze-excitation -> + shortcut -> ReLU."""
 
-    def __init__(self, cin: int, cout: int, stride: int, *, se_reduction: int = 8,
-                 s2d: bool = True, barrier: bool = True, onednn: bool = True,
-                 bn_momentum: float = 0.1, bn_eps: float = 1e-5, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        stride: int,
+        *,
+        se_reduction: int = 8,
+        s2d: bool = True,
+        barrier: bool = True,
+        onednn: bool = True,
+        bn_momentum: float = 0.1,
+        bn_eps: float = 1e-5,
+        rngs: nnx.Rngs,
+    ):
         bn = dict(momentum=bn_momentum, eps=bn_eps)
         self.stride = stride
         self.s2d = s2d
@@ -179,10 +203,10 @@ class SelfAttentivePooling(nnx.Module):
 
     def __init__(self, dim: int, *, rngs: nnx.Rngs):
         self.linear = Linear(dim, dim, rngs=rngs)
-        std = math.sqrt(2.0 / (dim + 1))                    # xavier_normal_ of a [dim, 1] tensor
+        std = math.sqrt(2.0 / (dim + 1))  # xavier_normal_ of a [dim, 1] tensor
         self.attention = nnx.Param(std * jax.random.normal(rngs.params(), (dim, 1)))
 
-    def __call__(self, h, mask=None):                       # h [B, T, C]
+    def __call__(self, h, mask=None):  # h [B, T, C]
         logits = (jnp.tanh(self.linear(h)) @ self.attention[...])[..., 0]
         a = masked_softmax(logits, mask, axis=1)
         return jnp.einsum("bt,btc->bc", a, h)
@@ -199,7 +223,8 @@ def stats_pool(h, mask=None, min_var: float = 1e-5):
 
 
 class FastResNet34(nnx.Module):
-    """Fast ResNet-34 speaker encoder (docs/method.md#fast-resnet-34), ``[B, frames, n_mels]`` -> ``[B, embed_dim]``.
+    """Fast ResNet-34 speaker encoder (docs/method.md#fast-resnet-34): ``[B, frames, n_mels]``
+    -> ``[B, embed_dim]``.
 
     Args:
       n_mels: input bands. channels / blocks / strides: per stage (first-block stride, applied to
@@ -214,17 +239,32 @@ class FastResNet34(nnx.Module):
     Train/eval: ``model.train()`` (batch statistics) / ``model.eval()`` (running averages).
     """
 
-    def __init__(self, *, rngs: nnx.Rngs, n_mels: int = 40,
-                 channels: Sequence[int] = (16, 32, 64, 128), blocks: Sequence[int] = (3, 4, 6, 3),
-                 strides: Sequence[int] = (1, 2, 2, 1), embed_dim: int = 512,
-                 pooling: str = "sap", stem_kernel: int = 7, se_reduction: int = 8,
-                 last_bn: bool = False, s2d: bool = True, barrier: bool = True,
-                 onednn: bool = True, bn_momentum: float = 0.1, bn_eps: float = 1e-5):
+    def __init__(
+        self,
+        *,
+        rngs: nnx.Rngs,
+        n_mels: int = 40,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        blocks: Sequence[int] = (3, 4, 6, 3),
+        strides: Sequence[int] = (1, 2, 2, 1),
+        embed_dim: int = 512,
+        pooling: str = "sap",
+        stem_kernel: int = 7,
+        se_reduction: int = 8,
+        last_bn: bool = False,
+        s2d: bool = True,
+        barrier: bool = True,
+        onednn: bool = True,
+        bn_momentum: float = 0.1,
+        bn_eps: float = 1e-5,
+    ):
         if pooling not in ("sap", "stats"):
             raise ValueError(f"unknown pooling {pooling!r}; use 'sap' or 'stats'.")
         if not len(channels) == len(blocks) == len(strides):
-            raise ValueError("channels, blocks and strides need one entry per stage, got "
-                             f"{len(channels)}, {len(blocks)}, {len(strides)}.")
+            raise ValueError(
+                "channels, blocks and strides need one entry per stage, got "
+                f"{len(channels)}, {len(blocks)}, {len(strides)}."
+            )
         if any(s not in (1, 2) for s in strides):
             raise ValueError(f"stage strides must be 1 or 2, got {tuple(strides)}.")
         bn = dict(bn_momentum=bn_momentum, bn_eps=bn_eps)
@@ -240,9 +280,19 @@ class FastResNet34(nnx.Module):
         freq = (n_mels + 2 * (stem_kernel // 2) - stem_kernel) // 2 + 1
         for cout, n, stride in zip(channels, blocks, strides):
             for i in range(n):
-                layers.append(SEBasicBlock(cin, cout, stride if i == 0 else 1,
-                                           se_reduction=se_reduction, s2d=s2d, barrier=barrier,
-                                           onednn=onednn, rngs=rngs, **bn))
+                layers.append(
+                    SEBasicBlock(
+                        cin,
+                        cout,
+                        stride if i == 0 else 1,
+                        se_reduction=se_reduction,
+                        s2d=s2d,
+                        barrier=barrier,
+                        onednn=onednn,
+                        rngs=rngs,
+                        **bn,
+                    )
+                )
                 cin = cout
             freq = -(-freq // stride)
         self.blocks = nnx.List(layers)
@@ -260,15 +310,16 @@ class FastResNet34(nnx.Module):
         check_encoder_input(feats, mask, self.n_mels)
         x = apply_mask(feats.astype(self.stem.kernel.dtype), mask)[..., None]
         p = self.stem_kernel // 2
-        x = conv(x, self.stem.kernel[...], (1, 2), [(p, p), (p, p)], use_onednn=self.onednn,
-                 s2d=self.s2d)
+        x = conv(
+            x, self.stem.kernel[...], (1, 2), [(p, p), (p, p)], use_onednn=self.onednn, s2d=self.s2d
+        )
         x = jax.nn.relu(self.stem_bn(x, mask))
         for block in self.blocks:
             x, mask = block(x, mask)
         if self.pooling == "sap":
             pooled = self.sap(jnp.mean(x, axis=2), mask)
         else:
-            b, t, f, c = x.shape            # flatten (channel, freq) channel-major, as PyTorch
+            b, t, f, c = x.shape  # flatten (channel, freq) channel-major, as PyTorch
             pooled = stats_pool(x.transpose(0, 1, 3, 2).reshape(b, t, c * f), mask)
         emb = self.fc(pooled)
         if self.last_bn is not None:

@@ -1,4 +1,5 @@
 """Tiny configs and inputs shared by the tests and their multi-process workers."""
+
 import jax
 import numpy as np
 
@@ -42,8 +43,13 @@ def embed_case():
     cfg.eval.batch_size = 8
     rng = np.random.default_rng(3)
     sr = cfg.data.sample_rate
-    utterances = [(f"u{i:02d}", (0.1 * rng.standard_normal(int(sr * rng.uniform(0.6, 2.1))))
-                   .astype(np.float32)) for i in range(13)]
+    utterances = [
+        (
+            f"u{i:02d}",
+            (0.1 * rng.standard_normal(int(sr * rng.uniform(0.6, 2.1)))).astype(np.float32),
+        )
+        for i in range(13)
+    ]
     return cfg, utterances
 
 

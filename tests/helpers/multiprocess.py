@@ -1,4 +1,5 @@
 """Launch N local JAX processes (gloo CPU collectives, localhost coordinator) for tests."""
+
 import os
 import socket
 import subprocess
@@ -17,6 +18,7 @@ def init_worker(*extra_args: str):
     import argparse
 
     import jax
+
     p = argparse.ArgumentParser()
     for name in ("coordinator", "process_id", "num_processes", *extra_args):
         p.add_argument(f"--{name}", type=int if name in ("process_id", "num_processes") else str)
@@ -37,9 +39,18 @@ def launch(script: str, args: list[str], n_proc: int, devices_per_proc: int, tim
     env["JAX_PLATFORMS"] = "cpu"
     procs = [
         subprocess.Popen(
-            [sys.executable, script, f"--coordinator=127.0.0.1:{port}", f"--process_id={i}",
-             f"--num_processes={n_proc}", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            [
+                sys.executable,
+                script,
+                f"--coordinator=127.0.0.1:{port}",
+                f"--process_id={i}",
+                f"--num_processes={n_proc}",
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
         )
         for i in range(n_proc)
     ]
@@ -54,6 +65,7 @@ def launch(script: str, args: list[str], n_proc: int, devices_per_proc: int, tim
                 p.kill()
     if any(p.returncode for p in procs):
         raise RuntimeError(
-            "multi-process run failed:\n" + "\n".join(f"--- process {i}\n{o}" for i, o in enumerate(outs))
+            "multi-process run failed:\n"
+            + "\n".join(f"--- process {i}\n{o}" for i, o in enumerate(outs))
         )
     return outs
