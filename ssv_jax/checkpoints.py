@@ -7,10 +7,12 @@ comes from ``state.create``, so nothing here opens a dataset.
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import orbax.checkpoint as ocp
 
 from ssv_jax import state as state_lib
@@ -106,3 +108,49 @@ def load_network(cfg, workdir: str, mesh, state=None):
         )
     restored = restore(mgr, latest, target)
     return graphdef, restored.params, restored.batch_stats, f"checkpoint {latest}"
+
+
+# Model fields that choose how the network is computed on a CPU, not what it computes.
+SPEED_FIELDS = ("s2d", "barrier", "onednn")
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The resolved config that ``main.py`` wrote to ``workdir/config.json``."""
+    path = os.path.join(os.path.expanduser(workdir), "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} not found: {workdir} is not a directory that `python main.py "
+            "--workdir=...` trained."
+        )
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def architecture(cfg) -> dict:
+    """{field: value} of the config fields that fix the trained network: its parameters and
+    what it computes from audio (encoder, front-end, projector)."""
+    fields = {f"model.{k}": v for k, v in cfg.model.items() if k not in SPEED_FIELDS}
+    fields.update({f"frontend.{k}": v for k, v in cfg.frontend.items()})
+    fields["method.projector"] = cfg.method.projector
+    if cfg.method.projector:
+        fields["method.projector_hidden"] = cfg.method.projector_hidden
+        fields["method.projector_out"] = cfg.method.projector_out
+    return json.loads(json.dumps(fields))  # tuples and lists alike
+
+
+def pretrained_network(cfg, mesh):
+    """(params, batch_stats, description) of the run ``cfg.train.init_from`` names: the network
+    its evaluation uses (``load_network``). Refused when its architecture differs from
+    ``cfg``'s, naming the fields."""
+    src = os.path.abspath(os.path.expanduser(cfg.train.init_from))
+    other = read_config(src)
+    mine, theirs = architecture(cfg), architecture(other)
+    diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    if diff:
+        shown = "; ".join(f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in diff)
+        raise ValueError(
+            f"train.init_from={src} trained another network than this config's ({shown}). "
+            "Use the same encoder, front-end and projector settings, or start from scratch."
+        )
+    _, params, batch_stats, what = load_network(other, src, mesh)
+    return params, batch_stats, f"{what} of {src}"

@@ -25,19 +25,13 @@ log = logging.getLogger("ssv_jax")
 
 def load_workdir(workdir: str):
     """(cfg, embed) for a trained workdir; ``embed([(id, wave), ...])`` -> {id: embedding}."""
-    import ml_collections
-
     from ssv_jax import checkpoints, evaluate
     from ssv_jax.sharding import data_mesh
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise SystemExit(
-            f"ssv-jax: {path} not found: --workdir must be a directory that "
-            "`python main.py --workdir=...` trained."
-        )
-    with open(path) as f:
-        cfg = ml_collections.ConfigDict(json.load(f))
+    try:
+        cfg = checkpoints.read_config(workdir)
+    except FileNotFoundError as err:
+        raise SystemExit(f"ssv-jax: {err} Point --workdir at one.") from None
     mesh = data_mesh()
     try:
         graphdef, params, batch_stats, what = checkpoints.load_network(cfg, workdir, mesh)

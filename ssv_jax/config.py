@@ -38,6 +38,10 @@ Fields:
   train.eval_every     steps between validation EERs on the eval trials (0 = only at the end)
   train.val_max_trials cap on validation trials (0 = all)
   train.progress_bar   show a progress bar when attached to a terminal
+  train.init_from      a trained workdir to start from: its network (the one its evaluation
+                       uses) with a fresh optimiser, step 0 and fresh method state; the
+                       architecture must match (None: random initialisation). Ignored once
+                       this run has a checkpoint of its own (it resumes from that).
   eval.batch_size      utterances per embedding batch
   eval.bucket_seconds  utterance lengths are padded up to a multiple of this (fewer compiles)
   eval.max_seconds     crop evaluation utterances longer than this (0 = full length)
@@ -117,6 +121,7 @@ def base_config() -> ml_collections.ConfigDict:
             progress_bar=True,
         )
     )
+    cfg.train.init_from = ml_collections.config_dict.placeholder(str)
     cfg.eval = ml_collections.ConfigDict(dict(batch_size=32, bucket_seconds=1.0, max_seconds=0.0))
     return cfg
 

@@ -38,14 +38,18 @@ class TrainState:
     rng: jax.Array
 
 
-def create(cfg, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
+def create(cfg, tx: optax.GradientTransformation, network=None) -> tuple[nnx.GraphDef, TrainState]:
     """(graphdef, state) at step 0 from ``cfg.seed``: the network of ``cfg.model`` (plus the
     projector of ``cfg.method``) in train mode, ``tx``'s initial state and the method's state.
-    Host values: place them with ``jax.device_put``."""
+    ``network``: (params, batch_stats) to start from instead of a fresh initialisation (another
+    run's trained network; the optimiser and method state are then built from it). Host
+    values: place them with ``jax.device_put``."""
     init_key, method_key, aug_key = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)
     net = methods.SSLNetwork(cfg, rngs=nnx.Rngs(params=init_key))
     net.train()
     graphdef, params, batch_stats = nnx.split(net, nnx.Param, nnx.BatchStat)
+    if network is not None:
+        params, batch_stats = _same_structure((params, batch_stats), network)
     method = methods.get(cfg.method.name)
     return graphdef, TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -55,3 +59,18 @@ def create(cfg, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainSt
         method_state=method.init_state(cfg, params, batch_stats, method_key),
         rng=aug_key,
     )
+
+
+def _same_structure(fresh, loaded):
+    """``loaded`` as host arrays, checked leaf by leaf against ``fresh`` (shapes and dtypes)."""
+    if jax.tree.structure(fresh) != jax.tree.structure(loaded):
+        raise ValueError("the network to start from has other layers than this config's.")
+    for path, a, b in zip(
+        jax.tree.leaves_with_path(fresh), jax.tree.leaves(fresh), jax.tree.leaves(loaded)
+    ):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise ValueError(
+                f"the network to start from has {jax.tree_util.keystr(path[0])} shaped "
+                f"{b.shape} {b.dtype}; this config's is {a.shape} {a.dtype}."
+            )
+    return jax.tree.map(lambda x: jnp.asarray(jax.device_get(x)), loaded)

@@ -142,10 +142,15 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
     schedule = lr_schedule(cfg.optim, spe, n_total)
     tx = make_optimizer(cfg.optim, schedule)
 
-    graphdef, state = state_lib.create(cfg, tx)
-    repl = replicated(mesh)
     mgr = checkpoints.manager(workdir, cfg)
     start = mgr.latest_step()
+    network = None
+    if cfg.train.init_from and start is None:
+        params, batch_stats, what = checkpoints.pretrained_network(cfg, mesh)
+        network = (params, batch_stats)
+        log.info("starting from %s", what)
+    graphdef, state = state_lib.create(cfg, tx, network)
+    repl = replicated(mesh)
     if start is not None:
         state = checkpoints.restore(mgr, start, checkpoints.abstract(state, repl))
         log.info("resumed from checkpoint step %d in %s", start, mgr.directory)

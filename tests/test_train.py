@@ -438,3 +438,41 @@ def test_console_embed_and_verify(main_run, tmp_path):
     # A directory that main.py did not train: the error says what --workdir must be.
     proc = _ssv_jax("verify", f"--workdir={tmp_path}", audio / "b.wav", audio / "b.wav")
     assert proc.returncode != 0 and "config.json not found" in proc.stderr
+
+
+@pytest.mark.slow
+def test_init_from_starts_from_another_runs_network(data_dir, tmp_path):
+    """train.init_from: the other run's network, fresh optimiser, step 0, fresh method state
+    (MoCo's key network copies the loaded one); another architecture is refused by field."""
+    cfg = tiny_config(data_dir, "moco")
+    _, src, _ = train_lib.train(cfg, str(tmp_path / "src"), max_steps=2)
+    (tmp_path / "src" / "config.json").write_text(cfg.to_json_best_effort())
+    new = tiny_config(data_dir, "moco")
+    new.seed, new.train.init_from = 1, str(tmp_path / "src")
+    _, state, _ = train_lib.train(new, str(tmp_path / "new"), max_steps=0)
+    assert int(state.step) == 0
+    for a, b in zip(
+        jax.tree.leaves((src.params, src.batch_stats)),
+        jax.tree.leaves((state.params, state.batch_stats)),
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for k, p in zip(jax.tree.leaves(state.method_state["key_params"]), jax.tree.leaves(src.params)):
+        np.testing.assert_array_equal(np.asarray(k), np.asarray(p))
+    assert int(state.method_state["queue_ptr"]) == 0
+    fresh = _initial(new)
+    np.testing.assert_array_equal(state.method_state["queue1"], fresh.method_state["queue1"])
+    assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(state.opt_state))  # Adam: zeros
+    # It trains on from there, and a resumed run ignores init_from (its own checkpoint wins).
+    _, trained, _ = train_lib.train(new, str(tmp_path / "new"), max_steps=2)
+    assert int(trained.step) == 2
+    _, resumed, _ = train_lib.train(new, str(tmp_path / "new"), max_steps=0)
+    for a, b in zip(jax.tree.leaves(trained.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Another architecture: refused, naming the fields.
+    other = tiny_config(data_dir, "moco")
+    other.model.embed_dim, other.train.init_from = 16, str(tmp_path / "src")
+    with pytest.raises(ValueError, match=r"model\.embed_dim: 32 there, 16 here"):
+        train_lib.train(other, str(tmp_path / "other"), max_steps=0)
+    other.train.init_from = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        train_lib.train(other, str(tmp_path / "other"), max_steps=0)
