@@ -3,10 +3,11 @@
     python main.py --config=configs/simclr_am.py[:demo] --workdir=DIR [--config.x.y=v ...]
         [--mode=train_and_evaluate|train|evaluate]
 
-Writes DIR/config.json (the resolved config), DIR/checkpoints/ (Orbax), TensorBoard event
-files, DIR/results.json ({trial list: {"eer", "min_dcf", "n_trials"}}) and DIR/eval/ (scores,
-EER thresholds, DET curve, score histograms). Rerunning with the
-same --workdir resumes from the latest checkpoint.
+Writes DIR/config.json (the resolved config; not in --mode=evaluate, which keeps the one
+training wrote), DIR/checkpoints/ (Orbax), TensorBoard event files, DIR/results.json ({trial
+list: {"eer", "min_dcf", "n_trials"}}) and DIR/eval/ (scores, EER thresholds, DET curve, score
+histograms). Rerunning with the same --workdir resumes from the latest checkpoint. Evaluation
+opens only the evaluation dataset (no training split, no augmentation bank).
 """
 
 import os
@@ -72,7 +73,7 @@ def main(argv):
     config_lib.validate(cfg)
     workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
     os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and _MODE.value != "evaluate":  # keep what training wrote
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(cfg.to_json_best_effort(indent=2))
     print(

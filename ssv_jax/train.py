@@ -255,7 +255,7 @@ def evaluate(cfg, workdir: str, *, mesh=None, graphdef=None, state=None) -> dict
     ``workdir/results.json`` and the scores, DET curve and score histograms under
     ``workdir/eval/`` (``evaluate.write_scores``)."""
     mesh = mesh or data_mesh()
-    data_lib.ensure_dataset(cfg.data)
+    data_lib.ensure_eval_dataset(cfg.data)
     g, params, batch_stats, what = checkpoints.load_network(cfg, workdir, mesh, state)
     graphdef = graphdef or g
     log.info("evaluating %s", what)

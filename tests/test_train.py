@@ -312,21 +312,36 @@ def _run_main(config, workdir, overrides):
     return proc
 
 
+TINY_RESNET = [
+    "--config.model.channels=(8,16,16,16)",
+    "--config.model.blocks=(1,1,1,1)",
+    "--config.model.embed_dim=32",
+]
+
+
 @pytest.fixture(scope="module")
 def main_run(data_dir, tmp_path_factory):
     """A workdir trained and evaluated by main.py (tiny Fast ResNet-34, 2 steps on 2 devices)."""
     workdir = tmp_path_factory.mktemp("main") / "run"
-    _run_main(
-        "simclr_am.py:demo",
-        workdir,
-        _tiny_overrides(data_dir)
-        + [
-            "--config.model.channels=(8,16,16,16)",
-            "--config.model.blocks=(1,1,1,1)",
-            "--config.model.embed_dim=32",
-        ],
-    )
+    _run_main("simclr_am.py:demo", workdir, _tiny_overrides(data_dir) + TINY_RESNET)
     return workdir
+
+
+@pytest.mark.slow
+def test_evaluate_mode_reads_only_the_evaluation_data(main_run, data_dir, tmp_path):
+    """--mode=evaluate on a trained workdir with only the evaluation dataset on disk (no noise
+    or RIR bank): same results, nothing rebuilt, and the config.json training wrote is kept."""
+    import shutil
+
+    only_eval = tmp_path / "tfds"
+    shutil.copytree(data_dir / "synthetic", only_eval / "synthetic")
+    config_before = (main_run / "config.json").read_text()
+    results_before = json.loads((main_run / "results.json").read_text())
+    overrides = _tiny_overrides(only_eval) + TINY_RESNET + ["--mode=evaluate"]
+    _run_main("simclr_am.py:demo", main_run, overrides + ["--config.train.log_every=7"])
+    assert (main_run / "config.json").read_text() == config_before
+    assert json.loads((main_run / "results.json").read_text()) == results_before
+    assert sorted(p.name for p in only_eval.iterdir()) == ["synthetic"]
 
 
 @pytest.mark.slow

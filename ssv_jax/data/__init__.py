@@ -11,6 +11,7 @@ load TensorFlow):
   train_split(cfg), eval_split(cfg), trial_lists(cfg)
                                                 the config's, or (None) what the dataset records
   ensure_dataset(cfg)                           builds the embedded corpus or names the missing one
+  ensure_eval_dataset(cfg)                      only the dataset evaluation reads
   Trials, DatasetNotFoundError
 """
 
@@ -29,6 +30,7 @@ _EXPORTS = {
     "eval_split": "ssv_jax.data.datasets",
     "trial_lists": "ssv_jax.data.datasets",
     "ensure_dataset": "ssv_jax.data.datasets",
+    "ensure_eval_dataset": "ssv_jax.data.datasets",
     "DatasetNotFoundError": "ssv_jax.data.datasets",
     "Trials": "ssv_jax.data.trials",
     "parse_trials": "ssv_jax.data.trials",

@@ -152,17 +152,18 @@ def _names(data_cfg) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def ensure_dataset(data_cfg) -> dict:
+def ensure_dataset(data_cfg, names=None) -> dict:
     """Make sure every dataset ``data_cfg`` names exists; return name -> records.Dataset.
 
     The embedded corpus (and its banks) is built on first use, and rebuilt when
     ``data_cfg.synthetic`` (or the generator) changed. Any other missing dataset
     raises DatasetNotFoundError naming the path and the data_prep command that builds it.
+    ``names``: only these (default: every dataset the config names, banks included).
     """
     data_dir = data_cfg.data_dir
     out = {}
     with _lock:
-        names = _names(data_cfg)
+        names = _names(data_cfg) if names is None else list(names)
         size = size_from_config(data_cfg)
         stale = [
             n
@@ -196,7 +197,13 @@ def ensure_dataset(data_cfg) -> dict:
 
 
 def open_dataset(data_cfg, name: str) -> records.Dataset:
-    return ensure_dataset(data_cfg)[name]
+    return ensure_dataset(data_cfg, [name])[name]
+
+
+def ensure_eval_dataset(data_cfg) -> records.Dataset:
+    """The dataset holding the evaluation utterances and trial lists, and nothing else: no
+    training split or augmentation bank is opened or built."""
+    return _eval_dataset(data_cfg)
 
 
 def _eval_dataset(data_cfg) -> records.Dataset:

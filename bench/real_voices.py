@@ -1,0 +1,218 @@
+"""A small development set of real recorded voices, from what the package registries ship.
+
+Not shipped, not used by the tests: a check of how the small-data recipes do on people's
+voices, as opposed to the embedded procedural corpus. It fetches (once, into --cache):
+
+  speakerbox 1.2.0 (PyPI wheel, its test data): 9 council members in 3-5 meetings each, 16 kHz
+  asterisk-core-sounds-{en,es,fr,it,ru}-wav, asterisk-prompt-{it-menardi-wav,fr-armelle,es-co}
+      (Debian): telephone prompts (8 kHz) of 7 voice actors (en and es: the same speaker)
+  fillets-ng-data-{cs,nl} (Debian): the two main characters' dialogue in two languages
+
+and lays out CACHE/audio/SPEAKER/SESSION/UTT.wav (16 kHz mono, utterances of at least 2 s, at
+most 60 per speaker) with a trial list of 2,000 trials, half targets, drawn within each source
+(sources differ in channel, so cross-source impostors would be trivial). Needs apt-get (run as
+root; `apt-get update` first) and sox for the GSM prompts (`apt-get install sox`).
+
+    .venv/bin/python bench/real_voices.py --cache=/tmp/real_voices
+    .venv/bin/python data_prep/folder.py --audio_dir=/tmp/real_voices/audio \
+        --data_dir=/tmp/real_voices/data --name=real_voices --trials=/tmp/real_voices/trials.txt
+
+    .venv/bin/python bench/real_voices.py --baselines_of=/tmp/real_voices/data
+
+The last prints the mean and mean+std log-mel cosine baselines. Figures: bench/README.md.
+"""
+
+import argparse
+import collections
+import glob
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+import numpy as np
+import soundfile as sf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+DEBS = {  # package: (speaker, session) for the asterisk prompts; None: fillets dialogue
+    "asterisk-core-sounds-en-wav": ("ast_allison_smith", "en"),
+    "asterisk-core-sounds-es-wav": ("ast_allison_smith", "es"),
+    "asterisk-core-sounds-fr-wav": ("ast_june_wallack", "fr"),
+    "asterisk-core-sounds-it-wav": ("ast_carlo_flora", "it"),
+    "asterisk-core-sounds-ru-wav": ("ast_ru_voice", "ru"),
+    "asterisk-prompt-it-menardi-wav": ("ast_paola_dal_zot", "it"),
+    "asterisk-prompt-fr-armelle": ("ast_armelle_desjardins", "fr"),
+    "asterisk-prompt-es-co": ("ast_july_jimenez", "es"),
+    "fillets-ng-data-cs": None,
+    "fillets-ng-data-nl": None,
+}
+TRIALS_PER_SOURCE = {"sbx": 500, "ast": 750, "fil": 750}
+
+
+def fetch(cache):
+    """Download and unpack the packages (skipped when already there)."""
+    pkgs = os.path.join(cache, "packages")
+    os.makedirs(pkgs, exist_ok=True)
+    wheel = os.path.join(pkgs, "speakerbox")
+    if not os.path.isdir(wheel):
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "-d",
+                pkgs,
+                "speakerbox==1.2.0",
+            ],
+            check=True,
+        )
+        with zipfile.ZipFile(glob.glob(os.path.join(pkgs, "speakerbox-*.whl"))[0]) as z:
+            z.extractall(wheel)
+        data = os.path.join(wheel, "speakerbox", "tests", "data")
+        with zipfile.ZipFile(os.path.join(data, "diarized.zip")) as z:
+            z.extractall(data)
+    for name in DEBS:
+        out = os.path.join(pkgs, name)
+        if not os.path.isdir(out):
+            subprocess.run(["apt-get", "download", "-q", name], check=True, cwd=pkgs)
+            deb = sorted(glob.glob(os.path.join(pkgs, f"{name}_*.deb")))[-1]
+            subprocess.run(["dpkg-deb", "-x", deb, out], check=True)
+    return pkgs
+
+
+def sources(pkgs):
+    """(source, speaker, session, utterance, path) of every candidate recording."""
+    data = os.path.join(pkgs, "speakerbox", "speakerbox", "tests", "data")
+    for f in sorted(glob.glob(os.path.join(data, "*", "*", "*.wav"))):
+        meeting, spk, name = f.split(os.sep)[-3:]
+        yield "sbx", f"sbx_{spk}", meeting, name[:-4], f
+    for name, who in DEBS.items():
+        if who is None:
+            lang = name.rsplit("-", 1)[1]
+            pattern = os.path.join(pkgs, name, "usr/share/games/fillets-ng/sound/**/*.ogg")
+            for f in sorted(glob.glob(pattern, recursive=True)):
+                parts = os.path.basename(f)[:-4].split("-")
+                if len(parts) >= 3 and parts[1] in ("m", "v"):  # small fish, big fish
+                    level = f.split(os.sep)[-3]
+                    yield "fil", f"fil_{lang}_{parts[1]}", level, os.path.basename(f)[:-4], f
+            continue
+        root = os.path.join(pkgs, name, "usr/share/asterisk/sounds")
+        files = glob.glob(f"{root}/**/*.wav", recursive=True)
+        files += glob.glob(f"{root}/**/*.gsm", recursive=True)
+        for f in sorted(files):
+            rel = os.path.relpath(f, root)
+            if "silence" not in rel.split(os.sep):
+                yield "ast", who[0], who[1], rel.rsplit(".", 1)[0].replace(os.sep, "__"), f
+
+
+def read_mono_16k(path):
+    if path.endswith(".gsm"):  # raw GSM 6.10 prompts
+        with tempfile.NamedTemporaryFile(suffix=".wav") as t:
+            subprocess.run(["sox", path, t.name], check=True)
+            x, sr = sf.read(t.name, dtype="float32", always_2d=True)
+    else:
+        x, sr = sf.read(path, dtype="float32", always_2d=True)
+    x = x.mean(axis=1)
+    if sr != 16000:
+        import soxr
+
+        x = soxr.resample(x, sr, 16000).astype(np.float32)
+    return x
+
+
+def build(cache, min_seconds=2.0, per_speaker=60, seed=0):
+    rng = random.Random(seed)
+    by_speaker = collections.defaultdict(list)
+    for row in sources(fetch(cache)):
+        by_speaker[row[1]].append(row)
+    kept = []
+    for spk, rows in sorted(by_speaker.items()):
+        rng.shuffle(rows)
+        n = 0
+        for src, _, sess, utt, path in rows:
+            if n == per_speaker:
+                break
+            x = read_mono_16k(path)
+            if x.size < min_seconds * 16000:
+                continue
+            rel = f"{spk}/{sess}/{re.sub(r'[^A-Za-z0-9_.-]', '_', utt)}.wav"
+            os.makedirs(os.path.join(cache, "audio", spk, sess), exist_ok=True)
+            sf.write(os.path.join(cache, "audio", rel), np.clip(x, -1, 1), 16000, "PCM_16")
+            kept.append((src, spk, rel))
+            n += 1
+    trials = []
+    for src, n_trials in TRIALS_PER_SOURCE.items():
+        utts = collections.defaultdict(list)
+        for s, spk, rel in kept:
+            if s == src:
+                utts[spk].append(rel)
+        speakers = sorted(utts)
+        for _ in range(n_trials // 2):
+            spk = rng.choice([s for s in speakers if len(utts[s]) > 1])
+            trials.append((1, *rng.sample(utts[spk], 2)))
+            a, b = rng.sample(speakers, 2)
+            trials.append((0, rng.choice(utts[a]), rng.choice(utts[b])))
+    with open(os.path.join(cache, "trials.txt"), "w") as f:
+        f.writelines(f"{lab} {a} {b}\n" for lab, a, b in trials)
+    hours = sum(sf.info(os.path.join(cache, "audio", r)).duration for *_, r in kept) / 3600
+    print(
+        f"{len(kept)} utterances ({hours:.2f} h), {len({k[1] for k in kept})} speakers, "
+        f"{len(trials)} trials in {cache}"
+    )
+
+
+def baselines(data_dir, name="real_voices"):
+    """EER of cosine scoring of per-utterance mean (and mean+std) log-mel vectors."""
+    import librosa
+
+    from ssv_jax import data
+    from ssv_jax.metrics import eer
+
+    cfg = data.default_data_config()
+    cfg.name, cfg.data_dir, cfg.augment.enabled = name, data_dir, False
+    mel = librosa.filters.mel(sr=16000, n_fft=512, n_mels=40, htk=True, norm=None)
+    win = np.hamming(401)[:-1]
+    emb = {}
+    for u, w in data.eval_utterances(cfg):
+        n = 1 + (w.size - 400) // 160
+        frames = w[np.arange(400)[None] + 160 * np.arange(n)[:, None]] * win
+        lm = np.log(np.abs(np.fft.rfft(frames, 512)) ** 2 @ mel.T + 1e-6)
+        emb[u] = np.concatenate([lm.mean(0), lm.std(0)])
+    for t in data.load_trials(cfg).values():
+        for label, cols in (("mean", slice(0, 40)), ("mean+std", slice(0, 80))):
+            e = np.stack([emb[u][cols] for u in t.enroll])
+            f = np.stack([emb[u][cols] for u in t.test])
+            s = np.sum(e * f, 1) / np.linalg.norm(e, axis=1) / np.linalg.norm(f, axis=1)
+            print(
+                f"{t.name}: {label} log-mel cosine baseline EER {eer(s, t.labels):.2f}% "
+                f"on {len(t)} trials"
+            )
+
+
+def main():
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--cache", default="/tmp/real_voices")
+    p.add_argument(
+        "--baselines_of",
+        default=None,
+        help="a data_dir holding the built real_voices dataset: print its baselines",
+    )
+    a = p.parse_args()
+    if a.baselines_of:
+        baselines(a.baselines_of)
+    else:
+        build(a.cache)
+
+
+if __name__ == "__main__":
+    main()
