@@ -87,13 +87,10 @@ def main(argv):
     if _MODE.value in ("train_and_evaluate", "evaluate"):
         results = train_lib.evaluate(cfg, workdir, mesh=mesh, graphdef=graphdef, state=state)
         if jax.process_index() == 0:
-            print(
-                "results:",
-                {
-                    k: {m: round(v, 4) if isinstance(v, float) else v for m, v in r.items()}
-                    for k, r in results.items()
-                },
-            )
+            from ssv_jax.evaluate import summary_table
+
+            print(f"results ({os.path.join(workdir, 'results.json')}):")
+            print(summary_table(results), flush=True)
 
 
 if __name__ == "__main__":

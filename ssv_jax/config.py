@@ -45,6 +45,10 @@ Fields:
   eval.batch_size      utterances per embedding batch
   eval.bucket_seconds  utterance lengths are padded up to a multiple of this (fewer compiles)
   eval.max_seconds     crop evaluation utterances longer than this (0 = full length)
+  eval.score_norm      "none" | "z-norm" | "t-norm" | "s-norm" | "as-norm": results.json then
+                       also holds "LIST/<score_norm>" entries (ssv_jax/scoring.py)
+  eval.cohort_size     cohort utterances taken from the training split (300), evenly spaced
+  eval.asnorm_top_n    AS-norm: each side's statistics over its top-N cohort cosines (100)
 """
 
 from __future__ import annotations
@@ -122,7 +126,16 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
     cfg.train.init_from = ml_collections.config_dict.placeholder(str)
-    cfg.eval = ml_collections.ConfigDict(dict(batch_size=32, bucket_seconds=1.0, max_seconds=0.0))
+    cfg.eval = ml_collections.ConfigDict(
+        dict(
+            batch_size=32,
+            bucket_seconds=1.0,
+            max_seconds=0.0,
+            score_norm="none",
+            cohort_size=300,
+            asnorm_top_n=100,
+        )
+    )
     return cfg
 
 
@@ -179,6 +192,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(f"method.name {cfg.method.name!r} is not one of {METHODS}.")
     if cfg.method.loss not in LOSSES:
         raise ValueError(f"method.loss {cfg.method.loss!r} is not one of {LOSSES}.")
+    from ssv_jax.scoring import METHODS as NORMS
+
+    if cfg.eval.score_norm not in NORMS:
+        raise ValueError(f"eval.score_norm {cfg.eval.score_norm!r} is not one of {NORMS}.")
     if cfg.method.scale <= 0:
         raise ValueError(f"method.scale must be > 0; got {cfg.method.scale}.")
     if cfg.train.batch_size < 2:

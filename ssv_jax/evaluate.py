@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from ssv_jax import data as data_lib
-from ssv_jax import metrics
+from ssv_jax import metrics, scoring
 from ssv_jax.frontend import features
 from ssv_jax.losses import l2_normalize
 from ssv_jax.sharding import batch_sharding, replicated
@@ -112,9 +112,18 @@ def score_trials(embeddings: dict, trials) -> np.ndarray:
 
 
 def score_trial_lists(
-    cfg, graphdef, params, batch_stats, mesh, max_trials: int = 0, embed_fn=None
+    cfg,
+    graphdef,
+    params,
+    batch_stats,
+    mesh,
+    max_trials: int = 0,
+    embed_fn=None,
+    score_norm: bool = True,
 ) -> dict:
-    """{trial list name: (Trials, cosine scores)} for the config's trial lists."""
+    """{trial list name: (Trials, scores)} for the config's trial lists: cosine scores, plus
+    ``NAME/<eval.score_norm>`` entries with normalised scores when ``eval.score_norm`` is set
+    (and ``score_norm``: validations during training skip it)."""
     all_trials = data_lib.load_trials(cfg.data)
     wanted = {}
     for name in data_lib.trial_lists(cfg.data):
@@ -144,16 +153,81 @@ def score_trial_lists(
         data_lib.eval_utterances(cfg.data, only=needed),
         embed_fn=embed_fn,
     )
-    return {name: (t, score_trials(embeddings, t)) for name, t in wanted.items()}
+    out = {name: (t, score_trials(embeddings, t)) for name, t in wanted.items()}
+    method = cfg.eval.score_norm
+    if score_norm and method != "none":
+        cohort = embed_utterances(
+            cfg,
+            graphdef,
+            params,
+            batch_stats,
+            mesh,
+            data_lib.cohort_utterances(cfg.data, int(cfg.eval.cohort_size), exclude=needed),
+            embed_fn=embed_fn,
+        )
+        ids = list(embeddings)
+        pos = {u: i for i, u in enumerate(ids)}
+        stats = scoring.cohort_stats(
+            np.stack([embeddings[u] for u in ids]),
+            np.stack(list(cohort.values())),
+            top_n=min(int(cfg.eval.asnorm_top_n), len(cohort)),
+        )
+        log.info("score normalisation %s against a cohort of %d utterances", method, len(cohort))
+        for name, (t, scores) in list(out.items()):
+            idx_e = np.asarray([pos[u] for u in t.enroll], np.int32)
+            idx_t = np.asarray([pos[u] for u in t.test], np.int32)
+            normed = scoring.normalize(scores, idx_e, idx_t, stats, method)
+            out[f"{name}/{method}"] = (t, normed, scores)
+    return out
 
 
 def trial_metrics(scored: dict) -> dict:
-    """{name: {"eer", "min_dcf", "n_trials"}} (results.json) from ``score_trial_lists``."""
+    """results.json from ``score_trial_lists``: per entry ``eer`` (percent), ``min_dcf``
+    (p_target 0.01), ``min_dcf_0.05``, ``eer_threshold`` (accept score >= it), ``n_trials``,
+    ``n_target``, ``n_nontarget``, the false negatives and false positives at that threshold
+    (``fn_at_eer``, ``fp_at_eer``), and the mean cosine of target and of non-target trials
+    (``mean_target_cosine``, ``mean_nontarget_cosine``: the raw cosines, also for normalised
+    entries)."""
     results = {}
-    for name, (t, scores) in scored.items():
-        m = metrics.verification_metrics(scores, t.labels, p_targets=(0.01,))
-        results[name] = {"eer": m["eer"], "min_dcf": m["min_dcf"][0.01], "n_trials": len(t)}
+    for name, (t, scores, *raw) in scored.items():
+        cos = raw[0] if raw else scores
+        labels = np.asarray(t.labels).astype(bool)
+        m = metrics.verification_metrics(scores, t.labels, p_targets=(0.01, 0.05))
+        thr = metrics.eer_threshold(scores, t.labels)
+        accept = np.asarray(scores) >= thr
+        results[name] = {
+            "eer": m["eer"],
+            "min_dcf": m["min_dcf"][0.01],
+            "min_dcf_0.05": m["min_dcf"][0.05],
+            "eer_threshold": float(thr),
+            "n_trials": len(t),
+            "n_target": int(labels.sum()),
+            "n_nontarget": int((~labels).sum()),
+            "fn_at_eer": int(np.sum(labels & ~accept)),
+            "fp_at_eer": int(np.sum(~labels & accept)),
+            "mean_target_cosine": float(np.mean(np.asarray(cos)[labels])),
+            "mean_nontarget_cosine": float(np.mean(np.asarray(cos)[~labels])),
+        }
     return results
+
+
+def summary_table(results: dict) -> str:
+    """results.json as a console table, one row per trial list and normalisation."""
+    rows = [("trial list", "EER %", "minDCF 0.01", "minDCF 0.05", "trials", "tgt cos", "non cos")]
+    for name, r in results.items():
+        rows.append((
+            name,
+            f"{r['eer']:.2f}",
+            f"{r['min_dcf']:.4f}",
+            f"{r['min_dcf_0.05']:.4f}",
+            str(r["n_trials"]),
+            f"{r['mean_target_cosine']:.3f}",
+            f"{r['mean_nontarget_cosine']:.3f}",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                       enumerate(zip(row, widths))) for row in rows]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
 def evaluate_trials(
@@ -161,7 +235,9 @@ def evaluate_trials(
 ) -> dict:
     """{trial list name: {"eer", "min_dcf", "n_trials"}} on the config's trial lists."""
     return trial_metrics(
-        score_trial_lists(cfg, graphdef, params, batch_stats, mesh, max_trials, embed_fn)
+        score_trial_lists(
+            cfg, graphdef, params, batch_stats, mesh, max_trials, embed_fn, score_norm=False
+        )
     )
 
 
@@ -186,8 +262,9 @@ def write_scores(workdir: str, scored: dict, results: dict) -> str:
         return out
     os.makedirs(out, exist_ok=True)
     thresholds, curves = {}, {}
-    for name, (t, scores) in scored.items():
-        with open(os.path.join(out, f"{name}_scores.txt"), "w") as f:
+    for name, (t, scores, *_) in scored.items():
+        stem = name.replace("/", "_")
+        with open(os.path.join(out, f"{stem}_scores.txt"), "w") as f:
             for lab, a, b, sc in zip(t.labels, t.enroll, t.test, scores):
                 f.write(f"{int(lab)} {a} {b} {float(sc):.6f}\n")
         thr = metrics.eer_threshold(scores, t.labels)
@@ -195,7 +272,7 @@ def write_scores(workdir: str, scored: dict, results: dict) -> str:
         fpr, fnr, _ = metrics.det_curve(scores, t.labels)
         curves[name] = (fpr, fnr, results[name]["eer"])
         plots.score_histogram(
-            scores, t.labels, thr, os.path.join(out, f"{name}_hist.png"), title=name
+            scores, t.labels, thr, os.path.join(out, f"{stem}_hist.png"), title=name
         )
     plots.det_plot(curves, os.path.join(out, "det.png"))
     with open(os.path.join(out, "thresholds.json"), "w") as f:

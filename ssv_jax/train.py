@@ -271,7 +271,7 @@ def evaluate(cfg, workdir: str, *, mesh=None, graphdef=None, state=None) -> dict
         | {f"min_dcf/{k}": v["min_dcf"] for k, v in results.items()},
     )
     writer.flush()
-    log.info("results written to %s: %s", path, results)
+    log.info("results written to %s", path)
     return results
 
 

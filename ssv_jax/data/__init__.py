@@ -31,6 +31,7 @@ _EXPORTS = {
     "trial_lists": "ssv_jax.data.datasets",
     "ensure_dataset": "ssv_jax.data.datasets",
     "ensure_eval_dataset": "ssv_jax.data.datasets",
+    "cohort_utterances": "ssv_jax.data.datasets",
     "DatasetNotFoundError": "ssv_jax.data.datasets",
     "Trials": "ssv_jax.data.trials",
     "parse_trials": "ssv_jax.data.trials",

@@ -311,3 +311,33 @@ def eval_utterances(
                     "dataset."
                 )
             yield utt, rec["audio"].astype(np.float32) / 32768.0
+
+
+def cohort_utterances(data_cfg, n: int, *, exclude=()) -> Iterator[tuple[str, np.ndarray]]:
+    """(utterance id, float32 wave) of ``n`` training-split utterances for score normalisation:
+    evenly spaced over the split's records (deterministic), skipping ids in ``exclude`` (the
+    trial utterances, where train and evaluation data overlap)."""
+    try:
+        ds = open_dataset(data_cfg, data_cfg.name)
+    except DatasetNotFoundError as err:
+        raise DatasetNotFoundError(
+            f"score normalisation (eval.score_norm) takes its cohort from the training split, "
+            f"which is not here: {err}. Set --config.eval.score_norm=none to evaluate without it."
+        ) from None
+    split = train_split(data_cfg)
+    rows = ds.index(split)
+    excluded = set(exclude)
+    candidates = [i for i, r in enumerate(rows) if r[0] not in excluded]
+    if n > len(candidates):
+        raise ValueError(
+            f"eval.cohort_size={n} is larger than the {len(candidates)} utterances of split "
+            f"{split!r} of {ds.name!r} that are not in the trial lists; lower eval.cohort_size."
+        )
+    if n < 2:
+        raise ValueError(f"eval.cohort_size must be at least 2; got {n}.")
+    pick = [candidates[int(k)] for k in np.linspace(0, len(candidates) - 1, n).round()]
+    src = ds.source(split)
+    for start in range(0, len(pick), 32):
+        chunk = pick[start : start + 32]
+        for i, rec in zip(chunk, src.__getitems__(chunk)):
+            yield rows[i][0], rec["audio"].astype(np.float32) / 32768.0

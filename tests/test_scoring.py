@@ -1,0 +1,68 @@
+"""Score normalisation (z / t / s / AS-norm) against a float64 numpy reference."""
+
+import numpy as np
+import pytest
+
+from ssv_jax import scoring
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _reference(emb, cohort, idx_e, idx_t, method, top_n):
+    emb, cohort = emb.astype(np.float64), cohort.astype(np.float64)
+    out = []
+    for a, b in zip(idx_e, idx_t):
+        s = emb[a] @ emb[b]
+        sides = []
+        for u in (a, b):
+            c = emb[u] @ cohort.T
+            if method == "as-norm":
+                c = np.sort(c)[::-1][:top_n]
+            sides.append((s - c.mean()) / c.std())
+        out.append({"z-norm": sides[0], "t-norm": sides[1]}.get(method, 0.5 * sum(sides)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("method", ["z-norm", "t-norm", "s-norm", "as-norm"])
+def test_matches_float64_reference(method):
+    rng = np.random.default_rng(0)
+    emb = _unit(rng.normal(size=(50, 16))).astype(np.float32)
+    cohort = _unit(rng.normal(size=(40, 16))).astype(np.float32)
+    idx_e, idx_t = rng.integers(0, 50, 300), rng.integers(0, 50, 300)
+    raw = np.sum(emb[idx_e] * emb[idx_t], 1)
+    stats = scoring.cohort_stats(emb, cohort, top_n=10)
+    got = scoring.normalize(raw, idx_e, idx_t, stats, method)
+    np.testing.assert_allclose(
+        got, _reference(emb, cohort, idx_e, idx_t, method, 10), rtol=1e-4, atol=1e-4
+    )
+    # Chunked statistics (several chunks, a padded last one) are the same numbers.
+    chunked = scoring.cohort_stats(emb, cohort, top_n=10, chunk=7)
+    for a, b in zip(stats, chunked):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(scoring.normalize(raw, idx_e, idx_t, stats, "none"), raw)
+
+
+def test_as_norm_with_the_whole_cohort_is_s_norm():
+    rng = np.random.default_rng(1)
+    emb = _unit(rng.normal(size=(20, 8))).astype(np.float32)
+    cohort = _unit(rng.normal(size=(12, 8))).astype(np.float32)
+    idx = np.arange(20)
+    raw = np.sum(emb * emb[::-1], 1)
+    stats = scoring.cohort_stats(emb, cohort, top_n=12)
+    np.testing.assert_allclose(
+        scoring.normalize(raw, idx, idx[::-1], stats, "as-norm"),
+        scoring.normalize(raw, idx, idx[::-1], stats, "s-norm"),
+        rtol=1e-5,
+    )
+
+
+def test_bad_inputs_name_the_problem():
+    emb = _unit(np.ones((3, 4))).astype(np.float32)
+    with pytest.raises(ValueError, match="top_n"):
+        scoring.cohort_stats(emb, emb, top_n=4)
+    with pytest.raises(ValueError, match="cohort must be"):
+        scoring.cohort_stats(emb, np.ones((3, 5), np.float32), top_n=1)
+    with pytest.raises(ValueError, match="eval.score_norm"):
+        scoring.normalize(np.zeros(1), [0], [0], scoring.cohort_stats(emb, emb, top_n=1), "x")
