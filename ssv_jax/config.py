@@ -45,6 +45,11 @@ Fields:
   eval.batch_size      utterances per embedding batch
   eval.bucket_seconds  utterance lengths are padded up to a multiple of this (fewer compiles)
   eval.max_seconds     crop evaluation utterances longer than this (0 = full length)
+  eval.protocol        "segments" (the reference framework's: eval.num_frames evenly spaced
+                       frames of eval.frame_seconds per utterance, shorter ones wrap-padded;
+                       trial score = mean of the K x K frame cosines) | "full" (one embedding
+                       of the whole utterance)
+  eval.num_frames / frame_seconds   10 / 4.0
   eval.score_norm      "none" | "z-norm" | "t-norm" | "s-norm" | "as-norm": results.json then
                        also holds "LIST/<score_norm>" entries (ssv_jax/scoring.py)
   eval.cohort_size     cohort utterances taken from the training split (300), evenly spaced
@@ -131,6 +136,9 @@ def base_config() -> ml_collections.ConfigDict:
             batch_size=32,
             bucket_seconds=1.0,
             max_seconds=0.0,
+            protocol="segments",
+            num_frames=10,
+            frame_seconds=4.0,
             score_norm="none",
             cohort_size=300,
             asnorm_top_n=100,
@@ -156,6 +164,7 @@ def apply_demo(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     cfg.train.eval_every = 120
     cfg.optim.schedule = "constant"
     cfg.method.queue_size = 1024
+    cfg.eval.protocol = "full"  # whole utterances: the demo's are 3-6 s
     return cfg
 
 
@@ -194,6 +203,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(f"method.loss {cfg.method.loss!r} is not one of {LOSSES}.")
     from ssv_jax.scoring import METHODS as NORMS
 
+    if cfg.eval.protocol not in ("full", "segments"):
+        raise ValueError(f"eval.protocol {cfg.eval.protocol!r} is not 'full' or 'segments'.")
     if cfg.eval.score_norm not in NORMS:
         raise ValueError(f"eval.score_norm {cfg.eval.score_norm!r} is not one of {NORMS}.")
     if cfg.method.scale <= 0:

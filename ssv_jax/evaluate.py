@@ -47,16 +47,67 @@ def make_embed_fn(cfg, graphdef, mesh):
     )
 
 
+def segment_starts(n_samples: int, frame_len: int, num_frames: int) -> np.ndarray:
+    """Start offsets of the ``num_frames`` evenly spaced frames of ``frame_len`` samples in an
+    utterance of ``n_samples`` (already wrap-padded to at least ``frame_len``)."""
+    return np.linspace(0, n_samples - frame_len, num=num_frames).astype(np.int64)
+
+
+def segments(wave: np.ndarray, frame_len: int, num_frames: int) -> np.ndarray:
+    """[num_frames, frame_len] frames of ``wave``, wrap-padded (repeated) when shorter."""
+    if wave.size == 0:
+        wave = np.zeros(1, np.float32)
+    if wave.size < frame_len:
+        wave = np.resize(wave, frame_len)
+    starts = segment_starts(wave.size, frame_len, num_frames)
+    return np.stack([wave[s : s + frame_len] for s in starts])
+
+
+def _embed_segments(cfg, params, batch_stats, mesh, items, fn) -> dict[str, np.ndarray]:
+    """The segments protocol: each utterance's K frame embeddings (unit vectors), averaged.
+    The dot product of two such means is the mean of the K x K cosine matrix of their frames."""
+    k = int(cfg.eval.num_frames)
+    frame_len = int(round(cfg.eval.frame_seconds * cfg.data.sample_rate))
+    sharding = batch_sharding(mesh)
+    n_dev = mesh.size
+    bs = max(int(cfg.eval.batch_size) // n_dev, 1) * n_dev
+    rows = [(u, j) for u, _ in items for j in range(k)]
+    waves_of = dict(items)
+    sums, out = {}, {}
+    for start in range(0, len(rows), bs):
+        chunk = rows[start : start + bs]
+        waves = np.zeros((bs, frame_len), np.float32)
+        lengths = np.full((bs,), frame_len, np.int32)
+        cache = {}
+        for i, (u, j) in enumerate(chunk):
+            if u not in cache:
+                cache[u] = segments(waves_of[u], frame_len, k)
+            waves[i] = cache[u][j]
+        emb = np.asarray(fn(params, batch_stats, *(_global(a, sharding) for a in (waves, lengths))))
+        for i, (u, _) in enumerate(chunk):
+            sums[u] = sums.get(u, 0.0) + emb[i].astype(np.float64)
+    for u, _ in items:
+        out[u] = (sums[u] / k).astype(np.float32)
+    return out
+
+
 def embed_utterances(
     cfg, graphdef, params, batch_stats, mesh, utterances, embed_fn=None
 ) -> dict[str, np.ndarray]:
-    """{utterance id: embedding} for an iterable of (id, float32 wave).
+    """{utterance id: embedding} for an iterable of (id, float32 wave), by ``eval.protocol``:
+    "full": one L2-normalised embedding of the whole utterance (cropped to
+    ``eval.max_seconds``); "segments": the mean of the unit embeddings of ``eval.num_frames``
+    evenly spaced frames of ``eval.frame_seconds`` (the dot product of two is the mean of their
+    K x K frame cosines, the reference framework's score).
 
     ``embed_fn``: a ``make_embed_fn`` result to reuse (its compiled shapes are kept, so
     repeated evaluations during training do not recompile). Multi-process: every process passes
     the same utterances; each feeds its own devices' rows and gets every embedding back.
     """
     items = list(utterances)
+    if items and cfg.eval.protocol == "segments":
+        fn = embed_fn or make_embed_fn(cfg, graphdef, mesh)
+        return _embed_segments(cfg, params, batch_stats, mesh, items, fn)
     if not items:
         return {}
     sr = cfg.data.sample_rate
@@ -215,18 +266,22 @@ def summary_table(results: dict) -> str:
     """results.json as a console table, one row per trial list and normalisation."""
     rows = [("trial list", "EER %", "minDCF 0.01", "minDCF 0.05", "trials", "tgt cos", "non cos")]
     for name, r in results.items():
-        rows.append((
-            name,
-            f"{r['eer']:.2f}",
-            f"{r['min_dcf']:.4f}",
-            f"{r['min_dcf_0.05']:.4f}",
-            str(r["n_trials"]),
-            f"{r['mean_target_cosine']:.3f}",
-            f"{r['mean_nontarget_cosine']:.3f}",
-        ))
+        rows.append(
+            (
+                name,
+                f"{r['eer']:.2f}",
+                f"{r['min_dcf']:.4f}",
+                f"{r['min_dcf_0.05']:.4f}",
+                str(r["n_trials"]),
+                f"{r['mean_target_cosine']:.3f}",
+                f"{r['mean_nontarget_cosine']:.3f}",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                       enumerate(zip(row, widths))) for row in rows]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        for row in rows
+    ]
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 

@@ -220,6 +220,8 @@ def test_recipes_hold_the_papers_values():
     assert (
         paper.optim.lr == 1e-3 and paper.optim.decay_rate == 0.95 and paper.optim.decay_epochs == 5
     )
+    assert paper.eval.protocol == "segments" and paper.eval.num_frames == 10
+    assert paper.eval.frame_seconds == 4.0 and paper.eval.score_norm == "none"
     assert _recipe("simclr").method.margin == 0.0
     moco = _recipe("moco_am")
     assert moco.method.name == "moco" and moco.method.momentum == 0.999
@@ -227,6 +229,7 @@ def test_recipes_hold_the_papers_values():
     assert _recipe("moco").method.margin == 0.0
     demo = _recipe("simclr_am", "demo")
     assert demo.data.name == "synthetic" and demo.method.margin == 0.1
+    assert demo.eval.protocol == "full"
     with pytest.raises(ValueError, match="demo"):
         _recipe("simclr_am", "tiny")
     # Recipe arguments compose: an encoder with its own defaults, on any recipe, demo or not.

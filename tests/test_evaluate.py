@@ -1,0 +1,62 @@
+"""Evaluation protocols: full utterances and the reference framework's K evenly spaced frames."""
+
+import jax
+import numpy as np
+import pytest
+
+from ssv_jax import evaluate
+from ssv_jax.sharding import data_mesh
+from tests.helpers.cases import embed_case, embed_network
+
+
+def test_segment_starts_and_wrap_padding():
+    np.testing.assert_array_equal(
+        evaluate.segment_starts(48000, 16000, 5), [0, 8000, 16000, 24000, 32000]
+    )
+    w = np.arange(10, dtype=np.float32)
+    frames = evaluate.segments(w, 4, 3)  # starts 0, 3, 6
+    np.testing.assert_array_equal(frames, [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]])
+    short = evaluate.segments(w[:3], 8, 2)  # wrap-padded: 0 1 2 0 1 2 0 1, both frames at 0
+    np.testing.assert_array_equal(short, [[0, 1, 2, 0, 1, 2, 0, 1]] * 2)
+
+
+def _segments_case(k=3, seconds=0.5):
+    cfg, utterances = embed_case()
+    cfg.eval.protocol, cfg.eval.num_frames, cfg.eval.frame_seconds = "segments", k, seconds
+    return cfg, utterances
+
+
+def test_segment_score_is_the_mean_of_the_frame_cosine_matrix():
+    cfg, utterances = _segments_case()
+    mesh = data_mesh()
+    net = embed_network(cfg, mesh)
+    emb = evaluate.embed_utterances(cfg, *net, mesh, utterances)
+    # Reference: every frame embedded alone as a whole utterance, then the K x K cosine mean.
+    full = cfg.copy_and_resolve_references()
+    full.eval.protocol = "full"
+    frame_len = int(cfg.eval.frame_seconds * cfg.data.sample_rate)
+    frames = {}
+    for u, w in utterances[:4]:
+        for j, f in enumerate(evaluate.segments(w, frame_len, cfg.eval.num_frames)):
+            frames[(u, j)] = f
+    alone = evaluate.embed_utterances(
+        full, *net, mesh, [(f"{u}|{j}", f) for (u, j), f in frames.items()]
+    )
+    ids = [u for u, _ in utterances[:4]]
+    for a in ids:
+        for b in ids:
+            ea = np.stack([alone[f"{a}|{j}"] for j in range(3)]).astype(np.float64)
+            eb = np.stack([alone[f"{b}|{j}"] for j in range(3)]).astype(np.float64)
+            assert float(emb[a] @ emb[b]) == pytest.approx(float(np.mean(ea @ eb.T)), abs=1e-5)
+
+
+@pytest.mark.parametrize("protocol", ["full", "segments"])
+def test_sharded_extraction_equals_one_device(protocol):
+    cfg, utterances = _segments_case()
+    cfg.eval.protocol = protocol
+    out = []
+    for mesh in (data_mesh(), data_mesh(jax.devices()[:1])):
+        out.append(evaluate.embed_utterances(cfg, *embed_network(cfg, mesh), mesh, utterances))
+    assert jax.device_count() == 8 and set(out[0]) == {u for u, _ in utterances}
+    for u in out[0]:
+        np.testing.assert_allclose(out[0][u], out[1][u], rtol=1e-5, atol=1e-6)
