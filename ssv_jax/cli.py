@@ -2,10 +2,12 @@
 
     ssv-jax embed  --workdir=DIR --out=emb.npz PATH [PATH ...]   # audio files or folders
     ssv-jax verify --workdir=DIR ENROLL.wav TEST.wav [--threshold=T]
+    ssv-jax export --workdir=DIR --out=FOLDER    # jax.export artifact + TF SavedModel
 
-Both load DIR/config.json and the network evaluation uses (the average of the last
-``train.average_last`` checkpoints, else the latest), and embed whole utterances exactly as
-evaluation does (16 kHz mono, eval-mode BatchNorm, L2-normalised). ``embed`` writes an .npz
+All load DIR/config.json and the network evaluation uses (the average of the last
+``train.average_last`` checkpoints, else the latest); none opens a training dataset. ``embed``
+and ``verify`` embed utterances exactly as evaluation does (``eval.protocol``; 16 kHz mono,
+eval-mode BatchNorm). ``export``: see ``ssv_jax/export.py``. ``embed`` writes an .npz
 with ``ids`` (the paths as given, or relative to a folder given) and ``embeddings`` [N, D];
 unreadable files are skipped with a warning and counted. ``verify`` prints the cosine score and
 the decision at ``--threshold``, by default the EER threshold of the first trial list that
@@ -144,6 +146,17 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from ssv_jax import export
+
+    try:
+        info = export.export(args.workdir, args.out)
+    except FileNotFoundError as err:
+        raise SystemExit(f"ssv-jax: {err}") from None
+    print(f"exported {info['network']} to {args.out}: {info['input']} -> {info['output']}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="ssv-jax", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +174,11 @@ def main(argv=None) -> int:
     )
     v.add_argument("enroll")
     v.add_argument("test")
+    x = sub.add_parser(
+        "export", help="the embedding extractor as a jax.export artifact and a TF SavedModel"
+    )
+    x.add_argument("--workdir", required=True)
+    x.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from ssv_jax import cpu  # before jax starts its backend, as main.py
@@ -172,7 +190,7 @@ def main(argv=None) -> int:
     from ssv_jax.writers import setup_console_logging
 
     setup_console_logging()
-    return {"embed": cmd_embed, "verify": cmd_verify}[args.command](args)
+    return {"embed": cmd_embed, "verify": cmd_verify, "export": cmd_export}[args.command](args)
 
 
 if __name__ == "__main__":

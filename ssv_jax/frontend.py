@@ -153,8 +153,11 @@ def _frames(padded, n_frames, win_length, hop, offset):
     b, length = padded.shape
     pieces = -(-win_length // hop)
     need = offset + hop * (n_frames + pieces - 1)
-    if need > length:
-        padded = jnp.pad(padded, ((0, 0), (0, need - length)))
+    short = need - length
+    if not isinstance(short, int):  # symbolic length (export): pad by an upper bound
+        padded = jnp.pad(padded, ((0, 0), (0, offset + hop * pieces)))
+    elif short > 0:
+        padded = jnp.pad(padded, ((0, 0), (0, short)))
     chunks = padded[:, offset:need].reshape(b, n_frames + pieces - 1, hop)
     frames = jnp.concatenate([chunks[:, k : k + n_frames] for k in range(pieces)], axis=-1)
     return frames[..., :win_length]

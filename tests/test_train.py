@@ -518,3 +518,32 @@ def test_evaluation_with_score_normalisation(data_dir, tmp_path):
     cfg.eval.cohort_size = 10_000
     with pytest.raises(ValueError, match="eval.cohort_size=10000 is larger"):
         train_lib.evaluate(cfg, workdir)
+
+
+@pytest.mark.slow
+def test_export_round_trip(main_run, tmp_path):
+    """ssv-jax export: the jax.export artifact and the TF SavedModel, reloaded without the
+    model code, give the workdir's embeddings (evaluation's own extraction) on two lengths."""
+    import tensorflow as tf
+
+    from ssv_jax import evaluate, export
+    from ssv_jax.checkpoints import load_network, read_config
+
+    out = tmp_path / "exported"
+    proc = _ssv_jax("export", f"--workdir={main_run}", f"--out={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((out / "export.json").read_text())
+    assert info["embedding_dim"] == 32 and info["platforms"] == ["cpu", "cuda", "tpu"]
+    cfg = read_config(main_run)
+    mesh = data_mesh()
+    net = load_network(cfg, str(main_run), mesh)[:3]
+    rng = np.random.default_rng(0)
+    jax_fn, saved = export.load(str(out)), tf.saved_model.load(str(out / "saved_model"))
+    for n in (16000, 27123):
+        waves = (0.1 * rng.standard_normal((2, n))).astype(np.float32)
+        ref = evaluate.embed_utterances(cfg, *net, mesh, [("a", waves[0]), ("b", waves[1])])
+        ref = np.stack([ref["a"], ref["b"]])
+        np.testing.assert_allclose(jax_fn(waves), ref, atol=1e-5)
+        np.testing.assert_allclose(saved.embed(tf.constant(waves)).numpy(), ref, atol=1e-5)
+    proc = _ssv_jax("export", f"--workdir={tmp_path}", f"--out={out}")
+    assert proc.returncode != 0 and "config.json not found" in proc.stderr

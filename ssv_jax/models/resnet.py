@@ -187,7 +187,16 @@ class SEBasicBlock(nnx.Module):
         if self.down_conv is None:
             res = x
         else:
-            res = x[:, ::s, ::s] @ self.down_conv.kernel[0, 0]
+            if all(isinstance(d, int) for d in x.shape):
+                res = x[:, ::s, ::s] @ self.down_conv.kernel[0, 0]
+            else:  # symbolic sizes (export): the strided conv's own output-size formula
+                res = jax.lax.conv_general_dilated(
+                    x,
+                    self.down_conv.kernel[...],
+                    (s, s),
+                    "SAME",
+                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                )
             res = self.down_bn(res, mask)
         out = jax.nn.relu(out + res)
         # The barrier is for XLA's convolutions (see layers.fusion_barrier); oneDNN's take the
