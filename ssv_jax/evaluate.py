@@ -136,6 +136,57 @@ def embed_utterances(
     return out
 
 
+def cache_path_for(workdir: str, cfg, network: str) -> str:
+    """WORKDIR/eval/embeddings/<key>.npz: the trial embeddings of one network (e.g.
+    "checkpoint 360"), extraction protocol and evaluation dataset."""
+    import hashlib
+
+    key = json.dumps(
+        {
+            "network": network,
+            "protocol": cfg.eval.protocol,
+            "num_frames": cfg.eval.num_frames,
+            "frame_seconds": cfg.eval.frame_seconds,
+            "max_seconds": cfg.eval.max_seconds,
+            "dataset": [
+                os.path.abspath(os.path.expanduser(cfg.data.data_dir)),
+                cfg.data.eval_name or cfg.data.name,
+            ],
+        },
+        sort_keys=True,
+    )
+    name = hashlib.sha1(key.encode()).hexdigest()[:16]
+    return os.path.join(workdir, "eval", "embeddings", f"{name}.npz")
+
+
+def load_cached(path: str | None, wanted) -> dict[str, np.ndarray]:
+    """{id: embedding} of the ``wanted`` ids found in the cache at ``path`` (none: {})."""
+    if not path or not os.path.exists(path):
+        return {}
+    with np.load(path) as z:
+        ids, emb = [str(u) for u in z["ids"]], z["embeddings"]
+    wanted = set(wanted)
+    return {u: emb[i] for i, u in enumerate(ids) if u in wanted}
+
+
+def save_cache(path: str | None, new: dict) -> None:
+    """Add ``new`` {id: embedding} to the cache at ``path`` (atomically replaced)."""
+    if not path or not new or jax.process_index() != 0:
+        return
+    merged = load_cached(path, _all_ids(path)) | new
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, ids=np.asarray(list(merged)), embeddings=np.stack(list(merged.values())))
+    os.replace(tmp, path)
+
+
+def _all_ids(path: str) -> list[str]:
+    if not os.path.exists(path):
+        return []
+    with np.load(path) as z:
+        return [str(u) for u in z["ids"]]
+
+
 def _global(host: np.ndarray, sharding) -> jax.Array:
     """A global array from a host array every process holds whole (each fills its devices)."""
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
@@ -171,10 +222,12 @@ def score_trial_lists(
     max_trials: int = 0,
     embed_fn=None,
     score_norm: bool = True,
+    cache_path: str | None = None,
 ) -> dict:
     """{trial list name: (Trials, scores)} for the config's trial lists: cosine scores, plus
     ``NAME/<eval.score_norm>`` entries with normalised scores when ``eval.score_norm`` is set
-    (and ``score_norm``: validations during training skip it)."""
+    (and ``score_norm``: validations during training skip it). ``cache_path``: an embedding
+    cache (``cache_path_for``) read before and extended after extraction."""
     all_trials = data_lib.load_trials(cfg.data)
     wanted = {}
     for name in data_lib.trial_lists(cfg.data):
@@ -195,15 +248,24 @@ def score_trial_lists(
     needed = set()
     for t in wanted.values():
         needed.update(t.utterances)
-    embeddings = embed_utterances(
-        cfg,
-        graphdef,
-        params,
-        batch_stats,
-        mesh,
-        data_lib.eval_utterances(cfg.data, only=needed),
-        embed_fn=embed_fn,
-    )
+    embeddings = load_cached(cache_path, needed)
+    todo = needed - set(embeddings)
+    if todo:
+        fresh = embed_utterances(
+            cfg,
+            graphdef,
+            params,
+            batch_stats,
+            mesh,
+            data_lib.eval_utterances(cfg.data, only=todo),
+            embed_fn=embed_fn,
+        )
+        embeddings.update(fresh)
+        save_cache(cache_path, fresh)
+    if cache_path and len(todo) < len(needed):
+        log.info(
+            "%d of %d trial embeddings from %s", len(needed) - len(todo), len(needed), cache_path
+        )
     out = {name: (t, score_trials(embeddings, t)) for name, t in wanted.items()}
     method = cfg.eval.score_norm
     if score_norm and method != "none":

@@ -26,6 +26,7 @@ from ssv_jax import data as data_lib
 from ssv_jax import state as state_lib
 from ssv_jax.data.batch import device_part
 from ssv_jax.evaluate import (
+    cache_path_for,
     evaluate_trials,
     make_embed_fn,
     score_trial_lists,
@@ -258,8 +259,11 @@ def evaluate(cfg, workdir: str, *, mesh=None, graphdef=None, state=None) -> dict
     data_lib.ensure_eval_dataset(cfg.data)
     g, params, batch_stats, what = checkpoints.load_network(cfg, workdir, mesh, state)
     graphdef = graphdef or g
+    if state is not None and what == "the trained state":
+        what = f"checkpoint {int(state.step)}"  # training saves its last step
     log.info("evaluating %s", what)
-    scored = score_trial_lists(cfg, graphdef, params, batch_stats, mesh)
+    cache = cache_path_for(workdir, cfg, what)
+    scored = score_trial_lists(cfg, graphdef, params, batch_stats, mesh, cache_path=cache)
     results = trial_metrics(scored)
     path = write_results(workdir, results)
     write_scores(workdir, scored, results)

@@ -504,6 +504,38 @@ def test_evaluation_with_score_normalisation(data_dir, tmp_path):
     cfg = tiny_config(data_dir)
     workdir = str(tmp_path / "run")
     train_lib.train(cfg, workdir, max_steps=2)
+    # Without score normalisation, evaluation and `ssv-jax embed` never open a training split.
+    from ssv_jax import cli
+    from ssv_jax.data import records
+
+    real_source = records.Dataset.source
+
+    def no_training_split(self, split):
+        assert split != "train", "a training split was opened"
+        return real_source(self, split)
+
+    (tmp_path / "run" / "config.json").write_text(cfg.to_json_best_effort())
+    wav = tmp_path / "a.wav"
+    import soundfile as sf
+
+    sf.write(wav, (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(records.Dataset, "source", no_training_split)
+        plain = train_lib.evaluate(cfg, workdir)
+        assert (
+            cli.main(["embed", f"--workdir={workdir}", f"--out={tmp_path / 'e.npz'}", str(wav)])
+            == 0
+        )
+    assert list(plain) == ["synthetic_test"]
+    # The trial embeddings are cached in the workdir for this checkpoint: a second evaluation
+    # reads no audio and gives the same results.
+    (cache,) = list((tmp_path / "run" / "eval" / "embeddings").iterdir())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_lib.data_lib, "eval_utterances", lambda *a, **k: 1 / 0)
+        assert train_lib.evaluate(cfg, workdir) == plain
+    assert len(np.load(cache)["ids"]) == len(
+        {u for u in data_lib.load_trials(cfg.data)["synthetic_test"].utterances}
+    )
     cfg.eval.score_norm, cfg.eval.cohort_size, cfg.eval.asnorm_top_n = "as-norm", 20, 5
     res = train_lib.evaluate(cfg, workdir)
     assert list(res) == ["synthetic_test", "synthetic_test/as-norm"]
