@@ -316,7 +316,8 @@ def eval_utterances(
 def cohort_utterances(data_cfg, n: int, *, exclude=()) -> Iterator[tuple[str, np.ndarray]]:
     """(utterance id, float32 wave) of ``n`` training-split utterances for score normalisation:
     evenly spaced over the split's records (deterministic), skipping ids in ``exclude`` (the
-    trial utterances, where train and evaluation data overlap)."""
+    trial utterances, where train and evaluation data overlap) unless too few would be left
+    (a folder whose every utterance is in a trial list: then they are kept, with a warning)."""
     try:
         ds = open_dataset(data_cfg, data_cfg.name)
     except DatasetNotFoundError as err:
@@ -328,10 +329,20 @@ def cohort_utterances(data_cfg, n: int, *, exclude=()) -> Iterator[tuple[str, np
     rows = ds.index(split)
     excluded = set(exclude)
     candidates = [i for i, r in enumerate(rows) if r[0] not in excluded]
+    if n > len(candidates) and n <= len(rows):
+        log.warning(
+            "only %d utterances of split %r of %r are not in the trial lists: the cohort of %d "
+            "includes trial utterances",
+            len(candidates),
+            split,
+            ds.name,
+            n,
+        )
+        candidates = list(range(len(rows)))
     if n > len(candidates):
         raise ValueError(
-            f"eval.cohort_size={n} is larger than the {len(candidates)} utterances of split "
-            f"{split!r} of {ds.name!r} that are not in the trial lists; lower eval.cohort_size."
+            f"eval.cohort_size={n} is larger than the {len(rows)} utterances of split "
+            f"{split!r} of {ds.name!r}; lower eval.cohort_size."
         )
     if n < 2:
         raise ValueError(f"eval.cohort_size must be at least 2; got {n}.")
