@@ -26,6 +26,7 @@ def _segments_case(k=3, seconds=0.5):
     return cfg, utterances
 
 
+@pytest.mark.slow
 def test_segment_score_is_the_mean_of_the_frame_cosine_matrix():
     cfg, utterances = _segments_case()
     mesh = data_mesh()
