@@ -29,23 +29,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 
-def mean_logmel_baseline(cfg) -> dict:
-    """EER (%) of cosine scoring of mean log-mel vectors (numpy STFT, librosa mel filters)."""
+def mean_logmel_baseline(cfg, with_std: bool = False) -> dict:
+    """EER (%) of cosine scoring of per-utterance mean log-mel vectors (numpy STFT, librosa mel
+    filters), with the per-band standard deviation appended when ``with_std``:
+    {trial list: (EER, n_trials)}."""
     import librosa
 
     from ssv_jax import data
+    from ssv_jax.metrics import eer
 
-    try:
-        from ssv_jax.metrics import eer
-    except ImportError:  # pragma: no cover
-        eer = None
     mel = librosa.filters.mel(sr=16000, n_fft=512, n_mels=40, htk=True, norm=None)
     win = np.hamming(401)[:-1]
     emb = {}
     for u, w in data.eval_utterances(cfg):
         n = 1 + (w.size - 400) // 160
         fr = w[np.arange(400)[None] + 160 * np.arange(n)[:, None]] * win
-        emb[u] = np.log(np.abs(np.fft.rfft(fr, 512)) ** 2 @ mel.T + 1e-6).mean(0)
+        lm = np.log(np.abs(np.fft.rfft(fr, 512)) ** 2 @ mel.T + 1e-6)
+        emb[u] = np.concatenate([lm.mean(0), lm.std(0)]) if with_std else lm.mean(0)
     out = {}
     for name, t in data.load_trials(cfg).items():
         E = np.stack([emb[u] for u in t.enroll])

@@ -171,30 +171,15 @@ def build(cache, min_seconds=2.0, per_speaker=60, seed=0):
 
 def baselines(data_dir, name="real_voices"):
     """EER of cosine scoring of per-utterance mean (and mean+std) log-mel vectors."""
-    import librosa
+    from bench_data import mean_logmel_baseline  # this script's folder is on sys.path
 
     from ssv_jax import data
-    from ssv_jax.metrics import eer
 
     cfg = data.default_data_config()
     cfg.name, cfg.data_dir, cfg.augment.enabled = name, data_dir, False
-    mel = librosa.filters.mel(sr=16000, n_fft=512, n_mels=40, htk=True, norm=None)
-    win = np.hamming(401)[:-1]
-    emb = {}
-    for u, w in data.eval_utterances(cfg):
-        n = 1 + (w.size - 400) // 160
-        frames = w[np.arange(400)[None] + 160 * np.arange(n)[:, None]] * win
-        lm = np.log(np.abs(np.fft.rfft(frames, 512)) ** 2 @ mel.T + 1e-6)
-        emb[u] = np.concatenate([lm.mean(0), lm.std(0)])
-    for t in data.load_trials(cfg).values():
-        for label, cols in (("mean", slice(0, 40)), ("mean+std", slice(0, 80))):
-            e = np.stack([emb[u][cols] for u in t.enroll])
-            f = np.stack([emb[u][cols] for u in t.test])
-            s = np.sum(e * f, 1) / np.linalg.norm(e, axis=1) / np.linalg.norm(f, axis=1)
-            print(
-                f"{t.name}: {label} log-mel cosine baseline EER {eer(s, t.labels):.2f}% "
-                f"on {len(t)} trials"
-            )
+    for label, with_std in (("mean", False), ("mean+std", True)):
+        for trials, (e, n) in mean_logmel_baseline(cfg, with_std).items():
+            print(f"{trials}: {label} log-mel cosine baseline EER {e:.2f}% on {n} trials")
 
 
 def main():

@@ -99,7 +99,8 @@ def load_network(cfg, workdir: str, mesh, state=None):
             (params, batch_stats), steps = avg
             return graphdef, params, batch_stats, f"the average of checkpoints {steps}"
     if state is not None:
-        return graphdef, state.params, state.batch_stats, "the trained state"
+        # Training saves its last step, so the trained state is that checkpoint.
+        return graphdef, state.params, state.batch_stats, f"checkpoint {int(state.step)}"
     latest = mgr.latest_step()
     if latest is None:
         raise FileNotFoundError(

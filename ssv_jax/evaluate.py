@@ -68,9 +68,7 @@ def _embed_segments(cfg, params, batch_stats, mesh, items, fn) -> dict[str, np.n
     The dot product of two such means is the mean of the K x K cosine matrix of their frames."""
     k = int(cfg.eval.num_frames)
     frame_len = int(round(cfg.eval.frame_seconds * cfg.data.sample_rate))
-    sharding = batch_sharding(mesh)
-    n_dev = mesh.size
-    bs = max(int(cfg.eval.batch_size) // n_dev, 1) * n_dev
+    bs = _batch_size(cfg, mesh)
     rows = [(u, j) for u, _ in items for j in range(k)]
     waves_of = dict(items)
     sums, out = {}, {}
@@ -83,7 +81,7 @@ def _embed_segments(cfg, params, batch_stats, mesh, items, fn) -> dict[str, np.n
             if u not in cache:
                 cache[u] = segments(waves_of[u], frame_len, k)
             waves[i] = cache[u][j]
-        emb = np.asarray(fn(params, batch_stats, *(_global(a, sharding) for a in (waves, lengths))))
+        emb = _run(fn, params, batch_stats, mesh, waves, lengths)
         for i, (u, _) in enumerate(chunk):
             sums[u] = sums.get(u, 0.0) + emb[i].astype(np.float64)
     for u, _ in items:
@@ -117,9 +115,7 @@ def embed_utterances(
     items.sort(key=lambda x: len(x[1]))
     fn = embed_fn or make_embed_fn(cfg, graphdef, mesh)
     bucket = max(int(cfg.eval.bucket_seconds * sr), 1)
-    n_dev = mesh.size
-    sharding = batch_sharding(mesh)
-    bs = max(int(cfg.eval.batch_size) // n_dev, 1) * n_dev
+    bs = _batch_size(cfg, mesh)
     out = {}
     for start in range(0, len(items), bs):
         chunk = items[start : start + bs]
@@ -130,7 +126,7 @@ def embed_utterances(
         for i, (_, w) in enumerate(chunk):
             waves[i, : len(w)] = w
             lengths[i] = max(len(w), 1)
-        emb = np.asarray(fn(params, batch_stats, *(_global(a, sharding) for a in (waves, lengths))))
+        emb = _run(fn, params, batch_stats, mesh, waves, lengths)
         for i, (u, _) in enumerate(chunk):
             out[u] = emb[i]
     return out
@@ -159,32 +155,40 @@ def cache_path_for(workdir: str, cfg, network: str) -> str:
     return os.path.join(workdir, "eval", "embeddings", f"{name}.npz")
 
 
-def load_cached(path: str | None, wanted) -> dict[str, np.ndarray]:
-    """{id: embedding} of the ``wanted`` ids found in the cache at ``path`` (none: {})."""
+def _read_cache(path: str | None) -> dict[str, np.ndarray]:
+    """Every {id: embedding} of the cache at ``path`` ({} when there is none)."""
     if not path or not os.path.exists(path):
         return {}
     with np.load(path) as z:
-        ids, emb = [str(u) for u in z["ids"]], z["embeddings"]
+        return dict(zip((str(u) for u in z["ids"]), z["embeddings"]))
+
+
+def load_cached(path: str | None, wanted) -> dict[str, np.ndarray]:
+    """{id: embedding} of the ``wanted`` ids found in the cache at ``path`` (none: {})."""
     wanted = set(wanted)
-    return {u: emb[i] for i, u in enumerate(ids) if u in wanted}
+    return {u: e for u, e in _read_cache(path).items() if u in wanted}
 
 
 def save_cache(path: str | None, new: dict) -> None:
     """Add ``new`` {id: embedding} to the cache at ``path`` (atomically replaced)."""
     if not path or not new or jax.process_index() != 0:
         return
-    merged = load_cached(path, _all_ids(path)) | new
+    merged = _read_cache(path) | new
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp.npz"
     np.savez(tmp, ids=np.asarray(list(merged)), embeddings=np.stack(list(merged.values())))
     os.replace(tmp, path)
 
 
-def _all_ids(path: str) -> list[str]:
-    if not os.path.exists(path):
-        return []
-    with np.load(path) as z:
-        return [str(u) for u in z["ids"]]
+def _batch_size(cfg, mesh) -> int:
+    """``eval.batch_size`` rounded down to a multiple of the device count (at least one each)."""
+    return max(int(cfg.eval.batch_size) // mesh.size, 1) * mesh.size
+
+
+def _run(fn, params, batch_stats, mesh, waves, lengths) -> np.ndarray:
+    """``fn`` on one host batch, sharded over ``mesh``; the embeddings back on the host."""
+    sharding = batch_sharding(mesh)
+    return np.asarray(fn(params, batch_stats, *(_global(a, sharding) for a in (waves, lengths))))
 
 
 def _global(host: np.ndarray, sharding) -> jax.Array:
@@ -198,18 +202,24 @@ def cosine_scores(emb, idx_a, idx_b):
     return jnp.sum(emb[idx_a] * emb[idx_b], axis=-1)
 
 
-def score_trials(embeddings: dict, trials) -> np.ndarray:
-    ids = list(embeddings)
-    pos = {u: i for i, u in enumerate(ids)}
+def trial_rows(pos: dict, trials) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (in ``pos``: {id: row}) of each trial's enroll and test utterance; a trial naming an
+    utterance with no embedding is refused by name."""
     missing = [u for u in trials.utterances if u not in pos]
     if missing:
         raise ValueError(
             f"trial list {trials.name!r} names {len(missing)} utterance(s) with no embedding, "
             f"e.g. {missing[0]!r}: it is not in the evaluation data."
         )
-    emb = jnp.asarray(np.stack([embeddings[u] for u in ids]))
     a = np.asarray([pos[u] for u in trials.enroll], np.int32)
     b = np.asarray([pos[u] for u in trials.test], np.int32)
+    return a, b
+
+
+def score_trials(embeddings: dict, trials) -> np.ndarray:
+    ids = list(embeddings)
+    a, b = trial_rows({u: i for i, u in enumerate(ids)}, trials)
+    emb = jnp.asarray(np.stack([embeddings[u] for u in ids]))
     return np.asarray(cosine_scores(emb, a, b))
 
 
@@ -287,9 +297,7 @@ def score_trial_lists(
         )
         log.info("score normalisation %s against a cohort of %d utterances", method, len(cohort))
         for name, (t, scores) in list(out.items()):
-            idx_e = np.asarray([pos[u] for u in t.enroll], np.int32)
-            idx_t = np.asarray([pos[u] for u in t.test], np.int32)
-            normed = scoring.normalize(scores, idx_e, idx_t, stats, method)
+            normed = scoring.normalize(scores, *trial_rows(pos, t), stats, method)
             out[f"{name}/{method}"] = (t, normed, scores)
     return out
 
@@ -371,7 +379,7 @@ def write_scores(workdir: str, scored: dict, results: dict) -> str:
     per trial, the trial list's order), ``NAME_hist.png`` (target / non-target score
     histograms), one ``det.png`` with every list's DET curve, and ``thresholds.json``
     ({name: {"eer_threshold": t}}: accept score >= t; ``ssv-jax verify`` reads it).
-    ``results``: ``trial_metrics(scored)`` (its EERs label the DET curves)."""
+    ``results``: ``trial_metrics(scored)`` (its EER thresholds and EERs are used)."""
     from ssv_jax import plots
 
     out = os.path.join(workdir, "eval")
@@ -384,7 +392,7 @@ def write_scores(workdir: str, scored: dict, results: dict) -> str:
         with open(os.path.join(out, f"{stem}_scores.txt"), "w") as f:
             for lab, a, b, sc in zip(t.labels, t.enroll, t.test, scores):
                 f.write(f"{int(lab)} {a} {b} {float(sc):.6f}\n")
-        thr = metrics.eer_threshold(scores, t.labels)
+        thr = results[name]["eer_threshold"]
         thresholds[name] = {"eer_threshold": thr}
         fpr, fnr, _ = metrics.det_curve(scores, t.labels)
         curves[name] = (fpr, fnr, results[name]["eer"])

@@ -259,8 +259,6 @@ def evaluate(cfg, workdir: str, *, mesh=None, graphdef=None, state=None) -> dict
     data_lib.ensure_eval_dataset(cfg.data)
     g, params, batch_stats, what = checkpoints.load_network(cfg, workdir, mesh, state)
     graphdef = graphdef or g
-    if state is not None and what == "the trained state":
-        what = f"checkpoint {int(state.step)}"  # training saves its last step
     log.info("evaluating %s", what)
     cache = cache_path_for(workdir, cfg, what)
     scored = score_trial_lists(cfg, graphdef, params, batch_stats, mesh, cache_path=cache)

@@ -294,9 +294,16 @@ def eval_utterances(
     ds = _eval_dataset(data_cfg)
     split = split or eval_split(data_cfg)
     rows = ds.index(split)
-    src = ds.source(split)
     want = None if only is None else set(only)
-    idx = [i for i, r in enumerate(rows) if want is None or r[0] in want]
+    yield from _waves(
+        ds, split, rows, [i for i, r in enumerate(rows) if want is None or r[0] in want]
+    )
+
+
+def _waves(ds, split: str, rows, idx) -> Iterator[tuple[str, np.ndarray]]:
+    """(utterance id, float32 wave) of records ``idx`` of ``split`` (``rows``: its index),
+    read 32 at a time; a record whose id differs from the index's is an error."""
+    src = ds.source(split)
     for start in range(0, len(idx), 32):
         chunk = idx[start : start + 32]
         for i, rec in zip(chunk, src.__getitems__(chunk)):
@@ -347,8 +354,4 @@ def cohort_utterances(data_cfg, n: int, *, exclude=()) -> Iterator[tuple[str, np
     if n < 2:
         raise ValueError(f"eval.cohort_size must be at least 2; got {n}.")
     pick = [candidates[int(k)] for k in np.linspace(0, len(candidates) - 1, n).round()]
-    src = ds.source(split)
-    for start in range(0, len(pick), 32):
-        chunk = pick[start : start + 32]
-        for i, rec in zip(chunk, src.__getitems__(chunk)):
-            yield rows[i][0], rec["audio"].astype(np.float32) / 32768.0
+    yield from _waves(ds, split, rows, pick)
