@@ -21,10 +21,22 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",
     "tqdm==4.70.1",
     "tensorboard==2.21.0",  # clu writes TensorBoard event files through it
-    # oneDNN convolution kernels for the CPU backend (ssv_jax/kernels): library and headers.
-    'onednn-cpu-gomp==2023.2.0; platform_system == "Linux" and platform_machine == "x86_64"',
-    'onednn-devel-cpu-gomp==2023.2.0; platform_system == "Linux" and platform_machine == "x86_64"',
 ]
+
+# One extra per accelerator: `pip install -e '.[cpu]'`, `'.[cuda]'` (NVIDIA GPU, CUDA 13
+# wheels, driver >= 580) or `'.[tpu]'` (TPU VM).
+_LINUX_X86 = 'platform_system == "Linux" and platform_machine == "x86_64"'
+EXTRAS = {
+    # oneDNN convolution kernels for the CPU backend (ssv_jax/kernels): library and headers.
+    "cpu": [
+        f"onednn-cpu-gomp==2023.2.0; {_LINUX_X86}",
+        f"onednn-devel-cpu-gomp==2023.2.0; {_LINUX_X86}",
+    ],
+    "cuda": ["jax[cuda13]==0.10.2"],
+    "tpu": ["jax[tpu]==0.10.2"],
+    # scikit-learn is the independent reference in tests and benchmarks; ruff lints and formats.
+    "test": ["pytest==9.2.0", "scikit-learn==1.9.1", "ruff==0.17.6"],
+}
 
 setup(
     name="ssv_jax",
@@ -35,8 +47,5 @@ setup(
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     entry_points={"console_scripts": ["ssv-jax=ssv_jax.cli:main"]},
-    extras_require={
-        # scikit-learn is the independent reference in tests and benchmarks; ruff lints and formats.
-        "test": ["pytest==9.2.0", "scikit-learn==1.9.1", "ruff==0.17.6"],
-    },
+    extras_require=EXTRAS,
 )

@@ -8,12 +8,13 @@ fp32 matmul rate (4096^2) measured in the same process.
     .venv/bin/python bench/bench_encoder.py                # with ssv_jax.cpu.configure()
     .venv/bin/python bench/bench_encoder.py --no_flags     # stock: 4 KiB-page malloc, XLA flags
     .venv/bin/python bench/bench_encoder.py --compare      # both, in two fresh processes
-    .venv/bin/python bench/bench_encoder.py --ab onednn    # oneDNN vs XLA convs, interleaved
+    .venv/bin/python bench/bench_encoder.py --ab conv_impl # CPU path (auto) vs plain XLA convs
+    .venv/bin/python bench/bench_encoder.py --ab dtype     # float32 vs bfloat16, interleaved
     .venv/bin/python bench/bench_encoder.py --profile      # where the step's op time goes
-Options: --no_onednn / --no_s2d / --no_barrier (turn a speed rewrite off; s2d and barrier act
-on XLA's convolutions, so combine them with --no_onednn), --ab onednn|s2d|barrier (both settings,
-interleaved in one process: step times vary between processes on a shared VM, so compare within
-one), --model ecapa_tdnn, --steps N, --extra_flags '...'. Figures so far: bench/README.md.
+Options: --conv_impl auto|xla (``model.conv_impl``), --dtype float32|bfloat16
+(``model.compute_dtype``), --ab conv_impl|dtype (both settings, interleaved in one process: step
+times vary between processes on a shared VM, so compare within one), --model ecapa_tdnn,
+--steps N, --extra_flags '...'. Figures so far: bench/README.md.
 """
 
 import argparse
@@ -29,12 +30,11 @@ ap.add_argument("--seconds", type=float, default=2.0)
 ap.add_argument("--steps", type=int, default=6)
 ap.add_argument("--model", default="fast_resnet34")
 ap.add_argument("--no_flags", action="store_true")
-ap.add_argument("--no_s2d", action="store_true")
 ap.add_argument("--compare", action="store_true")
-ap.add_argument("--no_barrier", action="store_true")
-ap.add_argument("--no_onednn", action="store_true")
+ap.add_argument("--conv_impl", default="auto", choices=["auto", "xla"])
+ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
 ap.add_argument(
-    "--ab", choices=["s2d", "barrier", "onednn"], help="interleave steps with it on and off"
+    "--ab", choices=["conv_impl", "dtype"], help="interleave steps with both of its settings"
 )
 ap.add_argument("--profile", action="store_true", help="op time by HLO op kind (jax.profiler)")
 ap.add_argument("--extra_flags", default="")
@@ -87,21 +87,16 @@ def nt_xent(z1, z2, scale=30.0):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-_GFLOP = {}  # XLA cost-analysis GFLOP of the step with XLA's convolutions, by (s2d, barrier)
+_GFLOP = {}  # XLA cost-analysis GFLOP of the step with plain XLA convolutions, by dtype
+_AB = {"conv_impl": ("auto", "xla"), "dtype": ("float32", "bfloat16")}
 
 
-def _xla_convs(speed):
-    return args.model != "fast_resnet34" or not speed.get("onednn")
-
-
-def build(**speed):
-    """Compiled train step, its initial state, waves and compile seconds.
-
-    ``speed``: Fast ResNet-34 speed-rewrite switches (onednn, s2d, barrier) to override.
-    """
+def build(conv_impl="auto", dtype="float32"):
+    """Compiled train step, its initial state, waves and compile seconds."""
     cfg = default_model_config(args.model)
-    if args.model == "fast_resnet34":
-        cfg.update(speed)
+    cfg.compute_dtype = dtype
+    if "conv_impl" in cfg:
+        cfg.conv_impl = conv_impl
     model = build_encoder(cfg, rngs=nnx.Rngs(0))
     model.train()
     tx = optax.adam(1e-3)
@@ -128,19 +123,19 @@ def build(**speed):
     t0 = time.perf_counter()
     compiled = jax.jit(step).lower(params, rest, opt_state, waves).compile()
     t_compile = time.perf_counter() - t0
-    if _xla_convs(speed):
+    if conv_impl == "xla" or "conv_impl" not in cfg:
         ca = compiled.cost_analysis()
         ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-        _GFLOP.setdefault((speed["s2d"], speed["barrier"]), ca.get("flops", float("nan")) / 1e9)
+        _GFLOP.setdefault(dtype, ca.get("flops", float("nan")) / 1e9)
     return compiled, [params, rest, opt_state], waves, t_compile
 
 
 def step_gflop(speed):
     """GFLOP per step. The cost analysis cannot see into the oneDNN calls, so it is read from the
-    same step with XLA's convolutions (compiled here unless already built)."""
-    if (speed["s2d"], speed["barrier"]) not in _GFLOP:
-        build(**{**speed, "onednn": False})
-    return _GFLOP[speed["s2d"], speed["barrier"]]
+    same step with plain XLA convolutions (compiled here unless already built)."""
+    if speed["dtype"] not in _GFLOP:
+        build(**{**speed, "conv_impl": "xla"})
+    return _GFLOP[speed["dtype"]]
 
 
 def run_once(compiled, state, waves):
@@ -155,7 +150,7 @@ def profile(compiled, state, waves, steps=2):
     """Print the step's op time (summed over threads) by HLO op kind, from a jax.profiler trace.
 
     oneDNN convolutions are the ``ffi_call`` ops (their wall time: both cores work inside each).
-    XLA's Eigen convolutions (``--no_onednn``) run in their own thread pool and are not listed:
+    XLA's Eigen convolutions (``--conv_impl xla``) run in their own thread pool, not listed:
     there, wall time minus the listed time (per thread) is mostly convolution.
     """
     import collections
@@ -189,9 +184,9 @@ def main():
         f"{jax.devices()[0].platform}"
     )
     n_views = args.batch * args.views
-    speed = dict(s2d=not args.no_s2d, barrier=not args.no_barrier, onednn=not args.no_onednn)
+    speed = dict(conv_impl=args.conv_impl, dtype=args.dtype)
     if args.ab:  # same process, interleaved: robust to other load on the machine
-        speeds = ({**speed, args.ab: True}, {**speed, args.ab: False})
+        speeds = tuple({**speed, args.ab: v} for v in _AB[args.ab])
         a, b = (build(**v) for v in speeds)
         for v in (a, b):
             run_once(v[0], v[1], v[2])
@@ -201,7 +196,8 @@ def main():
             tb.append(run_once(b[0], b[1], b[2]))
         peak = matmul_gflops()
         print(f"interleaved A/B over {args.steps} steps each (matmul peak now {peak:.0f} GFLOP/s):")
-        for name, t, v in ((f"{args.ab}=True", ta, speeds[0]), (f"{args.ab}=False", tb, speeds[1])):
+        for t, v in ((ta, speeds[0]), (tb, speeds[1])):
+            name = f"{args.ab}={v[args.ab]}"
             print(
                 f"  {name:14s} median {np.median(t):.3f}s min {min(t):.3f}s -> "
                 f"{n_views / np.median(t):.1f} views/s ({step_gflop(v):.1f} GFLOP/step)"

@@ -1,17 +1,20 @@
-"""Train-step throughput of a recipe's model and where the step's time goes.
+"""Train-step throughput of a recipe on this machine's backend, and where the step's time goes.
 
     .venv/bin/python bench/bench_train.py [--config configs/simclr_am.py] [--batch 32]
-        [--seconds 2.0] [--steps 5] [--devices 1]
+        [--seconds 2.0] [--dtype float32[,bfloat16]] [--platform cpu|cuda|tpu] [--steps 5]
+        [--devices 1] [--no_parts] [--no_cpu_flags]
 
-Random audio of the recipe's shapes (no dataset needed): batch x 2 views x seconds. Prints
-views/s of the full jitted step (augmentation + front-end + encoder fwd/bwd + loss + Adam),
-achieved GFLOP/s from the compiled step's cost analysis as a fraction of this machine's fp32
-matmul rate measured in the same run (FLOPs counted on the same step with XLA's convolutions,
-since the cost analysis cannot see inside the oneDNN calls), and the time of each part jitted
-on its own:
-augmentation + front-end, encoder forward + backward, loss + gradient, optimiser update.
---no_cpu_flags runs a stock process (no ``ssv_jax.cpu.configure()``) for comparison.
-Figures so far: bench/README.md.
+Random audio of the recipe's shapes (no dataset needed): batch x 2 views x seconds (defaults:
+the recipe's own). For each compute dtype (``model.compute_dtype``) it prints the full jitted
+step's time (augmentation + front-end + encoder fwd/bwd + loss + Adam) and views/s, peak device
+memory, XLA's cost analysis of the step (FLOPs and bytes accessed) and the model FLOPs
+utilisation against the device's peak rates: a table of dense bf16 / TF32 / fp32 peaks for
+known GPUs and TPUs, the 4096^2 matmul rate measured in the same run on a CPU. On the CPU the
+FLOPs are counted on the same step with plain XLA convolutions, since the cost analysis cannot
+see inside the oneDNN calls. Then the time of each part jitted on its own (``--no_parts`` skips
+them): augmentation + front-end, encoder forward + backward, loss + gradient, optimiser update.
+``--platform`` picks the JAX backend (``JAX_PLATFORMS``); --no_cpu_flags runs a stock process
+(no ``ssv_jax.cpu.configure()``) for comparison. Figures so far: bench/README.md.
 """
 
 import argparse
@@ -22,16 +25,21 @@ import time
 
 _p = argparse.ArgumentParser()
 _p.add_argument("--config", default="configs/simclr_am.py")
-_p.add_argument("--batch", type=int, default=32)
-_p.add_argument("--seconds", type=float, default=2.0)
+_p.add_argument("--batch", type=int, default=None, help="utterances (default: the recipe's)")
+_p.add_argument("--seconds", type=float, default=None, help="view length (default: the recipe's)")
+_p.add_argument("--dtype", default="float32", help="compute dtypes, comma-separated")
+_p.add_argument("--platform", default=None, help="JAX backend: cpu, cuda, tpu (default: jax's)")
 _p.add_argument("--steps", type=int, default=5)
 _p.add_argument("--devices", type=int, default=1)
+_p.add_argument("--no_parts", action="store_true", help="skip the per-part timings")
 _p.add_argument(
     "--no_cpu_flags",
     action="store_true",
     help="stock process: no huge-page malloc, XLA's CPU convolution default",
 )
 ARGS = _p.parse_args()
+if ARGS.platform:
+    os.environ["JAX_PLATFORMS"] = ARGS.platform
 flags_ = os.environ.get("XLA_FLAGS", "")
 if ARGS.devices > 1:
     flags_ += f" --xla_force_host_platform_device_count={ARGS.devices}"
@@ -54,17 +62,32 @@ from flax import nnx  # noqa: E402
 from ssv_jax import augment as augment_lib  # noqa: E402
 from ssv_jax import methods  # noqa: E402
 from ssv_jax import state as state_lib  # noqa: E402
-from ssv_jax import train as train_lib  # noqa: E402
+from ssv_jax import step as step_lib  # noqa: E402
 from ssv_jax.frontend import features  # noqa: E402
 from ssv_jax.optim import lr_schedule, make_optimizer  # noqa: E402
 from ssv_jax.sharding import batch_sharding, data_mesh, replicated  # noqa: E402
 
+# Dense peak TFLOP/s per chip (vendor data sheets): bf16, TF32 (XLA's default for float32
+# matmuls and convolutions on these GPUs), fp32 without tensor cores.
+PEAKS = {
+    "H100": {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9},  # SXM; the H200 has the same
+    "H200": {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "A100": {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5},
+    "L4": {"bf16": 121.0, "tf32": 60.0, "fp32": 30.3},
+    "TPU v4": {"bf16": 275.0},
+    "TPU v5 lite": {"bf16": 197.0},
+    "TPU v5p": {"bf16": 459.0},
+    "TPU v6 lite": {"bf16": 918.0},
+}
 
-def load_config(path):
-    spec = importlib.util.spec_from_file_location("recipe", os.path.join(ROOT, path))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
+
+def load_config(spec):
+    """``configs/NAME.py[:ARGS]`` -> the recipe's config."""
+    path, _, arg = spec.partition(":")
+    mod_spec = importlib.util.spec_from_file_location("recipe", os.path.join(ROOT, path))
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    return mod.get_config(arg or None)
 
 
 def timed(fn, *args, n=ARGS.steps):
@@ -77,26 +100,37 @@ def timed(fn, *args, n=ARGS.steps):
     return float(np.median(ts))
 
 
-def matmul_gflops():
-    a = jnp.asarray(np.random.default_rng(0).normal(size=(4096, 4096)), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    t = timed(f, a, n=5)
-    return 2 * 4096**3 / t / 1e9
+def device_peaks():
+    """{precision: peak TFLOP/s} of device 0: the table above for accelerators, the 4096^2
+    matmul rate measured now for a CPU (fp32 and bf16)."""
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        for name, peaks in PEAKS.items():
+            if name.lower() in dev.device_kind.lower():
+                return peaks
+        return {}
+    out = {}
+    for name, dtype in (("fp32", jnp.float32), ("bf16", jnp.bfloat16)):
+        a = jnp.asarray(np.random.default_rng(0).normal(size=(4096, 4096)), dtype)
+        t = timed(jax.jit(lambda x: x @ x), a, n=5)
+        out[name] = 2 * 4096**3 / t / 1e12
+    return out
 
 
-def step_flops(cfg, mesh, tx, sched, state, batch):
-    """The step's FLOPs from XLA's cost analysis. Custom calls (the oneDNN convolutions) count
-    zero there, so this compiles the same step with XLA's convolutions to count them."""
-    import copy
+def cost(compiled):
+    c = compiled.cost_analysis()
+    c = c[0] if isinstance(c, (list, tuple)) else c
+    return float(c.get("flops", float("nan"))), float(c.get("bytes accessed", float("nan")))
 
-    cfg = copy.deepcopy(cfg)
-    if "onednn" in cfg.model:
-        cfg.model.onednn = False
-    graphdef, _ = state_lib.create(cfg, tx)
-    step = train_lib.make_train_step(cfg, graphdef, mesh, tx, sched, 100000)
-    cost = step.lower(state, batch).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", float("nan")))
+
+def peak_memory_gib():
+    """Peak device memory in use (GiB); on a CPU, the process's peak resident set."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**30, "device peak"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process peak RSS"
 
 
 def random_batch(cfg, b, t):
@@ -120,35 +154,66 @@ def random_batch(cfg, b, t):
 
 
 def main():
-    cfg = load_config(ARGS.config)
-    cfg.train.batch_size = ARGS.batch
-    cfg.data.crop_seconds = ARGS.seconds
+    base = load_config(ARGS.config)
+    b = ARGS.batch or int(base.train.batch_size)
+    seconds = ARGS.seconds or float(base.data.crop_seconds)
     mesh = data_mesh()
-    b, t = ARGS.batch, int(ARGS.seconds * cfg.data.sample_rate)
+    t = int(seconds * base.data.sample_rate)
+    dev = jax.devices()[0]
+    peaks = device_peaks()
+    print(
+        f"config {ARGS.config}: {base.model.name}, method {base.method.name}; batch {b} "
+        f"utterances x 2 views x {seconds} s on {mesh.size} {dev.platform} device(s) "
+        f"({dev.device_kind}); jax {jax.__version__}; XLA_FLAGS={os.environ['XLA_FLAGS']!r}"
+    )
+    print("peak TFLOP/s: " + ", ".join(f"{k} {v:.4g}" for k, v in peaks.items()))
+    batch = jax.device_put(random_batch(base, b, t), batch_sharding(mesh))
+    for dtype in ARGS.dtype.split(","):
+        cfg = base.copy_and_resolve_references()
+        cfg.model.compute_dtype = dtype
+        run(cfg, mesh, batch, b, t, dtype, peaks)
+
+
+def run(cfg, mesh, batch, b, t, dtype, peaks):
     sched = lr_schedule(cfg.optim, 1000, 100000)
     tx = make_optimizer(cfg.optim, sched)
     graphdef, state = state_lib.create(cfg, tx)
     state = jax.device_put(state, replicated(mesh))
-    batch = jax.device_put(random_batch(cfg, b, t), batch_sharding(mesh))
-    step = train_lib.make_train_step(cfg, graphdef, mesh, tx, sched, 100000)
-
-    peak = matmul_gflops()
+    step = step_lib.make_train_step(cfg, graphdef, mesh, tx, sched, 100000)
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
-    flops = step_flops(cfg, mesh, tx, sched, state, batch)
+    flops, nbytes = cost(compiled)
+    if jax.devices()[0].platform == "cpu" and cfg.model.get("conv_impl", "xla") != "xla":
+        # The cost analysis counts the oneDNN calls as zero: count the plain-XLA step instead.
+        xcfg = cfg.copy_and_resolve_references()
+        xcfg.model.conv_impl = "xla"
+        xgraph, _ = state_lib.create(xcfg, tx)
+        xstep = step_lib.make_train_step(xcfg, xgraph, mesh, tx, sched, 100000)
+        flops, nbytes = cost(xstep.lower(state, batch).compile())
 
     def run_steps(state):
         for _ in range(ARGS.steps):
             state, m = compiled(state, batch)
         jax.block_until_ready(m)
-        return state
+        return state, m
 
-    state = run_steps(state)  # warm-up
+    state, _ = run_steps(state)  # warm-up
     t0 = time.perf_counter()
-    state = run_steps(state)
+    state, m = run_steps(state)
     dt = (time.perf_counter() - t0) / ARGS.steps
-
+    mem, mem_kind = peak_memory_gib()
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    print(f"\n== compute dtype {dtype}: {n_params:,} params; loss {float(m['loss']):.4f}")
+    print(f"compile {compile_s:.1f} s; step {dt:.4f} s = {2 * b / dt:.1f} views/s")
+    print(f"{mem_kind} {mem:.2f} GiB")
+    mfu = ", ".join(f"{flops / dt / 1e12 / v:.1%} of {k}" for k, v in peaks.items())
+    print(
+        f"XLA cost analysis: {flops / 1e9:.1f} GFLOP, {nbytes / 1e9:.2f} GB accessed per step "
+        f"-> {flops / dt / 1e12:.2f} TFLOP/s achieved = MFU {mfu}"
+    )
+    if ARGS.no_parts:
+        return
     # Parts, each jitted alone on the same shapes.
     key = jax.random.PRNGKey(0)
 
@@ -197,20 +262,8 @@ def main():
         "loss + grad": timed(loss_grad, z),
         "optimiser update": timed(update, grads, state.opt_state, params),
     }
-    n_params = sum(x.size for x in jax.tree.leaves(params))
-    print(f"config {ARGS.config}: {cfg.model.name}, {n_params:,} params, method {cfg.method.name}")
-    print(
-        f"batch {b} utterances x 2 views x {ARGS.seconds} s on {mesh.size} "
-        f"{jax.devices()[0].platform} device(s) ({jax.devices()[0].device_kind}); "
-        f"XLA_FLAGS={os.environ['XLA_FLAGS']!r}"
-    )
-    print(f"compile {compile_s:.1f} s; step {dt:.3f} s = {2 * b / dt:.1f} views/s")
-    print(
-        f"step cost {flops / 1e9:.1f} GFLOP -> {flops / dt / 1e9:.1f} GFLOP/s = "
-        f"{flops / dt / 1e9 / peak:.0%} of the fp32 matmul rate ({peak:.0f} GFLOP/s, 4096^2)"
-    )
     for k, v in parts.items():
-        print(f"  {k:<22} {v:.3f} s ({v / dt:.0%} of the step)")
+        print(f"  {k:<22} {v:.4f} s ({v / dt:.0%} of the step)")
 
 
 if __name__ == "__main__":

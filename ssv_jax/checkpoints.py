@@ -111,8 +111,10 @@ def load_network(cfg, workdir: str, mesh, state=None):
     return graphdef, restored.params, restored.batch_stats, f"checkpoint {latest}"
 
 
-# Model fields that choose how the network is computed on a CPU, not what it computes.
-SPEED_FIELDS = ("s2d", "barrier", "onednn")
+# Model fields that choose how the network is computed, not what it computes.
+RUNTIME_FIELDS = ("conv_impl", "compute_dtype")
+# CPU speed switches of earlier versions, replaced by ``model.conv_impl``; dropped on reading.
+LEGACY_FIELDS = ("s2d", "barrier", "onednn")
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -124,13 +126,16 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
             "--workdir=...` trained."
         )
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        cfg = json.load(f)
+    for k in LEGACY_FIELDS:
+        cfg.get("model", {}).pop(k, None)
+    return ml_collections.ConfigDict(cfg)
 
 
 def architecture(cfg) -> dict:
     """{field: value} of the config fields that fix the trained network: its parameters and
     what it computes from audio (encoder, front-end, projector)."""
-    fields = {f"model.{k}": v for k, v in cfg.model.items() if k not in SPEED_FIELDS}
+    fields = {f"model.{k}": v for k, v in cfg.model.items() if k not in RUNTIME_FIELDS}
     fields.update({f"frontend.{k}": v for k, v in cfg.frontend.items()})
     fields["method.projector"] = cfg.method.projector
     if cfg.method.projector:

@@ -1,7 +1,11 @@
-"""Process settings that make training on the CPU backend fast; ``configure()`` applies both.
+"""Process settings that make training on the CPU backend fast; ``configure()`` applies both
+when the process will run on the CPU, and does nothing when it will use a GPU or TPU.
 
 Call it first thing in an entry point (``main.py``, ``ssv-jax``, the benches): it imports nothing
-heavy, and both settings must be in place before jax starts its backend.
+heavy, and both settings must be in place before jax starts its backend. Which backend jax will
+use is decided before jax starts (``accelerator_expected``): ``JAX_PLATFORMS`` when set (its
+first entry), else whether a GPU/TPU plugin is installed (a ``jax_plugins`` module such as
+``xla_cuda13``, or ``libtpu``). Set ``JAX_PLATFORMS=cpu`` to force the CPU settings.
 
 - ``use_hugepage_malloc``: XLA:CPU allocates a step's temporaries (large for the paper's train
   step) afresh on every call, and with 4 KiB pages the kernel faults in and zeroes each page
@@ -64,7 +68,27 @@ def use_hugepage_malloc() -> None:
         os.execve(sys.executable, sys.orig_argv, env)
 
 
+def accelerator_expected() -> bool:
+    """Whether jax will start a GPU/TPU backend, judged without starting jax (see above)."""
+    import importlib.util
+    import pkgutil
+
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return platforms.split(",")[0].strip().lower() != "cpu"
+    if importlib.util.find_spec("libtpu") is not None:
+        return True
+    try:
+        import jax_plugins  # namespace package of installed PJRT plugins; imports no jax
+    except ImportError:
+        return False
+    return any(True for _ in pkgutil.iter_modules(jax_plugins.__path__))
+
+
 def configure() -> None:
-    """``use_hugepage_malloc()`` then ``use_cpu_xla_flags()``."""
+    """``use_hugepage_malloc()`` then ``use_cpu_xla_flags()``, unless an accelerator is
+    expected (``accelerator_expected``), where it changes nothing."""
+    if accelerator_expected():
+        return
     use_hugepage_malloc()
     use_cpu_xla_flags()

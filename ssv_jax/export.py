@@ -32,7 +32,8 @@ from ssv_jax.sharding import data_mesh
 
 MIN_SAMPLES = 1600  # 0.1 s: the front-end's reflect padding needs more than n_fft / 2
 PLATFORMS = ("cpu", "cuda", "tpu")
-CPU_ONLY = {"onednn": False, "s2d": False}
+# Portable: XLA's convolutions on every platform (no CPU kernels baked in), float32.
+PORTABLE = {"conv_impl": "xla", "compute_dtype": "float32"}
 
 
 def embedding_fn(cfg, graphdef, params, batch_stats):
@@ -54,7 +55,7 @@ def export(workdir: str, out: str) -> dict:
     from jax.experimental import jax2tf
 
     cfg = checkpoints.read_config(workdir)
-    for k, v in CPU_ONLY.items():
+    for k, v in PORTABLE.items():
         if k in cfg.model:
             cfg.model[k] = v
     mesh = data_mesh(jax.devices()[:1])

@@ -1,11 +1,5 @@
-"""Training: state, the jitted sharded train step, and the loop (checkpoints, metrics, resume).
-
-The train step is one ``jax.jit`` over a batch sharded on mesh axis 'data' with the state
-replicated and donated: on-device augmentation (RNG ``fold_in(seed key, step)``, so a resumed
-run draws the same augmentations) -> log-mel front-end -> network (BatchNorm statistics of the
-global batch) -> the method's loss (SimCLR: ``shard_map`` + all_gather of negatives) ->
-gradients -> optax update.
-"""
+"""Training: the loop around the train step (``ssv_jax.step``): data, checkpoints, metrics,
+validation, resume."""
 
 from __future__ import annotations
 
@@ -16,14 +10,12 @@ import time
 
 import jax
 import numpy as np
-import optax
-from flax import nnx
 
-from ssv_jax import augment as augment_lib
-from ssv_jax import checkpoints, methods
+from ssv_jax import checkpoints
 from ssv_jax import config as config_lib
 from ssv_jax import data as data_lib
 from ssv_jax import state as state_lib
+from ssv_jax import step as step_lib
 from ssv_jax.data.batch import device_part
 from ssv_jax.evaluate import (
     cache_path_for,
@@ -34,9 +26,8 @@ from ssv_jax.evaluate import (
     write_results,
     write_scores,
 )
-from ssv_jax.frontend import features
 from ssv_jax.optim import lr_schedule, make_optimizer
-from ssv_jax.sharding import batch_sharding, data_mesh, global_batch, replicated
+from ssv_jax.sharding import data_mesh, global_batch, replicated
 from ssv_jax.writers import create_writer
 
 log = logging.getLogger("ssv_jax")
@@ -51,60 +42,6 @@ def total_steps(cfg, steps_per_epoch: int) -> int:
         int(cfg.train.num_steps)
         if cfg.train.num_steps > 0
         else int(cfg.train.epochs * steps_per_epoch)
-    )
-
-
-def make_train_step(cfg, graphdef, mesh, tx, schedule, n_total: int):
-    """The jitted train step: (TrainState, device batch) -> (new TrainState, scalar metrics)."""
-    method = methods.get(cfg.method.name)
-
-    def apply(params, batch_stats, feats):
-        net = nnx.merge(graphdef, params, batch_stats, copy=True)
-        z = net(feats)
-        return z, nnx.state(net, nnx.BatchStat)
-
-    def step_fn(state: state_lib.TrainState, batch):
-        step = state.step
-        key = jax.random.fold_in(state.rng, step)
-        views = augment_lib.augment(batch, key, cfg.data.augment, cfg.data.sample_rate)
-        b, _, t = views.shape  # [B, 2, T]
-        feats, _ = features(views.reshape(2 * b, t), cfg.frontend)
-        feats = feats.reshape((b, 2) + feats.shape[1:])
-        margin = methods.margin_at(step, n_total, cfg.method)
-
-        def loss_fn(params):
-            return method.loss_and_updates(
-                cfg, mesh, apply, params, state.batch_stats, state.method_state, feats, margin
-            )
-
-        (loss, (batch_stats, method_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params
-        )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        method_state = method.after_update(cfg, params, method_state, aux)
-        out = {
-            "loss": loss,
-            "lr": schedule(step),
-            "margin": margin,
-            "grad_norm": optax.tree.norm(grads),
-            "pos_cos": aux["pos_cos"],
-            "neg_cos": aux["neg_cos"],
-        }
-        new_state = state.replace(
-            step=step + 1,
-            params=params,
-            batch_stats=batch_stats,
-            opt_state=opt_state,
-            method_state=method_state,
-        )
-        return new_state, out
-
-    return jax.jit(
-        step_fn,
-        in_shardings=(replicated(mesh), batch_sharding(mesh)),
-        out_shardings=(replicated(mesh), replicated(mesh)),
-        donate_argnums=0,
     )
 
 
@@ -158,7 +95,7 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
     else:
         start = 0
         state = jax.device_put(state, repl)
-    step_fn = make_train_step(cfg, graphdef, mesh, tx, schedule, n_total)
+    step_fn = step_lib.make_train_step(cfg, graphdef, mesh, tx, schedule, n_total)
 
     writer = create_writer(workdir)
     if start == 0:

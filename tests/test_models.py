@@ -17,6 +17,7 @@ from ssv_jax.models import (
     build_encoder,
     count_params,
     default_model_config,
+    resnet,
 )
 from ssv_jax.models.layers import BatchNorm, fusion_barrier
 from ssv_jax.models.resnet import conv2d, conv_space_to_depth
@@ -147,7 +148,7 @@ def test_space_to_depth_conv_equals_strided_conv():
 
 
 @pytest.mark.slow
-def test_fusion_barrier_is_exact_and_keeps_fusions_small():
+def test_fusion_barrier_is_exact_and_keeps_fusions_small(monkeypatch):
     x = np.random.default_rng(0).standard_normal((2, 7, 5, 16)).astype(np.float32) * 1e3
     x[0, 0, 0] = [0.0, 1e-37, 3e38] + [1.0] * 13  # zero, tiny, near max
     np.testing.assert_array_equal(np.asarray(jax.jit(fusion_barrier)(x)), x)
@@ -157,12 +158,15 @@ def test_fusion_barrier_is_exact_and_keeps_fusions_small():
     np.testing.assert_array_equal(
         np.asarray(jax.jit(lambda v: fusion_barrier(relu(v)))(x)), np.asarray(relu(x))
     )
-    # Fast ResNet-34 train-mode loss and parameter gradients: the same with or without (up to
-    # float32 summation order: XLA fuses the reductions differently).
+    # Fast ResNet-34 train-mode loss and parameter gradients on the CPU path without oneDNN
+    # kernels (XLA's convolutions, space-to-depth and the barrier) and with plain XLA
+    # convolutions: the same (up to float32 summation order: XLA fuses the reductions
+    # differently).
+    monkeypatch.setattr(resnet, "_onednn_ready", lambda: False)
     feats = jnp.asarray(np.random.default_rng(1).standard_normal((2, 40, 40)), jnp.float32)
     results = {}
     for barrier in (True, False):
-        model = FastResNet34(rngs=nnx.Rngs(0), barrier=barrier, onednn=False)
+        model = FastResNet34(rngs=nnx.Rngs(0), conv_impl="auto" if barrier else "xla")
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
         def loss(p):
@@ -179,9 +183,11 @@ def test_fusion_barrier_is_exact_and_keeps_fusions_small():
             if " fusion(" in line and "), kind" in line
         )
         results[barrier, "widest"] = widest
-    for a, b in zip(jax.tree.leaves(results[True][:2]), jax.tree.leaves(results[False][:2])):
-        b = np.asarray(b)
-        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+    # Train-mode gradients of a batch of 2 are ill-conditioned: compare the whole gradient
+    # (relative L2; a wiring error gives order 1).
+    a, b = (np.concatenate([np.ravel(v) for v in jax.tree.leaves(results[k][1])]) for k in (1, 0))
+    np.testing.assert_allclose(float(results[True][0]), float(results[False][0]), rtol=1e-5)
+    assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(b)
     assert 2 * results[True, "widest"] <= results[False, "widest"], results
 
 

@@ -15,6 +15,7 @@ from ssv_jax import checkpoints, metrics
 from ssv_jax import config as config_lib
 from ssv_jax import data as data_lib
 from ssv_jax import state as state_lib
+from ssv_jax import step as step_lib
 from ssv_jax import train as train_lib
 from ssv_jax.data.batch import device_part
 from ssv_jax.optim import lr_schedule, make_optimizer
@@ -50,7 +51,7 @@ def _step_on(cfg, mesh, n_steps=1):
     tx = make_optimizer(cfg.optim, sched)
     graphdef, state = state_lib.create(cfg, tx)
     state = jax.device_put(state, replicated(mesh))
-    step = train_lib.make_train_step(cfg, graphdef, mesh, tx, sched, 4)
+    step = step_lib.make_train_step(cfg, graphdef, mesh, tx, sched, 4)
     metrics = []
     for k in range(n_steps):
         state, m = step(state, _batch(cfg, k, mesh))

@@ -45,9 +45,8 @@ _DEFAULTS = {
         stem_kernel=7,
         se_reduction=8,
         last_bn=False,
-        s2d=True,
-        barrier=True,
-        onednn=True,
+        conv_impl="auto",
+        compute_dtype="auto",
         bn_momentum=0.1,
         bn_eps=1e-5,
     ),
@@ -63,6 +62,7 @@ _DEFAULTS = {
         attention_channels=128,
         global_context=True,
         dense_residual=False,
+        compute_dtype="auto",
         bn_momentum=0.1,
         bn_eps=1e-5,
     ),
@@ -73,9 +73,11 @@ def default_model_config(name: str = "fast_resnet34") -> ml_collections.ConfigDi
     """ConfigDict with ``name`` plus every constructor keyword of that encoder at its default.
 
     Fields: fast_resnet34 -> n_mels, channels, blocks, strides, embed_dim, pooling, stem_kernel,
-    se_reduction, last_bn, s2d, barrier, onednn, bn_momentum, bn_eps. ecapa_tdnn -> n_mels,
+    se_reduction, last_bn, conv_impl, compute_dtype, bn_momentum, bn_eps. ecapa_tdnn -> n_mels,
     channels, embed_dim, mfa_channels, kernel_sizes, dilations, res2net_scale, se_channels,
-    attention_channels, global_context, dense_residual, bn_momentum, bn_eps.
+    attention_channels, global_context, dense_residual, compute_dtype, bn_momentum, bn_eps.
+    ``conv_impl`` and ``compute_dtype`` are how it runs, not what it is
+    (``checkpoints.RUNTIME_FIELDS``): a checkpoint restores under any value of them.
     """
     if name not in _DEFAULTS:
         raise ValueError(f"unknown encoder {name!r}; use one of {sorted(_DEFAULTS)}.")

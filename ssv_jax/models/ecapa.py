@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ssv_jax.models import layers as layers_lib
 from ssv_jax.models.layers import (
     BatchNorm,
     Linear,
@@ -49,10 +50,11 @@ class Conv1d(nnx.Module):
         self.bias = nnx.Param(init(rngs.params(), (cout,)))
         self.dilation = dilation
 
-    def __call__(self, x, mask=None):  # x [B, T, C]
-        k = self.kernel[...]
+    def __call__(self, x, mask=None):  # x [B, T, C]; computes in x's dtype
+        k = self.kernel[...].astype(x.dtype)
+        bias = self.bias[...].astype(x.dtype)
         if k.shape[0] == 1:
-            return x @ k[0] + self.bias[...]
+            return x @ k[0] + bias
         pad = self.dilation * (k.shape[0] // 2)
         y = jax.lax.conv_general_dilated(
             apply_mask(x, mask),
@@ -62,7 +64,7 @@ class Conv1d(nnx.Module):
             rhs_dilation=(self.dilation,),
             dimension_numbers=("NWC", "WIO", "NWC"),
         )
-        return y + self.bias[...]
+        return y + bias
 
 
 class TDNNBlock(nnx.Module):
@@ -120,9 +122,9 @@ class SERes2Block(nnx.Module):
             y = conv(inp, mask)
             ys.append(y)
         h = self.tdnn2(jnp.concatenate(ys, axis=-1), mask)
-        s = masked_mean(h, mask, axes=(1,))
+        s = masked_mean(h.astype(jnp.float32), mask, axes=(1,))
         s = jax.nn.sigmoid(self.se2(jax.nn.relu(self.se1(s))))
-        return h * s[:, None, :] + res
+        return h * s[:, None, :].astype(h.dtype) + res
 
 
 class AttentiveStatsPool(nnx.Module):
@@ -142,28 +144,29 @@ class AttentiveStatsPool(nnx.Module):
         var = jnp.sum(w * jnp.square(x - mean[:, None]), axis=1)
         return mean, jnp.sqrt(jnp.maximum(var, eps))
 
-    def __call__(self, x, mask=None):  # x [B, T, C] -> [B, 2C]
+    def __call__(self, x, mask=None):  # x [B, T, C] -> [B, 2C] float32
         t = x.shape[1]
+        xf = x.astype(jnp.float32)  # statistics in float32; the attention convs in x's dtype
         if self.global_context:
             if mask is None:
-                w = jnp.full(x.shape[:2] + (1,), 1.0 / t, x.dtype)
+                w = jnp.full(x.shape[:2] + (1,), 1.0 / t, jnp.float32)
             else:
-                m = mask.astype(x.dtype)[..., None]
+                m = mask.astype(jnp.float32)[..., None]
                 w = m / jnp.maximum(jnp.sum(m, axis=1, keepdims=True), 1.0)
-            mean, std = self._stats(x, w)
+            mean, std = self._stats(xf, w)
             ctx = jnp.concatenate(
                 [
                     x,
-                    jnp.broadcast_to(mean[:, None], x.shape),
-                    jnp.broadcast_to(std[:, None], x.shape),
+                    jnp.broadcast_to(mean[:, None], x.shape).astype(x.dtype),
+                    jnp.broadcast_to(std[:, None], x.shape).astype(x.dtype),
                 ],
                 axis=-1,
             )
         else:
             ctx = x
-        logits = self.conv(jnp.tanh(self.tdnn(ctx, mask)))
+        logits = self.conv(jnp.tanh(self.tdnn(ctx, mask))).astype(jnp.float32)
         attn = masked_softmax(logits, mask, axis=1)
-        mean, std = self._stats(x, attn)
+        mean, std = self._stats(xf, attn)
         return jnp.concatenate([mean, std], axis=-1)
 
 
@@ -173,7 +176,10 @@ class ECAPATDNN(nnx.Module):
     Args: n_mels; channels (C of the SE-Res2Blocks, 512 or 1024); embed_dim; mfa_channels (1536);
     kernel_sizes / dilations of the stem and the three blocks ((5, 3, 3, 3), (1, 2, 3, 4));
     res2net_scale (8); se_channels (128); attention_channels (128); global_context (True);
-    dense_residual (False; True = the paper's summed block inputs); bn_momentum / bn_eps.
+    dense_residual (False; True = the paper's summed block inputs); compute_dtype ("auto" |
+    "float32" | "bfloat16", ``layers.compute_dtype``: activations and convolutions in it;
+    parameters, BatchNorm, SE and pooling statistics and the embedding in float32);
+    bn_momentum / bn_eps. Its convolutions are XLA's on every platform.
     """
 
     def __init__(
@@ -191,9 +197,12 @@ class ECAPATDNN(nnx.Module):
         attention_channels: int = 128,
         global_context: bool = True,
         dense_residual: bool = False,
+        compute_dtype: str = "auto",
         bn_momentum: float = 0.1,
         bn_eps: float = 1e-5,
     ):
+        layers_lib.compute_dtype(compute_dtype)  # validates the name
+        self.compute_dtype = compute_dtype
         if len(kernel_sizes) != len(dilations) or len(kernel_sizes) < 2:
             raise ValueError(
                 "kernel_sizes and dilations need one entry for the stem and one per "
@@ -228,7 +237,7 @@ class ECAPATDNN(nnx.Module):
 
     def __call__(self, feats, mask=None):
         check_encoder_input(feats, mask, self.n_mels)
-        x = self.stem(feats.astype(jnp.float32), mask)
+        x = self.stem(feats.astype(layers_lib.compute_dtype(self.compute_dtype)), mask)
         outs = []
         acc = x
         for block in self.blocks:
@@ -236,4 +245,4 @@ class ECAPATDNN(nnx.Module):
             outs.append(x)
             acc = acc + x
         h = self.mfa(jnp.concatenate(outs, axis=-1), mask)
-        return self.fc(self.asp_bn(self.asp(h, mask)))
+        return self.fc(self.asp_bn(self.asp(h, mask)))  # float32 from the pooling on

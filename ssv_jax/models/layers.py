@@ -39,8 +39,9 @@ class Linear(nnx.Module):
         self.bias = nnx.Param(init(rngs.params(), (out_features,))) if use_bias else None
 
     def __call__(self, x):
-        y = x @ self.kernel[...]
-        return y if self.bias is None else y + self.bias[...]
+        """Computes in ``x``'s dtype (the float32 parameters are cast to it)."""
+        y = x @ self.kernel[...].astype(x.dtype)
+        return y if self.bias is None else y + self.bias[...].astype(x.dtype)
 
 
 class BatchNorm(nnx.Module):
@@ -51,7 +52,8 @@ class BatchNorm(nnx.Module):
     one pass (E[x], E[x^2]); under ``jax.jit`` over a batch sharded on a mesh they are global-batch
     statistics (synchronised BN). With ``mask`` (broadcastable to x[..., :1]) only valid positions
     count. Eval mode uses the running averages. Scale/bias are parameters; running stats are
-    ``nnx.BatchStat``. ``mask``: ``[B, T]`` bool for ``[B, T, ...]`` inputs.
+    ``nnx.BatchStat``. ``mask``: ``[B, T]`` bool for ``[B, T, ...]`` inputs. A bfloat16 ``x``
+    (mixed precision) has its statistics summed in float32; the output is in ``x``'s dtype.
     """
 
     def __init__(
@@ -76,22 +78,23 @@ class BatchNorm(nnx.Module):
             mean, var = self.mean[...], self.var[...]
         else:
             axes = tuple(range(x.ndim - 1))
+            xf = x.astype(jnp.float32)
             if mask is None:
                 n = math.prod(x.shape[:-1])
-                mean = jnp.mean(x, axis=axes)
-                meansq = jnp.mean(jnp.square(x), axis=axes)
+                mean = jnp.mean(xf, axis=axes)
+                meansq = jnp.mean(jnp.square(xf), axis=axes)
             else:
-                m = jnp.broadcast_to(expand_mask(mask, x), x.shape[:-1] + (1,))
+                m = jnp.broadcast_to(expand_mask(mask, xf), x.shape[:-1] + (1,))
                 n = jnp.maximum(jnp.sum(m), 1.0)
-                mean = jnp.sum(x * m, axis=axes) / n
-                meansq = jnp.sum(jnp.square(x) * m, axis=axes) / n
+                mean = jnp.sum(xf * m, axis=axes) / n
+                meansq = jnp.sum(jnp.square(xf) * m, axis=axes) / n
             var = jnp.maximum(meansq - jnp.square(mean), 0.0)
             unbiased = var * (n / jnp.maximum(n - 1, 1))
             mom = self.momentum
             self.mean[...] = (1 - mom) * self.mean[...] + mom * jax.lax.stop_gradient(mean)
             self.var[...] = (1 - mom) * self.var[...] + mom * jax.lax.stop_gradient(unbiased)
         mul = self.scale[...] * jax.lax.rsqrt(var + self.eps)
-        return x * mul + (self.bias[...] - mean * mul)
+        return x * mul.astype(x.dtype) + (self.bias[...] - mean * mul).astype(x.dtype)
 
 
 @jax.custom_vjp
@@ -114,6 +117,20 @@ def fusion_barrier(x):
 
 
 fusion_barrier.defvjp(lambda x: (fusion_barrier(x), None), lambda _, g: (g,))
+
+
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def compute_dtype(name: str):
+    """The activation dtype for ``model.compute_dtype``: "float32", "bfloat16", or "auto" =
+    float32 on the CPU backend, bfloat16 on GPU and TPU (the process's default backend).
+    Parameters, BatchNorm statistics and poolings stay float32 whatever it is."""
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"model.compute_dtype must be one of {COMPUTE_DTYPES}, got {name!r}.")
+    if name == "auto":
+        name = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    return jnp.dtype(name)
 
 
 def check_encoder_input(feats, mask, n_mels: int) -> None:

@@ -4,17 +4,23 @@ Layout: input feats ``[B, frames, n_mels]`` -> image ``[B, time, freq, 1]`` (NHW
 W = freq; kernels ``[k_time, k_freq, C_in, C_out]``). A PyTorch weight ``[C_out, C_in, k_freq,
 k_time]`` maps to ours by ``w.permute(3, 2, 1, 0)``; Linear weights are transposed.
 
-Speed rewrites (numerically equivalent, parameters unchanged):
-- on the CPU backend every convolution runs in oneDNN (``onednn=True``; ``ssv_jax.kernels``),
-  faster than XLA's, and XLA's own convolution is the fallback where the kernels cannot be
-  built; the rewrites below then apply to XLA's convolutions (figures: ``bench/README.md``);
-- 3x3 stride-2 convolutions run as space-to-depth + a 2x2 stride-1 convolution over 4x the
-  channels, and the 7x7 stem (stride 2 on frequency) as a 7x4 conv over 2 channels
-  (``s2d=True``): stride-1 convolutions have a much cheaper backward on CPU;
-- the 1x1 stride-2 shortcut is a slice + matmul; BatchNorm statistics are one pass;
-- with XLA's convolutions, each block's output passes through ``layers.fusion_barrier`` (an
-  exact ``x @ I``) so XLA stores it once instead of re-computing the residual chain in each
-  consumer (``barrier=True``).
+Convolutions (``conv_impl``; numerically equivalent up to float summation order, parameters
+unchanged): "auto" chooses per platform when the computation is lowered
+(``jax.lax.platform_dependent``), so one trace serves every backend:
+- CPU: every convolution the kernels take runs in oneDNN (``ssv_jax.kernels``), faster than
+  XLA's there; elsewhere (shapes oneDNN does not take, or no kernels on this machine) XLA's
+  convolution with two CPU rewrites: 3x3 stride-2 convolutions as space-to-depth + a 2x2
+  stride-1 convolution over 4x the channels, the 7x7 stem (stride 2 on frequency) as a 7x4 conv
+  over 2 channels (stride-1 convolutions have a much cheaper backward on XLA:CPU), and each
+  block's output through ``layers.fusion_barrier`` (an exact ``x @ I``) so XLA:CPU stores it
+  once instead of re-computing the residual chain in each consumer (figures: ``bench/README.md``);
+- GPU and TPU: XLA's convolutions as written, none of the CPU rewrites.
+"xla" uses XLA's plain convolutions on every platform (a portable export, or a comparison).
+The 1x1 stride-2 shortcut is a slice + matmul and BatchNorm statistics are one pass everywhere.
+
+Mixed precision (``compute_dtype``, see ``layers.compute_dtype``): activations and
+convolutions in that dtype; parameters, BatchNorm and SE statistics, the attentive pooling and
+the embedding in float32.
 
 Variable-length batches: with ``mask`` ``[B, frames]`` every convolution input is zeroed outside
 each utterance, the SE/attention/statistics poolings use valid frames only, and train-mode
@@ -34,6 +40,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssv_jax.kernels import onednn
+from ssv_jax.models import layers as layers_lib
 from ssv_jax.models.layers import (
     BatchNorm,
     Linear,
@@ -104,9 +111,15 @@ def conv_space_to_depth(x, kernel, stride=(2, 2), padding=None):
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=_DN)
 
 
+CONV_IMPLS = ("auto", "xla")
+
+
 @functools.cache
 def _onednn_ready() -> bool:
-    """oneDNN kernels usable: CPU backend and the kernel library builds (warns once if not)."""
+    """oneDNN kernels usable: a CPU process whose kernel library builds (warns once if not).
+
+    ``platform_dependent`` traces the CPU branch on every backend; a GPU/TPU process does not
+    build the kernels for it (lowered for the CPU there, XLA's convolutions run)."""
     if jax.default_backend() != "cpu":
         return False
     if not onednn.available():
@@ -119,17 +132,48 @@ def _onednn_ready() -> bool:
     return True
 
 
-def conv(x, kernel, stride=(1, 1), padding=None, *, use_onednn=False, s2d=False):
-    """The encoder's convolution: oneDNN on CPU (``use_onednn``, where the shapes allow),
-    else space-to-depth for strided convs (``s2d``), else XLA's convolution. All are equal up to
-    float32 summation order."""
-    if padding is None:
-        padding = [(k // 2, k // 2) for k in kernel.shape[:2]]
-    if use_onednn and _onednn_ready() and onednn.supports(x.shape, kernel.shape, x.dtype):
+def _cpu_conv(x, kernel, stride, padding):
+    """The CPU path: oneDNN where it takes the shapes, else XLA with space-to-depth."""
+    if _onednn_ready() and onednn.supports(x.shape, kernel.shape, x.dtype):
         return onednn.conv2d(x, kernel, stride, padding)
-    if s2d and any(s != 1 for s in stride):
+    kernel = kernel.astype(x.dtype)
+    if any(s != 1 for s in stride):
         return conv_space_to_depth(x, kernel, stride, padding)
     return conv2d(x, kernel, stride, padding)
+
+
+def conv(x, kernel, stride=(1, 1), padding=None, *, impl="auto"):
+    """The encoder's convolution in ``x``'s dtype (``kernel`` float32 is cast): with
+    ``impl="auto"`` the CPU path above when lowered for the CPU, XLA's convolution when lowered
+    for anything else; with "xla", XLA's convolution everywhere."""
+    if padding is None:
+        padding = [(k // 2, k // 2) for k in kernel.shape[:2]]
+
+    def plain(x, kernel):
+        return conv2d(x, kernel.astype(x.dtype), stride, padding)
+
+    if impl == "xla":
+        return plain(x, kernel)
+    return jax.lax.platform_dependent(
+        x, kernel, cpu=lambda x, k: _cpu_conv(x, k, stride, padding), default=plain
+    )
+
+
+def block_output(x, impl="auto"):
+    """A residual block's output: through ``fusion_barrier`` where XLA:CPU runs the block's
+    convolutions (CPU, shapes or dtype oneDNN does not take), unchanged everywhere else.
+    oneDNN's kernels take the block output as stored, and with them the barrier measured no
+    faster (bench_encoder; figures: bench/README.md)."""
+    if impl == "xla":
+        return x
+
+    def cpu(v):
+        c = v.shape[-1]
+        if _onednn_ready() and onednn.supports(v.shape, (3, 3, c, c), v.dtype):
+            return v
+        return fusion_barrier(v)
+
+    return jax.lax.platform_dependent(x, cpu=cpu, default=lambda v: v)
 
 
 class ConvKernel(nnx.Module):
@@ -149,18 +193,14 @@ class SEBasicBlock(nnx.Module):
         stride: int,
         *,
         se_reduction: int = 8,
-        s2d: bool = True,
-        barrier: bool = True,
-        onednn: bool = True,
+        conv_impl: str = "auto",
         bn_momentum: float = 0.1,
         bn_eps: float = 1e-5,
         rngs: nnx.Rngs,
     ):
         bn = dict(momentum=bn_momentum, eps=bn_eps)
         self.stride = stride
-        self.s2d = s2d
-        self.onednn = onednn
-        self.barrier = barrier
+        self.conv_impl = conv_impl
         self.conv1 = ConvKernel(3, 3, cin, cout, rngs=rngs)
         self.bn1 = BatchNorm(cout, **bn)
         self.conv2 = ConvKernel(3, 3, cout, cout, rngs=rngs)
@@ -176,35 +216,29 @@ class SEBasicBlock(nnx.Module):
     def __call__(self, x, mask=None):
         s = self.stride
         xm = apply_mask(x, mask)
-        opts = dict(use_onednn=self.onednn, s2d=self.s2d)
-        out = conv(xm, self.conv1.kernel[...], (s, s), **opts)
+        impl = self.conv_impl
+        out = conv(xm, self.conv1.kernel[...], (s, s), impl=impl)
         mask = downsample_mask(mask, s)
         out = self.bn1(jax.nn.relu(out), mask)
-        out = self.bn2(conv(apply_mask(out, mask), self.conv2.kernel[...], **opts), mask)
-        se = masked_mean(out, mask, axes=(1, 2))
+        out = self.bn2(conv(apply_mask(out, mask), self.conv2.kernel[...], impl=impl), mask)
+        se = masked_mean(out.astype(jnp.float32), mask, axes=(1, 2))
         se = jax.nn.sigmoid(self.se_fc2(jax.nn.relu(self.se_fc1(se))))
-        out = out * se[:, None, None, :]
+        out = out * se[:, None, None, :].astype(out.dtype)
         if self.down_conv is None:
             res = x
         else:
             if all(isinstance(d, int) for d in x.shape):
-                res = x[:, ::s, ::s] @ self.down_conv.kernel[0, 0]
+                res = x[:, ::s, ::s] @ self.down_conv.kernel[0, 0].astype(x.dtype)
             else:  # symbolic sizes (export): the strided conv's own output-size formula
                 res = jax.lax.conv_general_dilated(
                     x,
-                    self.down_conv.kernel[...],
+                    self.down_conv.kernel[...].astype(x.dtype),
                     (s, s),
                     "SAME",
                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
                 )
             res = self.down_bn(res, mask)
-        out = jax.nn.relu(out + res)
-        # The barrier is for XLA's convolutions (see layers.fusion_barrier); oneDNN's take the
-        # block output as stored, and there it measured no faster (bench_encoder --ab barrier;
-        # figures: bench/README.md).
-        if self.barrier and not (self.onednn and _onednn_ready()):
-            out = fusion_barrier(out)
-        return out, mask
+        return block_output(jax.nn.relu(out + res), impl), mask
 
 
 class SelfAttentivePooling(nnx.Module):
@@ -241,9 +275,8 @@ class FastResNet34(nnx.Module):
         the frequency-averaged map, 1,437,078 parameters by default) or "stats" (mean + std over
         time of the channel x frequency map, 2,010,262). stem_kernel: stem conv size (stride 2 on
         frequency only). se_reduction: SE bottleneck ratio. last_bn: BatchNorm on the embedding
-        (sslsv ``enable_last_bn``). onednn: oneDNN convolutions on the CPU backend (speed only).
-        s2d: space-to-depth rewrite of stride-2 XLA convs (speed only). barrier: fusion barrier
-        on block outputs with XLA convs (speed only).
+        (sslsv ``enable_last_bn``). conv_impl: "auto" | "xla" (module docstring; speed only).
+        compute_dtype: "auto" | "float32" | "bfloat16" (``layers.compute_dtype``).
         bn_momentum / bn_eps: PyTorch-sense BatchNorm settings.
     Train/eval: ``model.train()`` (batch statistics) / ``model.eval()`` (running averages).
     """
@@ -261,12 +294,14 @@ class FastResNet34(nnx.Module):
         stem_kernel: int = 7,
         se_reduction: int = 8,
         last_bn: bool = False,
-        s2d: bool = True,
-        barrier: bool = True,
-        onednn: bool = True,
+        conv_impl: str = "auto",
+        compute_dtype: str = "auto",
         bn_momentum: float = 0.1,
         bn_eps: float = 1e-5,
     ):
+        if conv_impl not in CONV_IMPLS:
+            raise ValueError(f"model.conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}.")
+        layers_lib.compute_dtype(compute_dtype)  # validates the name
         if pooling not in ("sap", "stats"):
             raise ValueError(f"unknown pooling {pooling!r}; use 'sap' or 'stats'.")
         if not len(channels) == len(blocks) == len(strides):
@@ -280,8 +315,8 @@ class FastResNet34(nnx.Module):
         self.n_mels = n_mels
         self.pooling = pooling
         self.stem_kernel = stem_kernel
-        self.s2d = s2d
-        self.onednn = onednn
+        self.conv_impl = conv_impl
+        self.compute_dtype = compute_dtype
         self.stem = ConvKernel(stem_kernel, stem_kernel, 1, channels[0], rngs=rngs)
         self.stem_bn = BatchNorm(channels[0], momentum=bn_momentum, eps=bn_eps)
         layers = []
@@ -295,9 +330,7 @@ class FastResNet34(nnx.Module):
                         cout,
                         stride if i == 0 else 1,
                         se_reduction=se_reduction,
-                        s2d=s2d,
-                        barrier=barrier,
-                        onednn=onednn,
+                        conv_impl=conv_impl,
                         rngs=rngs,
                         **bn,
                     )
@@ -317,14 +350,14 @@ class FastResNet34(nnx.Module):
 
     def __call__(self, feats, mask=None):
         check_encoder_input(feats, mask, self.n_mels)
-        x = apply_mask(feats.astype(self.stem.kernel.dtype), mask)[..., None]
+        dtype = layers_lib.compute_dtype(self.compute_dtype)
+        x = apply_mask(feats.astype(dtype), mask)[..., None]
         p = self.stem_kernel // 2
-        x = conv(
-            x, self.stem.kernel[...], (1, 2), [(p, p), (p, p)], use_onednn=self.onednn, s2d=self.s2d
-        )
+        x = conv(x, self.stem.kernel[...], (1, 2), [(p, p), (p, p)], impl=self.conv_impl)
         x = jax.nn.relu(self.stem_bn(x, mask))
         for block in self.blocks:
             x, mask = block(x, mask)
+        x = x.astype(jnp.float32)  # poolings and the embedding in float32
         if self.pooling == "sap":
             pooled = self.sap(jnp.mean(x, axis=2), mask)
         else:
