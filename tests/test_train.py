@@ -15,12 +15,10 @@ from ssv_jax import checkpoints, metrics
 from ssv_jax import config as config_lib
 from ssv_jax import data as data_lib
 from ssv_jax import state as state_lib
-from ssv_jax import step as step_lib
 from ssv_jax import train as train_lib
-from ssv_jax.data.batch import device_part
 from ssv_jax.optim import lr_schedule, make_optimizer
-from ssv_jax.sharding import data_mesh, global_batch, replicated
-from tests.helpers.cases import tiny_config
+from ssv_jax.sharding import data_mesh, replicated
+from tests.helpers.cases import run_steps, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,31 +30,8 @@ def data_dir(tmp_path_factory):
     return d
 
 
-def _batch(cfg, step, mesh):
-    local = next(
-        data_lib.train_batches(
-            cfg.data, global_batch=cfg.train.batch_size, seed=cfg.data.seed, start_step=step
-        )
-    )
-    return global_batch(device_part(local), mesh)
-
-
 def _initial(cfg):
     return state_lib.create(cfg, make_optimizer(cfg.optim, lr_schedule(cfg.optim, 1, 4)))[1]
-
-
-def _step_on(cfg, mesh, n_steps=1):
-    spe = data_lib.steps_per_epoch(cfg.data, cfg.train.batch_size)
-    sched = lr_schedule(cfg.optim, spe, 4)
-    tx = make_optimizer(cfg.optim, sched)
-    graphdef, state = state_lib.create(cfg, tx)
-    state = jax.device_put(state, replicated(mesh))
-    step = step_lib.make_train_step(cfg, graphdef, mesh, tx, sched, 4)
-    metrics = []
-    for k in range(n_steps):
-        state, m = step(state, _batch(cfg, k, mesh))
-        metrics.append(jax.device_get(m))
-    return jax.device_get(state), metrics
 
 
 @pytest.mark.slow
@@ -66,8 +41,8 @@ def test_sharded_step_equals_single_device(data_dir, method):
     # SGD: Adam's g / sqrt(v) turns float32 rounding in near-zero gradients into lr-sized
     # differences, which would hide what this test checks (the gradients themselves).
     cfg.optim.name, cfg.optim.lr = "sgd", 0.05
-    s8, m8 = _step_on(cfg, data_mesh(), n_steps=2)
-    s1, m1 = _step_on(cfg, data_mesh(jax.devices()[:1]), n_steps=2)
+    s8, m8 = run_steps(cfg, data_mesh(), n_steps=2)
+    s1, m1 = run_steps(cfg, data_mesh(jax.devices()[:1]), n_steps=2)
     for a, b in zip(m8, m1):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
@@ -134,7 +109,7 @@ def test_moco_queue_and_ema(data_dir):
     cfg = tiny_config(data_dir, "moco", momentum=0.9)
     mesh = data_mesh()
     init = _initial(cfg)
-    state, _ = _step_on(cfg, mesh, n_steps=1)
+    state, _ = run_steps(cfg, mesh, n_steps=1)
     ms, b = state.method_state, cfg.train.batch_size
     assert int(ms["queue_ptr"]) == b
     for q in ("queue1", "queue2"):
@@ -146,7 +121,7 @@ def test_moco_queue_and_ema(data_dir):
     # first step starts from a copy, so key = 0.9 * init + 0.1 * init = init.
     for k, p in zip(jax.tree.leaves(ms["key_params"]), jax.tree.leaves(init.params)):
         np.testing.assert_allclose(k, p, rtol=1e-6, atol=1e-7)
-    state2, _ = _step_on(cfg, mesh, n_steps=2)
+    state2, _ = run_steps(cfg, mesh, n_steps=2)
     assert int(state2.method_state["queue_ptr"]) == 2 * b
     # After step 2: key = 0.9 * init + 0.1 * (params after step 1).
     for k, p0, p1 in zip(

@@ -35,6 +35,39 @@ def tiny_config(data_dir, method="simclr", **method_kw):
     return cfg
 
 
+def batch_at(cfg, step, mesh):
+    """Global batch ``step`` of ``cfg``'s training split, placed on ``mesh``."""
+    from ssv_jax import data as data_lib
+    from ssv_jax.data.batch import device_part
+    from ssv_jax.sharding import global_batch
+
+    local = next(
+        data_lib.train_batches(
+            cfg.data, global_batch=cfg.train.batch_size, seed=cfg.data.seed, start_step=step
+        )
+    )
+    return global_batch(device_part(local), mesh)
+
+
+def run_steps(cfg, mesh, n_steps=1, total=4):
+    """``n_steps`` train steps from ``cfg``'s initial state on ``mesh`` -> (host state, metrics
+    per step)."""
+    from ssv_jax import data as data_lib
+    from ssv_jax import step as step_lib
+
+    spe = data_lib.steps_per_epoch(cfg.data, cfg.train.batch_size)
+    sched = lr_schedule(cfg.optim, spe, total)
+    tx = make_optimizer(cfg.optim, sched)
+    graphdef, state = state_lib.create(cfg, tx)
+    state = jax.device_put(state, replicated(mesh))
+    step = step_lib.make_train_step(cfg, graphdef, mesh, tx, sched, total)
+    metrics = []
+    for k in range(n_steps):
+        state, m = step(state, batch_at(cfg, k, mesh))
+        metrics.append(jax.device_get(m))
+    return jax.device_get(state), metrics
+
+
 def embed_case():
     cfg = config_lib.recipe("demo", name="simclr")
     cfg.model.channels = (8, 16, 16, 16)
