@@ -123,10 +123,11 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
     pending, last_good = [], start if mgr.latest_step() is not None else None
     progress = _Progress(cfg.train.progress_bar, n_total, start)
     t_last, step = time.perf_counter(), start
+    data_wait = 0.0  # seconds since the last flush the device may have idled waiting for input
 
     def flush(step):
         """Fetch the metrics since the last flush, stop on NaN, write their means."""
-        nonlocal pending, t_last
+        nonlocal pending, t_last, data_wait
         if not pending:
             return
         host = jax.device_get(pending)
@@ -144,9 +145,10 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
         now = time.perf_counter()
         scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
         scalars["views_per_s"] = 2 * bsz * len(host) / max(now - t_last, 1e-9)
+        scalars["data_wait"] = data_wait / len(host)
         writer.write_scalars(step, scalars)
         progress.update(len(host), loss=scalars["loss"], views_s=scalars["views_per_s"])
-        pending, t_last = [], now
+        pending, t_last, data_wait = [], now, 0.0
 
     embed_fn = make_embed_fn(cfg, graphdef, mesh)  # one jit for every validation
 
@@ -167,7 +169,12 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
         if cfg.train.eval_every and start == 0:
             validate(0)  # the network at initialisation, for comparison
         while step < stop:
+            t0 = time.perf_counter()
             local = next(batches)
+            # Time blocked on the input pipeline counts as data_wait only where the device had
+            # nothing left to run (the previous step was done): an upper bound on its idle time.
+            if not pending or pending[-1]["loss"].is_ready():
+                data_wait += time.perf_counter() - t0
             batch = global_batch(device_part(local), mesh)
             state, m = step_fn(state, batch)
             pending.append(m)
