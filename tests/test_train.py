@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -176,6 +177,36 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monke
     assert mgr.all_steps() == [1, 2]  # nothing saved after the NaN
     st = mgr.restore(2)
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(st["params"]))
+
+
+@pytest.mark.slow
+def test_data_wait_measures_a_slow_input_pipeline(data_dir, tmp_path, monkeypatch):
+    """The loop logs ``data_wait``: about the pipeline's delay when input is the bottleneck."""
+    cfg = tiny_config(data_dir)
+    real = data_lib.train_batches
+
+    def slow(*args, **kw):
+        for b in real(*args, **kw):
+            time.sleep(0.5)
+            yield b
+
+    scalars = []
+
+    class Capture:
+        def write_hparams(self, *_):
+            pass
+
+        def write_scalars(self, step, s):
+            scalars.append(s)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(train_lib.data_lib, "train_batches", slow)
+    monkeypatch.setattr(train_lib, "create_writer", lambda _: Capture())
+    train_lib.train(cfg, str(tmp_path / "slow"), max_steps=3)
+    waits = [s["data_wait"] for s in scalars]
+    assert len(waits) == 3 and all(w >= 0.45 for w in waits), waits
 
 
 def _recipe(name, arg=None):
