@@ -29,7 +29,9 @@ _p = argparse.ArgumentParser()
 _p.add_argument("--config", default="configs/simclr_am.py")
 _p.add_argument("--batch", type=int, default=None, help="utterances (default: the recipe's)")
 _p.add_argument("--seconds", type=float, default=None, help="view length (default: the recipe's)")
-_p.add_argument("--dtype", default="float32", help="compute dtypes, comma-separated")
+_p.add_argument(
+    "--dtype", default="float32", help="compute dtypes, comma-separated (one process each)"
+)
 _p.add_argument("--platform", default=None, help="JAX backend: cpu, cuda, tpu (default: jax's)")
 _p.add_argument("--steps", type=int, default=5)
 _p.add_argument("--devices", type=int, default=1)
@@ -119,9 +121,11 @@ def device_peaks():
     return out
 
 
-def cost(compiled):
-    c = compiled.cost_analysis()
-    c = c[0] if isinstance(c, (list, tuple)) else c
+def cost(stage):
+    """(FLOPs, bytes accessed) from XLA's cost analysis of a lowered or compiled step (nan where
+    the backend gives none)."""
+    c = stage.cost_analysis()
+    c = (c[0] if isinstance(c, (list, tuple)) else c) or {}
     return float(c.get("flops", float("nan"))), float(c.get("bytes accessed", float("nan")))
 
 
@@ -156,6 +160,13 @@ def random_batch(cfg, b, t):
 
 
 def main():
+    if "," in ARGS.dtype:  # one fresh process per dtype: each gets its own peak memory
+        import subprocess
+
+        for dtype in ARGS.dtype.split(","):
+            cmd = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--dtype", dtype]
+            subprocess.run(cmd, check=True)
+        return
     base = load_config(ARGS.config)
     b = ARGS.batch or int(base.train.batch_size)
     seconds = ARGS.seconds or float(base.data.crop_seconds)
@@ -170,10 +181,8 @@ def main():
     )
     print("peak TFLOP/s: " + ", ".join(f"{k} {v:.4g}" for k, v in peaks.items()))
     batch = jax.device_put(random_batch(base, b, t), batch_sharding(mesh))
-    for dtype in ARGS.dtype.split(","):
-        cfg = base.copy_and_resolve_references()
-        cfg.model.compute_dtype = dtype
-        run(cfg, mesh, batch, b, t, dtype, peaks)
+    base.model.compute_dtype = ARGS.dtype
+    run(base, mesh, batch, b, t, ARGS.dtype, peaks)
 
 
 def run(cfg, mesh, batch, b, t, dtype, peaks):
