@@ -146,9 +146,15 @@ def architecture(cfg) -> dict:
 
 def pretrained_network(cfg, mesh):
     """(params, batch_stats, description) of the run ``cfg.train.init_from`` names: the network
-    its evaluation uses (``load_network``). Refused when its architecture differs from
-    ``cfg``'s, naming the fields."""
-    src = os.path.abspath(os.path.expanduser(cfg.train.init_from))
+    its evaluation uses (``load_network``); "embedded": the cached network pretrained on the
+    embedded corpus (``ssv_jax.pretrained``, trained first if missing). Refused when its
+    architecture differs from ``cfg``'s, naming the fields."""
+    if cfg.train.init_from == "embedded":
+        from ssv_jax import pretrained
+
+        src = pretrained.ensure(cfg)
+    else:
+        src = os.path.abspath(os.path.expanduser(cfg.train.init_from))
     other = read_config(src)
     mine, theirs = architecture(cfg), architecture(other)
     diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))

@@ -40,8 +40,10 @@ Fields:
   train.progress_bar   show a progress bar when attached to a terminal
   train.init_from      a trained workdir to start from: its network (the one its evaluation
                        uses) with a fresh optimiser, step 0 and fresh method state; the
-                       architecture must match (None: random initialisation). Ignored once
-                       this run has a checkpoint of its own (it resumes from that).
+                       architecture must match (None: random initialisation). "embedded": the
+                       network pretrained on the embedded corpus with this architecture,
+                       trained once and cached (ssv_jax/pretrained.py). Ignored once this run
+                       has a checkpoint of its own (it resumes from that).
   eval.batch_size      utterances per embedding batch
   eval.bucket_seconds  utterance lengths are padded up to a multiple of this (fewer compiles)
   eval.max_seconds     crop evaluation utterances longer than this (0 = full length)

@@ -505,6 +505,43 @@ def test_init_from_starts_from_another_runs_network(data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_init_from_embedded_pretrains_once_and_reuses_the_cache(data_dir, tmp_path, monkeypatch):
+    """train.init_from="embedded": the first run trains the pretraining recipe for its
+    architecture into the cache, later runs (another architecture: another entry) reuse it."""
+    from ssv_jax import pretrained
+
+    monkeypatch.setenv("SSV_JAX_PRETRAINED_DIR", str(tmp_path / "cache"))
+    calls = []
+
+    def tiny_pretraining(cfg):  # the demo recipe, shrunk to the tiny corpus
+        calls.append(cfg.model.embed_dim)
+        pre = tiny_config(data_dir)
+        pre.model, pre.train.num_steps = cfg.model, 2
+        return pre
+
+    monkeypatch.setattr(pretrained, "pretrain_config", tiny_pretraining)
+    cfg = tiny_config(data_dir, "moco")
+    cfg.train.init_from = "embedded"
+    _, first, _ = train_lib.train(cfg, str(tmp_path / "a"), max_steps=0)
+    cached = pretrained.cache_dir(cfg)
+    assert os.path.isfile(os.path.join(cached, "pretrained.json")) and calls == [32]
+    _, params, stats, _ = checkpoints.load_network(
+        checkpoints.read_config(cached), cached, data_mesh()
+    )
+    for a, b in zip(
+        jax.tree.leaves((params, stats)), jax.tree.leaves((first.params, first.batch_stats))
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _, second, _ = train_lib.train(cfg, str(tmp_path / "b"), max_steps=0)
+    assert calls == [32]  # reused, not trained again
+    for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(second.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    cfg.model.embed_dim = 16
+    train_lib.train(cfg, str(tmp_path / "c"), max_steps=0)
+    assert calls == [32, 16] and pretrained.cache_dir(cfg) != cached
+
+
+@pytest.mark.slow
 def test_evaluation_with_score_normalisation(data_dir, tmp_path):
     """eval.score_norm adds "LIST/<norm>" entries (cohort from the training split) beside the
     raw list, with every metric; a cohort larger than the training split is refused by name."""
