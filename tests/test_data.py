@@ -318,11 +318,106 @@ def test_deterministic_for_a_seed(syn_dir):
     assert not np.array_equal(a[0]["views"], c[0]["views"])
 
 
-def test_tf_data_workers_match_plain(syn_dir):
-    a = _batches(tiny_cfg(syn_dir), 3)
-    b = _batches(tiny_cfg(syn_dir, num_workers=2, prefetch=2), 3)
-    for x, y in zip(a, b):
+def _worker_pids():
+    """Live worker subprocesses of this process (Linux /proc)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read()
+        except (OSError, ValueError):
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"ssv_jax.data.workers" in cmd:
+            pids.append(int(d))
+    return pids
+
+
+def test_worker_processes_match_plain(syn_dir):
+    """1 or 2 worker processes give the plain batches bit for bit: across an epoch boundary,
+    with shared-memory slots reused (every field rewritten: noise and RIR half on, half off),
+    whether the consumer keeps every batch (the first ones zero-copy, which later builds must
+    not touch, then copies) or drops each one after the next (zero-copy throughout), and for
+    process 1 of 2. Closing the iterator ends the workers."""
+    cfg = tiny_cfg(syn_dir)
+    cfg.augment.noise_prob = cfg.augment.rir_prob = 0.5
+    kw = dict(start_step=4, global_batch=4)  # 6 steps per epoch
+    plain = _batches(cfg, 6, **kw)
+    assert {bool(b["noise_on"].all()) for b in plain} == {False}
+    kept = _batches(tiny_cfg(syn_dir, num_workers=1, prefetch=1, augment=cfg.augment), 6, **kw)
+    assert [b["views"].flags.owndata for b in kept] == [False, False] + [True] * 4
+    it = data.train_batches(
+        tiny_cfg(syn_dir, num_workers=2, prefetch=2, augment=cfg.augment), seed=3, **kw
+    )
+    dropped = []
+    for _ in range(6):
+        b = next(it)  # the previous batch is dropped only now, as in a training loop
+        assert not b["views"].flags.owndata
+        dropped.append({k: v.copy() for k, v in b.items()})
+    del b
+    for x, y, z in zip(plain, kept, dropped):
         _eq(x, y)
+        _eq(x, z)
+    if sys.platform.startswith("linux"):
+        assert len(_worker_pids()) == 2
+        it.close()
+        assert _worker_pids() == []
+    kw.update(process_index=1, process_count=2)
+    shard = _batches(tiny_cfg(syn_dir, num_workers=2, augment=cfg.augment), 2, **kw)
+    for x, y in zip(_batches(cfg, 2, **kw), shard):
+        _eq(x, y)
+
+
+def test_records_read_the_audio_tfds_decodes(syn_dir):
+    """pipeline.Records (array_record + the Example's audio, no TensorFlow) == TFDS's decode."""
+    cfg = tiny_cfg(syn_dir)
+    for name, split in (("synthetic", "train+test"), ("synthetic_noise", "speech")):
+        ds = datasets.open_dataset(cfg, name)
+        recs, src = pipeline.Records(ds, split), ds.source(split)
+        assert len(recs) == len(src) > 0
+        for i in range(len(src)):
+            a = recs.audio(i)
+            assert a.dtype == np.int16
+            np.testing.assert_array_equal(a, src[i]["audio"])
+    with pytest.raises(KeyError):
+        pipeline.example_audio(b"\n\x00")  # an Example without features
+
+
+def test_bank_cache_changes_nothing(syn_dir, monkeypatch):
+    cfg = tiny_cfg(syn_dir)
+    cached = _batches(cfg, 3, global_batch=8)
+    monkeypatch.setattr(pipeline, "BANK_CACHE_MB", 0)  # every draw read from disk
+    stream = pipeline.TrainStream(cfg, global_batch=8, seed=3, process_index=0, process_count=1)
+    assert not stream.spec.rir_cache and not any(stream.spec.noise_cache.values())
+    for k, b in enumerate(cached):
+        _eq(stream.batch(k), b)
+
+
+def test_worker_pool_errors():
+    from ssv_jax.data.workers import WorkerError, WorkerPool
+
+    pool = WorkerPool("operator:itemgetter", [1])  # handler = itemgetter(1)
+    try:
+        pool.submit(0, ("a", "b"))
+        pool.submit(0, 5)  # raises in the worker: answered, the worker goes on
+        pool.submit(0, [7, 8])
+        assert pool.result(0) == "b"
+        err = pool.result(0)
+        assert isinstance(err, WorkerError) and "TypeError" in err.message
+        assert pool.result(0) == 8
+        pool.procs[0].kill()
+        with pytest.raises(RuntimeError, match="died"):
+            pool.result(0)
+    finally:
+        pool.close()
+    bad = WorkerPool("ssv_jax.data.pipeline:_batch_worker", [None])  # setup fails: its traceback
+    try:
+        with pytest.raises(RuntimeError, match="TypeError"):
+            bad.result(0)
+    finally:
+        bad.close()
 
 
 def test_process_sharding_disjoint_and_complete(syn_dir):

@@ -35,8 +35,11 @@ def default_data_config() -> ml_collections.ConfigDict:
         wrap-padded to at least 2 crops.
       seed: data seed (the ``seed`` argument of train_batches overrides it
         when given).
-      num_workers: parallel batch builders (tf.data map threads).
-      prefetch: batches prepared ahead.
+      num_workers: batch-building worker processes (0: each batch is built in
+        the calling thread when asked for). Each worker is about one host core;
+        batches are identical whatever the number (ssv_jax.data.pipeline).
+      prefetch: batches built ahead with num_workers > 0: at most
+        max(prefetch, num_workers), each in shared memory of one batch's size.
       (Utterances shorter than what the crops need are wrap-padded, never
       dropped; zero-length files never reach a dataset: data_prep skips them.)
       augment: see below.

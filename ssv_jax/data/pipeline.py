@@ -17,8 +17,15 @@ of an uninterrupted run, with nothing to skip or restore:
   GLOBAL slot index, so the global batch does not depend on the number of
   processes.
 
-tf.data runs the batch builder (numpy) in ``num_workers`` parallel map calls,
-keeps step order (deterministic=True) and prefetches.
+Workers: ``num_workers`` = 0 builds each batch in the calling thread when it is
+asked for. ``num_workers`` = W > 0 builds them ahead in W worker subprocesses
+(``ssv_jax.data.workers.WorkerPool``; processes, not threads: the builder is
+Python and numpy code that holds the GIL, so threads ran one at a time). Worker w
+builds steps start+w, start+w+W, ... straight into shared memory, at most
+max(prefetch, W) steps ahead, and batches come out in step order, zero-copy
+(``_parallel_batches``). Batches are the same whatever W (each is a pure
+function of (seed, k)). The workers read the array_record files directly,
+without TensorFlow (``Records``), so they start in a fraction of a second.
 
 Crops: ``overlap=True`` draws the two offsets independently (utterances
 shorter than one crop are wrap-padded, i.e. repeated cyclically).
@@ -30,23 +37,37 @@ a noise crop of the view's length from a category drawn uniformly
 (speech = babble, the sum of 3-7 speech clips each at unit RMS), the SNR drawn
 from that category's range, and an RIR trimmed to start at its peak (direct
 path), normalised to unit energy, truncated/zero-padded to L samples.
+A bank split whose decoded audio fits ``BANK_CACHE_MB`` (the embedded banks: 25 MB
+of noise clips in three splits, 13 MB of normalised RIRs) is kept in memory by each
+builder process after its first read of each record; bigger ones (MUSAN: about
+12 GB of int16 audio; 60,000 simulated RIRs: about 4 GB normalised) are read and
+decoded on every draw, which costs a builder about three times as much per view
+(bench/bench_data.py --bank_cache_mb=0).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
+import os
 import threading
+import time
+import weakref
 from typing import Iterator
 
 import numpy as np
 
 from ssv_jax.data import batch as batch_spec
-from ssv_jax.data import datasets, records
 
 log = logging.getLogger("ssv_jax.data")
 
 CATEGORY_IDS = {"noise": 0, "speech": 1, "music": 2}
+
+# Per bank split and per builder process: a noise-bank split whose int16 audio, or an RIR bank
+# whose normalised float32 RIRs (records x L x 4 bytes), fit this many MiB is cached in memory
+# (so each worker holds at most this times the number of cached splits).
+BANK_CACHE_MB = 256
 
 
 def _check_batch(global_batch: int, process_count: int) -> int:
@@ -61,6 +82,8 @@ def _check_batch(global_batch: int, process_count: int) -> int:
 
 def steps_per_epoch(data_cfg, global_batch: int) -> int:
     """Full global batches in one epoch of the training split (the remainder is dropped)."""
+    from ssv_jax.data import datasets  # not at import: worker processes need no TFDS
+
     ds = datasets.open_dataset(data_cfg, data_cfg.name)
     split = datasets.train_split(data_cfg)
     n = ds.num_records(split)
@@ -93,36 +116,168 @@ def crop_pair(n: int, T: int, overlap: bool, rng: np.random.Generator) -> tuple[
     return (a, b) if rng.random() < 0.5 else (b, a)
 
 
-def _text(v) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+def _pcm(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """int16 PCM -> float32 in [-1, 1), into ``out`` if given: x / 32768 exactly (the product
+    with 2**-15 only shifts the exponent, and numpy's multiply loop is faster than its divide).
+    Elementwise, so converting a crop equals cropping the converted clip, bit for bit."""
+    return np.multiply(x, np.float32(2.0**-15), out=out, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    out = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        out |= (b & 0x7F) << shift
+        if b < 0x80:
+            return out, pos
+        shift += 7
+
+
+def _fields(buf: bytes, start: int, end: int):
+    """(field number, start, end) of the length-delimited fields of the protobuf message
+    ``buf[start:end]`` (other wire types are skipped)."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        wire = key & 7
+        if wire == 2:
+            n, pos = _varint(buf, pos)
+            yield key >> 3, pos, pos + n
+            pos += n
+        elif wire == 0:
+            _, pos = _varint(buf, pos)
+        elif wire == 5:
+            pos += 4
+        elif wire == 1:
+            pos += 8
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+    if pos != end:
+        raise ValueError("truncated protobuf message")
+
+
+def example_audio(buf: bytes) -> np.ndarray:
+    """The int16 ``audio`` of one serialized record (a tf.train.Example whose ``audio`` feature is
+    one bytes value, as ``records.features()`` stores it), read from the protobuf wire format
+    without TensorFlow: Example.features (1) -> map entry (1) {key (1), Feature (2)} ->
+    bytes_list (1) -> value (1). A read-only view of ``buf``; the same array as TFDS's decode."""
+    for f, a, b in _fields(buf, 0, len(buf)):
+        if f != 1:
+            continue
+        for f2, a2, b2 in _fields(buf, a, b):
+            if f2 != 1:
+                continue
+            key = val = None
+            for f3, a3, b3 in _fields(buf, a2, b2):
+                if f3 == 1:
+                    key = buf[a3:b3]
+                elif f3 == 2:
+                    val = (a3, b3)
+            if key != b"audio" or val is None:
+                continue
+            for f4, a4, b4 in _fields(buf, *val):
+                if f4 == 1:  # bytes_list
+                    for f5, a5, b5 in _fields(buf, a4, b4):
+                        if f5 == 1:
+                            return np.frombuffer(buf, np.int16, (b5 - a5) // 2, a5)
+                    return np.zeros(0, np.int16)
+            raise ValueError("the record's audio feature is not a bytes list")
+    raise KeyError("the record has no audio feature")
+
+
+class Records:
+    """Random access to the int16 audio of one split (or 'a+b'), read straight from its
+    array_record files: no TensorFlow, no TFDS decoding (only the audio is parsed), so a worker
+    process opens it in milliseconds. Pickles as its file list; readers open on first use."""
+
+    def __init__(self, ds, split: str):
+        info = ds.builder.info.splits[split]
+        self.files = tuple(
+            (str(fi.filename), int(fi.skip), int(fi.skip) + int(fi.take))
+            for fi in info.file_instructions
+        )
+        self.n = sum(b - a for _, a, b in self.files)
+        self.name = f"{ds.name}/{split}"
+        self._src = None
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_src"} | {"_src": None}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def audio(self, i: int) -> np.ndarray:
+        if self._src is None:
+            from array_record.python.array_record_data_source import ArrayRecordDataSource
+
+            self._src = ArrayRecordDataSource([f"{f}[{a}:{b}]" for f, a, b in self.files])
+        return example_audio(self._src[int(i)])
+
+
+# ----------------------------------------------------------------------------- the builder
+
+
+@dataclasses.dataclass
+class StreamSpec:
+    """Everything a builder needs, picklable (sent to the worker processes)."""
+
+    seed: int
+    pi: int
+    pc: int
+    G: int
+    B: int
+    N: int
+    steps_per_epoch: int
+    T: int
+    L: int
+    overlap: bool
+    src: Records
+    noise_src: dict  # category -> Records
+    noise_cache: dict  # category -> bool (cache the bank's clips)
+    noise_p: float
+    rir_src: Records | None
+    rir_cache: bool
+    rir_p: float
+    snr: dict
+    babble: tuple
+    cats: tuple
+
+
+# The builder's parts, as TrainStream.timings names them.
+_PARTS = ("read utterances", "crop views", "noise clips: read", "noise: draw + crop + babble mix")
+_PARTS += ("RIR: read + normalise", "rng + bookkeeping")
 
 
 class TrainStream:
-    """Builds batch k of this process from scratch (see the module docstring)."""
+    """Builds batch k of this process from scratch (see the module docstring).
+
+    ``timings``: set it to a dict to accumulate the builder's seconds per part (``_PARTS``)."""
 
     def __init__(
         self, data_cfg, *, global_batch: int, seed: int, process_index: int, process_count: int
     ):
-        self.cfg = data_cfg
-        self.seed = int(seed)
-        self.pi, self.pc = int(process_index), int(process_count)
-        if not 0 <= self.pi < self.pc:
-            raise ValueError(f"process_index {self.pi} is not in [0, {self.pc}).")
-        self.G = int(global_batch)
-        self.B = _check_batch(self.G, self.pc)
+        pi, pc = int(process_index), int(process_count)
+        if not 0 <= pi < pc:
+            raise ValueError(f"process_index {pi} is not in [0, {pc}).")
+        G = int(global_batch)
+        B = _check_batch(G, pc)
+        from ssv_jax.data import datasets
+
         dsets = datasets.ensure_dataset(data_cfg)
-        self.ds = dsets[data_cfg.name]
-        self.src = self.ds.source(datasets.train_split(data_cfg))
-        self.N = len(self.src)
-        self.steps_per_epoch = steps_per_epoch(data_cfg, self.G)
+        ds = dsets[data_cfg.name]
+        split = datasets.train_split(data_cfg)
         sr = int(data_cfg.sample_rate)
-        self.T = int(round(data_cfg.crop_seconds * sr))
-        if self.T <= 0:
+        T = int(round(data_cfg.crop_seconds * sr))
+        if T <= 0:
             raise ValueError(f"crop_seconds={data_cfg.crop_seconds} gives no samples.")
-        self.overlap = bool(data_cfg.overlap)
         aug = data_cfg.augment
         on = bool(aug.enabled)
-        self.noise_src = {}
+        budget = BANK_CACHE_MB * 2**20
+        noise_src, noise_cache = {}, {}
         if on and aug.noise_bank:
             bank = dsets[aug.noise_bank]
             for cat in aug.categories:
@@ -136,16 +291,60 @@ class TrainStream:
                         f"{bank.splits}. Remove {cat!r} from augment.categories or rebuild the "
                         "bank."
                     )
-                self.noise_src[cat] = bank.source(cat)
-        self.noise_p = float(aug.noise_prob) if self.noise_src else 0.0
-        self.rir_src = dsets[aug.rir_bank].source("train") if on and aug.rir_bank else None
-        self.rir_p = float(aug.rir_prob) if self.rir_src is not None else 0.0
-        self.L = int(round(aug.rir_seconds * sr)) if self.rir_src is not None else 1
-        self.snr = {c: tuple(map(float, aug[f"snr_{c}"])) for c in CATEGORY_IDS}
-        self.babble = tuple(int(b) for b in aug.babble)
-        self.cats = tuple(self.noise_src)
+                noise_src[cat] = Records(bank, cat)
+                noise_cache[cat] = 2 * sum(r[3] for r in bank.index(cat)) <= budget
+        rir_src = Records(dsets[aug.rir_bank], "train") if on and aug.rir_bank else None
+        L = int(round(aug.rir_seconds * sr)) if rir_src is not None else 1
+        self.spec = StreamSpec(
+            seed=int(seed),
+            pi=pi,
+            pc=pc,
+            G=G,
+            B=B,
+            N=ds.num_records(split),
+            steps_per_epoch=steps_per_epoch(data_cfg, G),
+            T=T,
+            L=L,
+            overlap=bool(data_cfg.overlap),
+            src=Records(ds, split),
+            noise_src=noise_src,
+            noise_cache=noise_cache,
+            noise_p=float(aug.noise_prob) if noise_src else 0.0,
+            rir_src=rir_src,
+            rir_cache=rir_src is not None and len(rir_src) * L * 4 <= budget,
+            rir_p=float(aug.rir_prob) if rir_src is not None else 0.0,
+            snr={c: tuple(map(float, aug[f"snr_{c}"])) for c in CATEGORY_IDS},
+            babble=tuple(int(b) for b in aug.babble),
+            cats=tuple(noise_src),
+        )
+        self._setup()
+
+    @classmethod
+    def from_spec(cls, spec: StreamSpec) -> TrainStream:
+        self = cls.__new__(cls)
+        self.spec = spec
+        self._setup()
+        return self
+
+    def _setup(self):
+        s = self.spec
+        self.seed, self.pi, self.pc, self.G, self.B = s.seed, s.pi, s.pc, s.G, s.B
+        self.N, self.steps_per_epoch, self.T, self.L = s.N, s.steps_per_epoch, s.T, s.L
+        self.overlap = s.overlap
+        self.src, self.noise_src, self.rir_src = s.src, s.noise_src, s.rir_src
+        self.noise_p, self.rir_p, self.snr, self.babble, self.cats = (
+            s.noise_p,
+            s.rir_p,
+            s.snr,
+            s.babble,
+            s.cats,
+        )
+        self._noise_cache = {c: {} for c, on in s.noise_cache.items() if on}
+        self._rir_cache = {} if s.rir_cache else None
+        self._scratch = None
         self._orders: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
+        self.timings: dict | None = None
 
     # -- order ------------------------------------------------------------------------------------
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -166,28 +365,49 @@ class TrainStream:
         return self.epoch_order(epoch)[start : start + self.B]
 
     # -- augmentation inputs ----------------------------------------------------------------------
-    def _clip(self, src, rng, T) -> np.ndarray:
-        rec = src[int(rng.integers(len(src)))]
-        x = wrap_pad(rec["audio"].astype(np.float32) / 32768.0, T)
-        o = int(rng.integers(0, x.size - T + 1))
-        return x[o : o + T]
+    def _tick(self, part: str, t0: float) -> float:
+        t = time.perf_counter()
+        self.timings[part] = self.timings.get(part, 0.0) + t - t0
+        return t
 
-    def _noise(self, rng, T):
+    def _noise_audio(self, cat: str, i: int) -> np.ndarray:
+        cache = self._noise_cache.get(cat)
+        if cache is None:
+            return self.noise_src[cat].audio(i)
+        if i not in cache:
+            cache[i] = np.array(self.noise_src[cat].audio(i))
+        return cache[i]
+
+    def _clip(self, cat, rng, T, out: np.ndarray) -> np.ndarray:
+        """A random crop of T samples of a random clip of ``cat``, into ``out``."""
+        t0 = time.perf_counter() if self.timings is not None else 0.0
+        x = self._noise_audio(cat, int(rng.integers(len(self.noise_src[cat]))))
+        if self.timings is not None:
+            self._tick(_PARTS[2], t0)
+        x = wrap_pad(x, T)
+        o = int(rng.integers(0, x.size - T + 1))
+        return _pcm(x[o : o + T], out)
+
+    def _noise(self, rng, T, out: np.ndarray):
+        """Draw a noise crop into ``out``; returns (SNR, category id)."""
         cat = self.cats[int(rng.integers(len(self.cats)))]
         snr = rng.uniform(*self.snr[cat])
         if cat == "speech":
             k = int(rng.integers(self.babble[0], self.babble[1] + 1))
-            y = np.zeros(T, np.float32)
-            for _ in range(k):
-                c = self._clip(self.noise_src[cat], rng, T)
-                y += c / (np.sqrt(np.mean(c**2)) + 1e-8)
+            if self._scratch is None or self._scratch.shape[1] != T:
+                self._scratch = np.empty((2, T), np.float32)
+            c, sq = self._scratch
+            out[:] = 0.0
+            for _ in range(k):  # out += c / (rms(c) + 1e-8), without temporaries
+                self._clip(cat, rng, T, c)
+                c /= np.sqrt(np.mean(np.square(c, out=sq))) + 1e-8
+                out += c
         else:
-            y = self._clip(self.noise_src[cat], rng, T)
-        return y, np.float32(snr), CATEGORY_IDS[cat]
+            self._clip(cat, rng, T, out)
+        return np.float32(snr), CATEGORY_IDS[cat]
 
-    def _rir(self, rng) -> np.ndarray:
-        rec = self.rir_src[int(rng.integers(len(self.rir_src)))]
-        h = rec["audio"].astype(np.float32)
+    def _rir_of(self, i: int) -> np.ndarray:
+        h = self.rir_src.audio(i).astype(np.float32)
         h = h[int(np.argmax(np.abs(h))) :][: self.L] if h.size else h
         out = np.zeros(self.L, np.float32)
         out[: h.size] = h
@@ -197,38 +417,171 @@ class TrainStream:
             return out
         return out / e
 
+    def _rir(self, rng) -> np.ndarray:
+        i = int(rng.integers(len(self.rir_src)))
+        if self._rir_cache is None:
+            return self._rir_of(i)
+        if i not in self._rir_cache:
+            self._rir_cache[i] = self._rir_of(i)
+        return self._rir_cache[i]
+
     # -- one batch ------------------------------------------------------------------------------
-    def batch(self, step: int) -> dict:
+    def batch(self, step: int, out: dict | None = None) -> dict:
+        """Batch ``step`` of this process: a new dict of arrays (``batch.SPEC``), or written into
+        ``out`` (arrays of those shapes, whatever they hold: every element is written)."""
         B, T, L = self.B, self.T, self.L
+        timed = self.timings is not None
+        t0 = time.perf_counter() if timed else 0.0
         idx = self.indices(step)
-        recs = self.src.__getitems__([int(i) for i in idx])
-        out = batch_spec.empty(B, T, L)
+        if out is None:
+            out = batch_spec.empty(B, T, L)
         out["index"][:] = idx
         need = 2 * T if not self.overlap else T
-        for s, rec in enumerate(recs):
+        for s, i in enumerate(idx):
             rng = np.random.default_rng([self.seed, 11, int(step), self.pi * B + s])
-            x = wrap_pad(rec["audio"], need).astype(np.float32) / 32768.0
+            if timed:
+                t0 = self._tick(_PARTS[5], t0)
+            x = self.src.audio(int(i))
+            if timed:
+                t0 = self._tick(_PARTS[0], t0)
+            x = wrap_pad(x, need)
             a, b = crop_pair(x.size, T, self.overlap, rng)
-            out["views"][s, 0] = x[a : a + T]
-            out["views"][s, 1] = x[b : b + T]
+            _pcm(x[a : a + T], out["views"][s, 0])
+            _pcm(x[b : b + T], out["views"][s, 1])
             out["crop_start"][s] = (a, b)
+            if timed:
+                t0 = self._tick(_PARTS[1], t0)
             for v in range(2):
+                read0 = self.timings.get(_PARTS[2], 0.0) if timed else 0.0  # noise reads
                 if rng.random() < self.noise_p:
-                    n, snr, cat = self._noise(rng, T)
-                    out["noise"][s, v], out["snr_db"][s, v], out["noise_category"][s, v] = (
-                        n,
-                        snr,
-                        cat,
-                    )
+                    snr, cat = self._noise(rng, T, out["noise"][s, v])
+                    out["snr_db"][s, v], out["noise_category"][s, v] = snr, cat
                     out["noise_on"][s, v] = True
+                else:
+                    out["noise"][s, v] = 0.0
+                    out["snr_db"][s, v], out["noise_category"][s, v] = 0.0, -1
+                    out["noise_on"][s, v] = False
+                if timed:  # the noise section less its reads (counted inside)
+                    t0 = self._tick(_PARTS[3], t0 + self.timings.get(_PARTS[2], 0.0) - read0)
                 if rng.random() < self.rir_p:
                     out["rir"][s, v] = self._rir(rng)
                     out["rir_on"][s, v] = True
+                else:
+                    out["rir"][s, v] = 0.0
+                    out["rir"][s, v, 0] = 1.0
+                    out["rir_on"][s, v] = False
+                if timed:
+                    t0 = self._tick(_PARTS[4], t0)
         return out
 
-    def _batch_tuple(self, step):
-        b = self.batch(int(step))
-        return tuple(b[k] for k in batch_spec.FIELDS)
+
+# ----------------------------------------------------------------------------- worker processes
+
+
+def _slot_layout(B: int, T: int, L: int) -> tuple[dict, int]:
+    """{field: (byte offset, shape, dtype)} of one batch in a shared-memory slot, and the slot's
+    size (fields 64-byte aligned)."""
+    layout, off = {}, 0
+    for k, shape in batch_spec.shapes(B, T, L).items():
+        dt = np.dtype(batch_spec.SPEC[k].dtype)
+        layout[k] = (off, shape, dt)
+        off += -(-int(np.prod(shape, dtype=np.int64)) * dt.itemsize // 64) * 64
+    return layout, off
+
+
+def _slot_arrays(buf, slot: int, layout: dict, slot_bytes: int) -> dict:
+    return {
+        k: np.ndarray(shape, dt, buffer=buf, offset=slot * slot_bytes + off)
+        for k, (off, shape, dt) in layout.items()
+    }
+
+
+def _batch_worker(init):
+    """Worker process setup (``WorkerPool``): a TrainStream from its spec, mapped onto the shared
+    slots; each message (step, slot) builds that batch into that slot and answers the step."""
+    import mmap
+
+    spec, fd, size, layout, slot_bytes = init
+    stream = TrainStream.from_spec(spec)
+    buf = mmap.mmap(fd, size)
+    os.close(fd)
+    slots = {}
+
+    def build(msg):
+        step, slot = msg
+        if slot not in slots:
+            slots[slot] = _slot_arrays(buf, slot, layout, slot_bytes)
+        stream.batch(step, out=slots[slot])
+        return step
+
+    return build
+
+
+def _lease(buf, slot: int, layout: dict, slot_bytes: int, free) -> dict:
+    """Batch arrays that ARE shared-memory slot ``slot`` (no copy); the slot goes back to
+    ``free`` once none of them (nor any view of them) is referenced any more."""
+    base = np.frombuffer(buf, np.uint8, slot_bytes, slot * slot_bytes)
+    weakref.finalize(base, free.append, slot)
+    return {
+        k: np.ndarray(shape, dt, buffer=base, offset=off) for k, (off, shape, dt) in layout.items()
+    }
+
+
+def _parallel_batches(stream: TrainStream, start: int, stop: int, workers: int, prefetch: int):
+    """Batches start..stop-1 built by ``workers`` subprocesses, in step order.
+
+    Step s goes to worker (s - start) % W, which builds it into a free shared-memory slot; at
+    most ``ahead`` = max(prefetch, W) steps are submitted beyond the one being read. A finished
+    batch is handed out zero-copy (its arrays are the slot, returned to the pool when the
+    consumer drops them) while another slot is free for the builders; otherwise (the consumer
+    keeps many batches) it is copied out and its slot freed at once. There are ahead + 2 slots:
+    enough for a consumer that holds the previous batch while asking for the next one never to
+    wait for a copy."""
+    from ssv_jax.data import workers as workers_lib
+
+    W = int(workers)
+    ahead = max(int(prefetch), W)
+    n_slots = ahead + 2
+    layout, slot_bytes = _slot_layout(stream.B, stream.T, stream.L)
+    size = n_slots * slot_bytes
+    fd, buf = workers_lib.shared_memory(size)
+    free = collections.deque(range(n_slots))  # appended to by lease finalizers (any thread)
+    pending = collections.deque()  # (step, slot) submitted, in step order
+    nxt = start
+    pool = None
+
+    def submit():
+        nonlocal nxt
+        while nxt < stop and len(pending) < ahead and free:
+            slot = free.popleft()
+            pool.submit((nxt - start) % W, (nxt, slot))
+            pending.append((nxt, slot))
+            nxt += 1
+
+    try:
+        init = (stream.spec, fd, size, layout, slot_bytes)
+        pool = workers_lib.WorkerPool("ssv_jax.data.pipeline:_batch_worker", [init] * W, fd)
+        for s in range(start, stop):
+            submit()
+            step, slot = pending.popleft()
+            got = pool.result((s - start) % W)
+            if isinstance(got, workers_lib.WorkerError) or got != s or step != s:
+                raise RuntimeError(f"data worker {(s - start) % W} failed to build step {s}: {got}")
+            if free:
+                out = _lease(buf, slot, layout, slot_bytes, free)
+            else:
+                out = {k: v.copy() for k, v in _slot_arrays(buf, slot, layout, slot_bytes).items()}
+                free.append(slot)
+            submit()
+            yield out
+    finally:
+        if pool is not None:
+            pool.close()
+        try:
+            buf.close()
+        except BufferError:  # batches handed out zero-copy are still alive: they keep the map
+            pass
+        os.close(fd)
 
 
 def train_batches(
@@ -246,7 +599,7 @@ def train_batches(
 
     B = global_batch // process_count; the fields, shapes and dtypes are
     ``ssv_jax.data.batch.SPEC``. Batch i of an iterator started at ``start_step=s`` equals
-    batch s+i of one started at 0.
+    batch s+i of one started at 0, whatever ``data_cfg.num_workers``.
     ``num_steps``: stop after this many batches (default: endless, epoch after epoch).
     """
     import jax
@@ -258,25 +611,11 @@ def train_batches(
     stream = TrainStream(
         data_cfg, global_batch=global_batch, seed=seed, process_index=pi, process_count=pc
     )
-    stop = start_step + num_steps if num_steps is not None else 2**62
+    start = int(start_step)
+    stop = start + int(num_steps) if num_steps is not None else 2**62
     workers = int(data_cfg.num_workers)
     if workers <= 0:
-        for k in range(int(start_step), stop):
+        for k in range(start, stop):
             yield stream.batch(k)
         return
-    tf = records._tf()
-    shapes = batch_spec.shapes(stream.B, stream.T, stream.L)
-    dtypes = [tf.as_dtype(batch_spec.SPEC[k].dtype) for k in batch_spec.FIELDS]
-
-    def make(step):
-        outs = tf.numpy_function(stream._batch_tuple, [step], dtypes, stateful=False)
-        return {k: tf.ensure_shape(o, shapes[k]) for k, o in zip(batch_spec.FIELDS, outs)}
-
-    ds = tf.data.Dataset.range(int(start_step), stop)
-    ds = ds.map(make, num_parallel_calls=workers, deterministic=True)
-    ds = ds.prefetch(int(data_cfg.prefetch))
-    opts = tf.data.Options()
-    opts.deterministic = True
-    opts.threading.private_threadpool_size = max(workers, 1)
-    ds = ds.with_options(opts)
-    yield from ds.as_numpy_iterator()
+    yield from _parallel_batches(stream, start, stop, workers, int(data_cfg.prefetch))
