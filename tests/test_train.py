@@ -237,6 +237,7 @@ def test_recipes_hold_the_papers_values():
     demo = _recipe("simclr_am", "demo")
     assert demo.data.name == "synthetic" and demo.method.margin == 0.1
     assert demo.eval.protocol == "full"
+    assert _recipe("moco_am", "demo").method.momentum == 0.99  # the demo's MoCo must learn
     with pytest.raises(ValueError, match="demo"):
         _recipe("simclr_am", "tiny")
     # Recipe arguments compose: an encoder with its own defaults, on any recipe, demo or not.
