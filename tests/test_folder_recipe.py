@@ -52,6 +52,44 @@ def write_folder(root, rng):
                 sf.write(root / f"spk{s}" / f"sess{e}" / f"u{u}.wav", x.astype(np.float32), sr)
 
 
+def seed_pretrained_cache(main_command, cache) -> str:
+    """Put a network of the README run's (shrunk) architecture where ``train.init_from=embedded``
+    looks for it under ``cache``; returns that folder."""
+    import importlib.util
+
+    from ssv_jax import checkpoints, pretrained
+    from ssv_jax import state as state_lib
+    from ssv_jax.optim import lr_schedule, make_optimizer
+
+    path, _, arg = main_command[2].split("=", 1)[1].partition(":")
+    spec = importlib.util.spec_from_file_location("recipe", os.path.join(ROOT, path))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = mod.get_config(arg)
+    assert cfg.train.init_from == "embedded"
+    for flag in SHRINK:
+        key, value = flag[len("--config.") :].split("=")
+        if key.startswith("model."):
+            parsed = tuple(int(v) for v in value.strip("()").split(","))
+            cfg.model[key[len("model.") :]] = parsed if "," in value else parsed[0]
+    os.environ["SSV_JAX_PRETRAINED_DIR"] = str(cache)
+    try:
+        folder = pretrained.cache_dir(cfg)
+    finally:
+        del os.environ["SSV_JAX_PRETRAINED_DIR"]
+    os.makedirs(folder)
+    pre = pretrained.pretrain_config(cfg)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        f.write(pre.to_json_best_effort())
+    _, state = state_lib.create(pre, make_optimizer(pre.optim, lr_schedule(pre.optim, 1, 1)))
+    mgr = checkpoints.manager(folder, pre)
+    checkpoints.save(mgr, 1, state)
+    mgr.wait_until_finished()
+    with open(os.path.join(folder, "pretrained.json"), "w") as f:
+        json.dump({"steps": 1}, f)
+    return folder
+
+
 @pytest.mark.slow
 def test_readme_folder_recipe_end_to_end(tmp_path):
     rng = np.random.default_rng(0)
@@ -73,7 +111,15 @@ def test_readme_folder_recipe_end_to_end(tmp_path):
         "MY_TRIALS.txt": str(tmp_path / "MY_TRIALS.txt"),
         "runs/my_voices": str(work),
     }
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    # The pretrained network :small starts from, cached ahead (pretraining it is the demo's
+    # 7-10 minutes): an initialised network of the shrunk architecture in the cache's place.
+    cache = tmp_path / "pretrained"
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        SSV_JAX_PRETRAINED_DIR=str(cache),
+    )
+    cached = seed_pretrained_cache(commands[1], cache)
     for cmd in commands:
         args = [sys.executable, os.path.join(ROOT, cmd[1])]
         for a in cmd[2:]:
@@ -90,6 +136,9 @@ def test_readme_folder_recipe_end_to_end(tmp_path):
             args, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path
         )
         assert proc.returncode == 0, proc.stderr[-4000:]
+
+        if cmd[1] == "main.py":
+            assert f"starting from checkpoint 1 of {cached}" in proc.stderr, proc.stderr[-4000:]
 
     results = json.loads((work / "results.json").read_text())
     assert set(results) == {"my_trials"}, results

@@ -238,6 +238,9 @@ def test_recipes_hold_the_papers_values():
     assert demo.data.name == "synthetic" and demo.method.margin == 0.1
     assert demo.eval.protocol == "full"
     assert _recipe("moco_am", "demo").method.momentum == 0.99  # the demo's MoCo must learn
+    small = _recipe("moco_am", "small,ecapa")  # any method and encoder, pretrained start
+    assert small.train.init_from == "embedded" and small.model.name == "ecapa_tdnn"
+    assert small.method.name == "moco" and small.train.batch_size == 32
     with pytest.raises(ValueError, match="demo"):
         _recipe("simclr_am", "tiny")
     # Recipe arguments compose: an encoder with its own defaults, on any recipe, demo or not.
