@@ -192,8 +192,9 @@ RECIPE_ARGS = ("demo", "small") + tuple(ENCODER_ARGS)
 
 def recipe(arg: str | None = None, **method) -> ml_collections.ConfigDict:
     """base_config() with ``method`` fields overridden, then the comma-separated arguments of
-    ``arg``: ``demo`` (apply_demo), ``small`` (apply_small) and an encoder (``ecapa``: ECAPA-TDNN with its defaults;
-    ``fast_resnet34``, the default). E.g. ``configs/simclr_am.py:demo,ecapa``."""
+    ``arg``: ``demo`` (apply_demo), ``small`` (apply_small) and an encoder (``ecapa``:
+    ECAPA-TDNN with its defaults; ``fast_resnet34``, the default). E.g.
+    ``configs/simclr_am.py:demo,ecapa``."""
     cfg = base_config()
     for k, v in method.items():
         if k not in cfg.method:

@@ -82,9 +82,110 @@ def test_blocked_layout_round_trip_and_refusals():
     b = onednn.block_size()
     assert not onednn.supports((2, 9, 7, b // 2), (3, 3, b // 2, b), jnp.float32)  # C_in
     assert not onednn.supports((2, 9, 7, b), (3, 3, b, b + b // 2), jnp.float32)  # C_out
-    assert not onednn.supports((2, 9, 7, b), (3, 3, b, b), jnp.bfloat16)
+    assert not onednn.supports((2, 9, 7, b), (3, 3, b, b), jnp.float16)
+    assert not onednn.supports((2, 9, 7, 1), (7, 7, 1, b), jnp.float16)
     with pytest.raises(ValueError, match=f"C_out % {b}"):
         onednn.conv2d(jnp.zeros((2, 9, 7, b // 2)), jnp.zeros((3, 3, b // 2, b)))
+
+
+BF16_CASES = [  # x shape, kernel (kh, kw, C_out), stride, padding, kernel dtype
+    ((2, 9, 7, 16), (3, 3, 16), (1, 1), ((1, 1), (1, 1)), jnp.float32),
+    ((3, 12, 10, 16), (3, 3, 32), (2, 2), ((1, 1), (1, 1)), jnp.float32),  # stride-2 entry
+    ((2, 11, 9, 24), (3, 3, 40), (2, 1), ((1, 1), (1, 1)), jnp.bfloat16),  # any C, bf16 kernel
+    ((2, 13, 12, 1), (7, 7, 16), (1, 2), ((3, 3), (3, 3)), jnp.float32),  # single-channel stem
+    ((1, 8, 6, 32), (3, 1, 16), (1, 1), ((0, 2), (1, 0)), jnp.float32),  # asymmetric padding
+    # narrow outputs: the weight gradient on H/W-transposed copies, images stacked (stride 1
+    # across the rows) or not (stride 2)
+    ((2, 20, 5, 16), (5, 3, 32), (2, 1), ((2, 1), (0, 1)), jnp.float32),
+    ((2, 20, 6, 16), (3, 3, 16), (2, 2), ((1, 1), (1, 1)), jnp.float32),
+]
+
+
+def _bf16(a):
+    return np.asarray(jnp.asarray(a, jnp.bfloat16).astype(jnp.float32), np.float64)
+
+
+@pytest.mark.parametrize("xs,ks,stride,pads,kdtype", BF16_CASES)
+def test_bfloat16_conv_and_gradients_against_exact_reference(xs, ks, stride, pads, kdtype):
+    """bf16 x (and a float32 or bf16 kernel): output and input gradient in bf16, the kernel
+    gradient in the kernel's dtype, all against float64 on the bf16-rounded x and cotangent.
+
+    Tolerance, elementwise: 2**-8 * B, with B the same convolution (or gradient) of |x|, |w| and
+    |g|. bf16 has unit roundoff 2**-9: rounding the result costs at most 2**-9 |y| <= 2**-9 B,
+    rounding the float32 kernel to bf16 inside oneDNN at most 2**-9 B; the float32 accumulation
+    adds ~1e-7 B. The float32 weight gradient (bf16 products are exact in f32) must be within
+    1e-5 B: summing it in bf16 would miss by ~2**-9 B. A wrong layout errs by O(B)."""
+    if not onednn.supports(xs, ks[:2] + (xs[3], ks[2]), jnp.bfloat16):
+        pytest.skip(f"no bfloat16 oneDNN kernels here: {onednn.unavailable_reason(jnp.bfloat16)}")
+    rng = np.random.default_rng(4)
+    x = _bf16(rng.standard_normal(xs))
+    w = rng.standard_normal(ks[:2] + (xs[3], ks[2])) / np.sqrt(np.prod(ks[:2]) * xs[3])
+    w = _bf16(w) if kdtype == jnp.bfloat16 else w.astype(np.float32).astype(np.float64)
+    g = _bf16(rng.standard_normal(ref_conv(x, w, stride, pads, None)[0].shape))
+    y_ref, dx_ref, dw_ref = ref_conv(x, w, stride, pads, g)
+    bounds = ref_conv(np.abs(x), np.abs(w), stride, pads, np.abs(g))
+
+    def loss(x, w):
+        y = onednn.conv2d(x, w, stride, pads)
+        return jnp.sum(y.astype(jnp.float32) * g.astype(np.float32)), y
+
+    (_, y), (dx, dw) = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(
+        jnp.asarray(x, jnp.bfloat16), jnp.asarray(w, kdtype)
+    )
+    assert (y.dtype, dx.dtype, dw.dtype) == (jnp.bfloat16, jnp.bfloat16, kdtype)
+    rtol_dw = 2.0**-8 if kdtype == jnp.bfloat16 else 1e-5
+    for got, want, bound, rtol in zip(
+        (y, dx, dw), (y_ref, dx_ref, dw_ref), bounds, (2.0**-8, 2.0**-8, rtol_dw)
+    ):
+        err = np.abs(np.asarray(got.astype(jnp.float32), np.float64) - want)
+        assert np.all(err <= rtol * bound + 1e-7), (err / (bound + 1e-30)).max()
+
+
+def test_bfloat16_on_8_devices_equals_one():
+    """bf16 activations with a float32 kernel under a batch-sharded jit: per-shard kernels with
+    bf16 NHWC shards, the float32 weight gradient all-reduced, equal to one device's."""
+    if not onednn.available(jnp.bfloat16):
+        pytest.skip(f"no bfloat16 oneDNN kernels here: {onednn.unavailable_reason(jnp.bfloat16)}")
+    mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((8, 10, 6, 16)), jnp.bfloat16)
+    w = jnp.asarray(rng.standard_normal((3, 3, 16, 32)) * 0.1, jnp.float32)
+
+    def f(x, w):
+        def loss(x, w):
+            return jnp.sum(onednn.conv2d(x, w, (2, 2)).astype(jnp.float32) ** 2)
+
+        return jax.value_and_grad(loss, (0, 1))(x, w)
+
+    l1, (dx1, dw1) = jax.jit(f)(x, w)
+    xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+    ws = jax.device_put(w, NamedSharding(mesh, P()))
+    l8, (dx8, dw8) = jax.jit(f)(xs, ws)
+    hlo = jax.jit(f).lower(xs, ws).compile().as_text()
+    assert "all-gather" not in hlo and "all-reduce" in hlo
+    assert "custom-call(" in hlo and "bf16[1,5,3,32]" in hlo  # local batch 1 of 8, NHWC
+    assert (dx8.dtype, dw8.dtype) == (jnp.bfloat16, jnp.float32)
+    np.testing.assert_allclose(float(l8), float(l1), rtol=1e-5)  # float32 sums, other order
+    np.testing.assert_array_equal(np.asarray(dx8), np.asarray(dx1))  # same per-image kernels
+    np.testing.assert_allclose(np.asarray(dw8), np.asarray(dw1), rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_refused_without_native_kernels(monkeypatch):
+    """Where the load-time probe finds no native bf16 kernels (no AVX512-BF16 / AMX: oneDNN would
+    emulate bf16, slower than float32), bf16 convolutions are refused with the probe's reason
+    and float32 ones still run."""
+    onednn.available()
+    state = {**onednn._state, "bf16": False, "bf16_reason": "no native bf16 (test)"}
+    monkeypatch.setattr(onednn, "_state", state)
+    b = onednn.block_size()
+    assert onednn.available() and not onednn.available(jnp.bfloat16)
+    assert onednn.unavailable_reason() is None
+    assert onednn.unavailable_reason(jnp.bfloat16) == "no native bf16 (test)"
+    assert onednn.supports((2, 9, 7, b), (3, 3, b, b), jnp.float32)
+    assert not onednn.supports((2, 9, 7, b), (3, 3, b, b), jnp.bfloat16)
+    assert not onednn.supports((2, 9, 7, 1), (7, 7, 1, b), jnp.bfloat16)
+    with pytest.raises(ValueError, match="no native bf16"):
+        onednn.conv2d(jnp.zeros((1, 4, 4, b), jnp.bfloat16), jnp.zeros((3, 3, b, b)))
 
 
 def _model_loss_and_grads(model, feats, dtype=jnp.float32):
@@ -104,7 +205,10 @@ def test_fast_resnet34_with_onednn_is_as_accurate_as_xla(train):
     """Loss and parameter gradients of the whole network with oneDNN convolutions are as close
     to a float64 run as float32 XLA's are (the two differ in float32 summation order)."""
     feats = jnp.asarray(np.random.default_rng(1).standard_normal((4, 50, 40)), jnp.float32)
-    models = {on: FastResNet34(rngs=nnx.Rngs(0), onednn=on) for on in (True, False)}
+    models = {
+        on: FastResNet34(rngs=nnx.Rngs(0), conv_impl="auto" if on else "xla")
+        for on in (True, False)
+    }
     for m in models.values():
         m.train() if train else m.eval()
     with jax.enable_x64(True):
@@ -223,6 +327,20 @@ def test_avx2_cpus_use_8_channel_blocks():
         "AVX2",
     )
     assert "8 passed, 1 skipped" in out.stdout, out.stdout[-2000:]  # skipped: the stem
+
+
+@pytest.mark.slow
+def test_avx512_without_bf16_instructions_refuses_bfloat16():
+    """On AVX-512 without AVX512-BF16 / AMX oneDNN has only emulated bf16 kernels: the probe
+    turns bf16 off (float32 stays on) and says why. Simulated with ONEDNN_MAX_CPU_ISA."""
+    code = (
+        "import jax.numpy as jnp; from ssv_jax.kernels import onednn; "
+        "print(onednn.available(), onednn.available(jnp.bfloat16)); "
+        "print(onednn.unavailable_reason(jnp.bfloat16))"
+    )
+    first, reason = _run(["-c", code], "AVX512_CORE", timeout=300).stdout.splitlines()[:2]
+    assert first == "True False"
+    assert "no native bfloat16" in reason and "avx512_core (no bf16" in reason
 
 
 def test_cpu_without_fast_onednn_kernels_uses_xla():

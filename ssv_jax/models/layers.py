@@ -94,7 +94,10 @@ class BatchNorm(nnx.Module):
             self.mean[...] = (1 - mom) * self.mean[...] + mom * jax.lax.stop_gradient(mean)
             self.var[...] = (1 - mom) * self.var[...] + mom * jax.lax.stop_gradient(unbiased)
         mul = self.scale[...] * jax.lax.rsqrt(var + self.eps)
-        return x * mul.astype(x.dtype) + (self.bias[...] - mean * mul).astype(x.dtype)
+        shift = self.bias[...] - mean * mul
+        if x.dtype != jnp.float32:
+            mul, shift = (to_dtype_of(v, x) for v in (mul, shift))
+        return x * mul + shift
 
 
 @jax.custom_vjp
@@ -117,6 +120,13 @@ def fusion_barrier(x):
 
 
 fusion_barrier.defvjp(lambda x: (fusion_barrier(x), None), lambda _, g: (g,))
+
+
+def to_dtype_of(v, x):
+    """Float32 ``v`` broadcast to ``x``'s shape, then cast to ``x``'s (bf16) dtype. Broadcasting
+    before the cast keeps the gradient's sum over the broadcast axes (of dy * x, batch-sized) in
+    float32; XLA:CPU turns such sums in bf16 into slow reduce-window trees."""
+    return jnp.broadcast_to(v, x.shape).astype(x.dtype)
 
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")

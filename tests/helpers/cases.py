@@ -10,7 +10,8 @@ from ssv_jax.sharding import replicated
 
 
 def tiny_config(data_dir, method="simclr", **method_kw):
-    cfg = config_lib.recipe("demo", name=method, **method_kw)
+    cfg = config_lib.recipe("demo", name=method)
+    cfg.method.update(method_kw)  # after the demo's own method settings (e.g. MoCo's EMA)
     cfg.data.data_dir = str(data_dir)
     s = cfg.data.synthetic
     s.train_speakers, s.test_speakers = 8, 4
