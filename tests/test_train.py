@@ -511,7 +511,7 @@ def test_init_from_starts_from_another_runs_network(data_dir, tmp_path):
 @pytest.mark.slow
 def test_init_from_embedded_pretrains_once_and_reuses_the_cache(data_dir, tmp_path, monkeypatch):
     """train.init_from="embedded": the first run trains the pretraining recipe for its
-    architecture into the cache, later runs (another architecture: another entry) reuse it."""
+    architecture into the cache, later runs reuse it; another architecture has its own entry."""
     from ssv_jax import pretrained
 
     monkeypatch.setenv("SSV_JAX_PRETRAINED_DIR", str(tmp_path / "cache"))
@@ -540,9 +540,8 @@ def test_init_from_embedded_pretrains_once_and_reuses_the_cache(data_dir, tmp_pa
     assert calls == [32]  # reused, not trained again
     for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(second.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    cfg.model.embed_dim = 16
-    train_lib.train(cfg, str(tmp_path / "c"), max_steps=0)
-    assert calls == [32, 16] and pretrained.cache_dir(cfg) != cached
+    cfg.model.embed_dim = 16  # another architecture: another cache entry
+    assert pretrained.cache_dir(cfg) != cached
 
 
 @pytest.mark.slow
