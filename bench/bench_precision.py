@@ -48,6 +48,8 @@ def trained_network():
     for dtype in ("float32", "bfloat16"):
         c = cfg.copy_and_resolve_references()
         c.model.compute_dtype = dtype
+        if "protocol" not in c.eval:  # a workdir trained before evaluation protocols existed
+            c.eval.protocol = "full"
         graphdef, params, stats, what = checkpoints.load_network(c, args.workdir, mesh)
         t0 = time.perf_counter()
         emb[dtype] = embed_utterances(c, graphdef, params, stats, mesh, utts)
