@@ -373,6 +373,27 @@ ffi::Error ConvBackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
 
 }  // namespace
 
+// Appends to `names` the implementation of each probe's primitives (forward, input gradient but
+// for a single-channel input, whose gradient XLA computes, weight gradient); false if any is a
+// reference loop or cannot be created (the error is appended).
+bool ProbeFast(const std::vector<Geometry>& probes, std::string& names) {
+  bool fast = true;
+  try {
+    for (const Geometry& g : probes) {
+      for (int kind : {kForward, kBackwardData, kBackwardWeights}) {
+        if (g.ci == 1 && kind == kBackwardData) continue;
+        const std::string& impl = GetEntry(kind, g)->impl;
+        names += impl + " ";
+        if (impl.rfind("ref", 0) == 0) fast = false;
+      }
+    }
+  } catch (const std::exception& ex) {
+    names += ex.what();
+    fast = false;
+  }
+  return fast;
+}
+
 // Whether oneDNN has optimized (non-reference) kernels for channel blocks of `block` (16 or 8)
 // on this CPU: 16-channel blocks need AVX-512, 8-channel blocks AVX2; elsewhere oneDNN would run
 // its reference loops, far slower than XLA. `plain` = 1 probes the single-channel-input stem
@@ -388,20 +409,7 @@ extern "C" int SsvConvProbe(int block, int plain, char* out, int len) {
   const auto& probes = plain ? std::vector<Geometry>(std::begin(stem), std::end(stem))
                              : std::vector<Geometry>(std::begin(blocked), std::end(blocked));
   std::string names;
-  int fast = 1;
-  try {
-    for (const Geometry& g : probes) {
-      for (int kind : {kForward, kBackwardData, kBackwardWeights}) {
-        if (g.plain_src && kind == kBackwardData) continue;  // XLA computes that one
-        const std::string& impl = GetEntry(kind, g)->impl;
-        names += impl + " ";
-        if (impl.rfind("ref", 0) == 0) fast = 0;
-      }
-    }
-  } catch (const std::exception& ex) {
-    names += ex.what();
-    fast = 0;
-  }
+  const int fast = ProbeFast(probes, names) ? 1 : 0;
   std::snprintf(out, len, "%s", names.c_str());
   return fast;
 }
@@ -424,26 +432,14 @@ extern "C" int SsvConvProbeBf16(char* out, int len) {
                        : has(dnnl_cpu_isa_avx2) ? "avx2 (no bf16 instructions)"
                                                 : "without AVX2 or AVX-512") +
                       ": ";
-  int fast = native ? 1 : 0;
-  Geometry probes[] = {
+  const std::vector<Geometry> probes = {
       {2, 16, 16, 8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, true, 0, dt::bf16, dt::f32},
       {2, 16, 32, 8, 8, 4, 4, 3, 3, 2, 2, 1, 1, 1, 1, true, 0, dt::bf16, dt::f32},
       {2, 16, 16, 20, 5, 20, 5, 3, 3, 1, 1, 1, 1, 1, 1, true, 0, dt::bf16, dt::f32},  // narrow
   };
-  try {
-    for (const Geometry& g : probes) {
-      for (int kind : {kForward, kBackwardData, kBackwardWeights}) {
-        const std::string& impl = GetEntry(kind, g)->impl;
-        names += impl + " ";
-        if (impl.rfind("ref", 0) == 0) fast = 0;
-      }
-    }
-  } catch (const std::exception& ex) {
-    names += ex.what();
-    fast = 0;
-  }
+  const bool fast = ProbeFast(probes, names) && native;
   std::snprintf(out, len, "%s", names.c_str());
-  return fast;
+  return fast ? 1 : 0;
 }
 
 #define SSV_CONV_ATTRS                                                              \
