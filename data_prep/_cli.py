@@ -13,6 +13,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from ssv_jax.data.config import DEFAULT_DATA_DIR  # noqa: E402
+from ssv_jax.errors import UserError  # noqa: E402
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -30,7 +31,11 @@ def parser(description: str) -> argparse.ArgumentParser:
         default=max(1, min(8, os.cpu_count() or 1)),
         help="decoding worker processes",
     )
-    p.add_argument("--overwrite", action="store_true", help="rebuild if the dataset already exists")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rebuild if the dataset already exists (replaced only once the new build succeeds)",
+    )
     return p
 
 
@@ -45,10 +50,11 @@ def report(summaries) -> None:
 
 
 def run(main) -> None:
-    """Run ``main()``; input problems (missing folders or decoder, existing dataset, bad names) exit
-    2 with the message."""
+    """Run ``main()``; input problems (missing folders or decoder, existing dataset, bad names or
+    trial lists, a build with nothing usable) exit 2 with the message; a dataset that was there is
+    unchanged."""
     try:
         main()
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:
+    except (UserError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

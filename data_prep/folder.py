@@ -7,8 +7,10 @@ Then train/evaluate with --config.data.name=NAME --config.data.data_dir=OUT: the
 dataset records its training split and its trial list (stored under the trial file's
 name without extension, or --trials_name), so nothing else is needed.
 Audio in any format soundfile reads (wav, flac, ogg, ...; m4a/aac need ffmpeg or PyAV)
-at any sample rate (resampled to 16 kHz). Unreadable/corrupt/empty files are
-skipped with a warning and counted in the summary printed at the end.
+at any sample rate (resampled to 16 kHz), channels averaged to mono. Unreadable/corrupt/empty
+files are skipped with a warning and counted in the summary printed at the end (and in
+prep_summary.json). A build with nothing usable, or a malformed trial list, stops with a
+message and exit status 2; an existing dataset (--overwrite) is replaced only by a finished build.
 """
 
 import os

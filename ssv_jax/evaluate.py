@@ -3,6 +3,10 @@
 Utterances are sorted by length and batched; each batch is zero-padded to a multiple of
 ``eval.bucket_seconds`` (few distinct shapes, few compiles) and the model masks the padding,
 so an embedding does not depend on its batch-mates (BatchNorm in eval mode).
+
+Multi-process: the utterances are shared out between the processes (``share_out``); each
+decodes only its share, embeds it on its own devices (``local_mesh``, no collective) and the
+embeddings are then gathered, so every process holds all of them.
 """
 
 from __future__ import annotations
@@ -15,19 +19,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from ssv_jax import data as data_lib
 from ssv_jax import metrics, scoring
 from ssv_jax.frontend import features
 from ssv_jax.losses import l2_normalize
-from ssv_jax.sharding import batch_sharding, replicated
+from ssv_jax.sharding import batch_sharding, data_mesh, replicated
 
 log = logging.getLogger("ssv_jax")
 
 
+def local_mesh(mesh):
+    """A 'data' mesh over this process's devices of ``mesh`` (``mesh`` itself on one process)."""
+    return data_mesh(mesh.local_devices)
+
+
 def make_embed_fn(cfg, graphdef, mesh):
     """jitted (params, batch_stats, waves [B, T], lengths [B]) -> L2-normalised embeddings [B,
-    D]."""
+    D] on ``local_mesh(mesh)``: parameters replicated there (``local_copy``), batch sharded."""
+    local = local_mesh(mesh)
 
     def embed(params, batch_stats, waves, lengths):
         net = nnx.merge(graphdef, params, batch_stats, copy=True)
@@ -38,13 +49,49 @@ def make_embed_fn(cfg, graphdef, mesh):
     return jax.jit(
         embed,
         in_shardings=(
-            replicated(mesh),
-            replicated(mesh),
-            batch_sharding(mesh),
-            batch_sharding(mesh),
+            replicated(local),
+            replicated(local),
+            batch_sharding(local),
+            batch_sharding(local),
         ),
-        out_shardings=replicated(mesh),
+        out_shardings=replicated(local),
     )
+
+
+def local_copy(tree, local):
+    """``tree`` (e.g. parameters replicated over every process's devices) replicated on the
+    ``local`` mesh: each device's own copy is reused where it holds one (no host round trip)."""
+    sharding = replicated(local)
+    devices = list(local.devices.flat)
+
+    def one(x):
+        if isinstance(x, jax.Array):
+            if x.sharding.is_equivalent_to(sharding, x.ndim):
+                return x
+            if x.is_fully_replicated:
+                own = {s.device: s.data for s in x.addressable_shards}
+                if all(d in own for d in devices):
+                    return jax.make_array_from_single_device_arrays(
+                        x.shape, sharding, [own[d] for d in devices]
+                    )
+            if not x.is_fully_addressable:
+                x = multihost_utils.process_allgather(x, tiled=True)
+        return jax.device_put(x, sharding)
+
+    return jax.tree.map(one, tree)
+
+
+def share_out(ids, lengths, n: int) -> list[list[str]]:
+    """``n`` shares of the utterances ``ids`` (``lengths``: their samples), the same wherever
+    computed: longest first (ties by id), dealt in boustrophedon order (0 .. n-1, n-1 .. 0, ...),
+    so share sizes differ by at most one, total lengths by at most the longest utterance, and
+    each share spans every length (its batches pad no more than the whole set's)."""
+    order = sorted(dict(zip(ids, lengths)).items(), key=lambda x: (-x[1], x[0]))
+    parts = [[] for _ in range(n)]
+    for i, (u, _) in enumerate(order):
+        r, j = divmod(i, n)
+        parts[j if r % 2 == 0 else n - 1 - j].append(u)
+    return parts
 
 
 def segment_starts(n_samples: int, frame_len: int, num_frames: int) -> np.ndarray:
@@ -63,12 +110,11 @@ def segments(wave: np.ndarray, frame_len: int, num_frames: int) -> np.ndarray:
     return np.stack([wave[s : s + frame_len] for s in starts])
 
 
-def _embed_segments(cfg, params, batch_stats, mesh, items, fn) -> dict[str, np.ndarray]:
+def _embed_segments(cfg, net, local, bs, items) -> dict[str, np.ndarray]:
     """The segments protocol: each utterance's K frame embeddings (unit vectors), averaged.
     The dot product of two such means is the mean of the K x K cosine matrix of their frames."""
     k = int(cfg.eval.num_frames)
     frame_len = int(round(cfg.eval.frame_seconds * cfg.data.sample_rate))
-    bs = _batch_size(cfg, mesh)
     rows = [(u, j) for u, _ in items for j in range(k)]
     waves_of = dict(items)
     sums, out = {}, {}
@@ -81,12 +127,76 @@ def _embed_segments(cfg, params, batch_stats, mesh, items, fn) -> dict[str, np.n
             if u not in cache:
                 cache[u] = segments(waves_of[u], frame_len, k)
             waves[i] = cache[u][j]
-        emb = _run(fn, params, batch_stats, mesh, waves, lengths)
+        emb = _run(net, local, waves, lengths)
         for i, (u, _) in enumerate(chunk):
             sums[u] = sums.get(u, 0.0) + emb[i].astype(np.float64)
     for u, _ in items:
         out[u] = (sums[u] / k).astype(np.float32)
     return out
+
+
+def _embed_here(cfg, net, local, bs, utterances) -> dict[str, np.ndarray]:
+    """``embed_utterances`` of ``utterances`` on this process's ``local`` mesh alone
+    (``net``: (embed fn, local params, local batch_stats); ``bs``: the batch size)."""
+    items = list(utterances)
+    if not items:
+        return {}
+    if cfg.eval.protocol == "segments":
+        return _embed_segments(cfg, net, local, bs, items)
+    sr = cfg.data.sample_rate
+    max_len = int(cfg.eval.max_seconds * sr) if cfg.eval.max_seconds > 0 else None
+    if max_len:
+        items = [(u, w[:max_len]) for u, w in items]
+    items.sort(key=lambda x: len(x[1]))
+    bucket = max(int(cfg.eval.bucket_seconds * sr), 1)
+    out = {}
+    for start in range(0, len(items), bs):
+        chunk = items[start : start + bs]
+        longest = max(max(len(w) for _, w in chunk), 1)
+        t = -(-longest // bucket) * bucket
+        waves = np.zeros((bs, t), np.float32)
+        lengths = np.full((bs,), t, np.int32)  # padding rows: full-length silence, discarded
+        for i, (_, w) in enumerate(chunk):
+            waves[i, : len(w)] = w
+            lengths[i] = max(len(w), 1)
+        emb = _run(net, local, waves, lengths)
+        for i, (u, _) in enumerate(chunk):
+            out[u] = emb[i]
+    return out
+
+
+def _embed_shared(cfg, net, local, bs, utterances) -> dict[str, np.ndarray]:
+    """``embed_utterances`` over every process: each embeds its ``share_out`` share (decoding
+    only that where ``utterances`` is lazily decoded, e.g. ``data.eval_utterances``), then all
+    gather every embedding."""
+    n_proc = jax.process_count()
+    if n_proc == 1:
+        return _embed_here(cfg, net, local, bs, utterances)
+    if hasattr(utterances, "subset"):  # dataset records: ids and lengths without decoding
+        ids, lengths = utterances.ids, utterances.lengths
+        parts = share_out(ids, lengths, n_proc)
+        mine = utterances.subset(parts[jax.process_index()])
+    else:
+        items = list(utterances)
+        ids, lengths = [u for u, _ in items], [len(w) for _, w in items]
+        parts = share_out(ids, lengths, n_proc)
+        keep = set(parts[jax.process_index()])
+        mine = [(u, w) for u, w in items if u in keep]
+    if not ids:
+        return {}
+    own = _embed_here(cfg, net, local, bs, mine)
+    if own:
+        dim = len(next(iter(own.values())))
+    else:  # fewer utterances than processes
+        waves = jax.ShapeDtypeStruct((bs, int(cfg.data.sample_rate)), np.float32)
+        dim = jax.eval_shape(net[0], *net[1:], waves, jax.ShapeDtypeStruct((bs,), np.int32))
+        dim = dim.shape[-1]
+    block = np.zeros((max(len(p) for p in parts), dim), np.float32)
+    for i, u in enumerate(parts[jax.process_index()]):
+        block[i] = own[u]
+    every = np.asarray(multihost_utils.process_allgather(block))  # [processes, rows, dim]
+    row = {u: (p, i) for p, part in enumerate(parts) for i, u in enumerate(part)}
+    return {u: every[row[u]] for u in dict.fromkeys(ids)}
 
 
 def embed_utterances(
@@ -100,36 +210,13 @@ def embed_utterances(
 
     ``embed_fn``: a ``make_embed_fn`` result to reuse (its compiled shapes are kept, so
     repeated evaluations during training do not recompile). Multi-process: every process passes
-    the same utterances; each feeds its own devices' rows and gets every embedding back.
+    the same utterances; each embeds its share (``share_out``; with ``data.eval_utterances``
+    it decodes only that) on its own devices, and every process gets every embedding back.
     """
-    items = list(utterances)
-    if items and cfg.eval.protocol == "segments":
-        fn = embed_fn or make_embed_fn(cfg, graphdef, mesh)
-        return _embed_segments(cfg, params, batch_stats, mesh, items, fn)
-    if not items:
-        return {}
-    sr = cfg.data.sample_rate
-    max_len = int(cfg.eval.max_seconds * sr) if cfg.eval.max_seconds > 0 else None
-    if max_len:
-        items = [(u, w[:max_len]) for u, w in items]
-    items.sort(key=lambda x: len(x[1]))
+    local = local_mesh(mesh)
     fn = embed_fn or make_embed_fn(cfg, graphdef, mesh)
-    bucket = max(int(cfg.eval.bucket_seconds * sr), 1)
-    bs = _batch_size(cfg, mesh)
-    out = {}
-    for start in range(0, len(items), bs):
-        chunk = items[start : start + bs]
-        longest = max(max(len(w) for _, w in chunk), 1)
-        t = -(-longest // bucket) * bucket
-        waves = np.zeros((bs, t), np.float32)
-        lengths = np.full((bs,), t, np.int32)  # padding rows: full-length silence, discarded
-        for i, (_, w) in enumerate(chunk):
-            waves[i, : len(w)] = w
-            lengths[i] = max(len(w), 1)
-        emb = _run(fn, params, batch_stats, mesh, waves, lengths)
-        for i, (u, _) in enumerate(chunk):
-            out[u] = emb[i]
-    return out
+    net = (fn, *local_copy((params, batch_stats), local))
+    return _embed_shared(cfg, net, local, _batch_size(cfg, mesh), utterances)
 
 
 def cache_path_for(workdir: str, cfg, network: str) -> str:
@@ -181,19 +268,16 @@ def save_cache(path: str | None, new: dict) -> None:
 
 
 def _batch_size(cfg, mesh) -> int:
-    """``eval.batch_size`` rounded down to a multiple of the device count (at least one each)."""
-    return max(int(cfg.eval.batch_size) // mesh.size, 1) * mesh.size
+    """This process's batch: ``eval.batch_size`` over the devices of ``mesh`` (rounded down, at
+    least one each), times its own devices."""
+    return max(int(cfg.eval.batch_size) // mesh.size, 1) * len(mesh.local_devices)
 
 
-def _run(fn, params, batch_stats, mesh, waves, lengths) -> np.ndarray:
-    """``fn`` on one host batch, sharded over ``mesh``; the embeddings back on the host."""
-    sharding = batch_sharding(mesh)
-    return np.asarray(fn(params, batch_stats, *(_global(a, sharding) for a in (waves, lengths))))
-
-
-def _global(host: np.ndarray, sharding) -> jax.Array:
-    """A global array from a host array every process holds whole (each fills its devices)."""
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+def _run(net, local, waves, lengths) -> np.ndarray:
+    """The embed fn of ``net`` on one host batch, sharded over ``local``; embeddings on host."""
+    fn, params, batch_stats = net
+    sharding = batch_sharding(local)
+    return np.asarray(fn(params, batch_stats, *jax.device_put((waves, lengths), sharding)))
 
 
 @jax.jit
@@ -260,16 +344,14 @@ def score_trial_lists(
         needed.update(t.utterances)
     embeddings = load_cached(cache_path, needed)
     todo = needed - set(embeddings)
+    local = local_mesh(mesh)
+    bs = _batch_size(cfg, mesh)
+    net = (
+        embed_fn or make_embed_fn(cfg, graphdef, mesh),
+        *local_copy((params, batch_stats), local),  # once for the trials and the cohort
+    )
     if todo:
-        fresh = embed_utterances(
-            cfg,
-            graphdef,
-            params,
-            batch_stats,
-            mesh,
-            data_lib.eval_utterances(cfg.data, only=todo),
-            embed_fn=embed_fn,
-        )
+        fresh = _embed_shared(cfg, net, local, bs, data_lib.eval_utterances(cfg.data, only=todo))
         embeddings.update(fresh)
         save_cache(cache_path, fresh)
     if cache_path and len(todo) < len(needed):
@@ -279,14 +361,12 @@ def score_trial_lists(
     out = {name: (t, score_trials(embeddings, t)) for name, t in wanted.items()}
     method = cfg.eval.score_norm
     if score_norm and method != "none":
-        cohort = embed_utterances(
+        cohort = _embed_shared(
             cfg,
-            graphdef,
-            params,
-            batch_stats,
-            mesh,
+            net,
+            local,
+            bs,
             data_lib.cohort_utterances(cfg.data, int(cfg.eval.cohort_size), exclude=needed),
-            embed_fn=embed_fn,
         )
         ids = list(embeddings)
         pos = {u: i for i, u in enumerate(ids)}

@@ -59,23 +59,3 @@ def test_two_processes_equal_one(tmp_path):
     np.testing.assert_allclose(
         np.concatenate([r["grad"] for r in res]), np.asarray(grad), rtol=1e-5, atol=1e-7
     )
-
-
-@pytest.mark.slow
-def test_two_process_evaluation_equals_one(tmp_path):
-    """Embeddings with the eval mesh spanning 2 processes x 4 devices == 1 process x 8."""
-    from ssv_jax import evaluate
-    from tests.helpers.cases import embed_case, embed_network
-
-    worker = os.path.join(os.path.dirname(__file__), "helpers", "mp_embed_worker.py")
-    out = str(tmp_path / "emb")
-    launch(worker, [f"--out={out}"], n_proc=2, devices_per_proc=4)
-    cfg, utterances = embed_case()
-    mesh = data_mesh()
-    graphdef, params, batch_stats = embed_network(cfg, mesh)
-    emb = evaluate.embed_utterances(cfg, graphdef, params, batch_stats, mesh, utterances)
-    ref = np.stack([emb[u] for u, _ in utterances])
-    for i in range(2):
-        r = np.load(f"{out}.{i}.npz")
-        assert int(r["devices"]) == 8 and int(r["processes"]) == 2
-        np.testing.assert_allclose(r["emb"], ref, rtol=1e-5, atol=1e-6)

@@ -14,6 +14,7 @@ import numpy as np
 from ssv_jax.data import records, synthetic
 from ssv_jax.data.trials import Trials, parse_trials, resolve_ids
 from ssv_jax.data.workers import WorkerError, parallel_map
+from ssv_jax.errors import UserError
 
 log = logging.getLogger("ssv_jax.data")
 
@@ -42,7 +43,7 @@ def _prep_command(name: str, data_dir: str) -> str:
     return f"python data_prep/folder.py --audio_dir=AUDIO_DIR --data_dir={data_dir} --name={name}"
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset the config names has not been built."""
 
 
@@ -68,8 +69,13 @@ def build_synthetic(
     overwrite: bool = True,
     names=(SYNTHETIC, SYNTHETIC_NOISE, SYNTHETIC_RIRS),
 ) -> list[records.BuildSummary]:
-    """Build the embedded corpus (train/test + trials) and/or its noise and RIR banks."""
+    """Build the embedded corpus (train/test + trials) and/or its noise and RIR banks.
+
+    Each dataset records ``size`` (``_SIZE_FILE``) and replaces its old build only once
+    complete: a build that fails leaves the old one, which stays stale for the next try.
+    """
     summaries = []
+    stamp = {_SIZE_FILE: _fingerprint(size)}
     if SYNTHETIC in names:
         plans = {s: synthetic.utterance_plan(size, s) for s in ("train", "test")}
 
@@ -87,6 +93,7 @@ def build_synthetic(
                 "(ssv_jax.data.synthetic).",
                 trials={"synthetic_test": synthetic.make_trials(size, plans["test"])},
                 overwrite=overwrite,
+                extra_files=stamp,
             )
         )
     if SYNTHETIC_NOISE in names:
@@ -105,6 +112,7 @@ def build_synthetic(
                 description="Procedural noise bank: noise, speech (for babble), music.",
                 train_split=None,
                 overwrite=overwrite,
+                extra_files=stamp,
             )
         )
     if SYNTHETIC_RIRS in names:
@@ -120,11 +128,9 @@ def build_synthetic(
                 description="Procedural room impulse responses (RT60 0.15-0.9 s).",
                 train_split=None,
                 overwrite=overwrite,
+                extra_files=stamp,
             )
         )
-    for name in names:
-        vdir = records.find_version_dir(data_dir, name)
-        (vdir / _SIZE_FILE).write_text(_fingerprint(size))
     return summaries
 
 
@@ -283,10 +289,9 @@ def load_trials(data_cfg) -> dict[str, Trials]:
     return out
 
 
-def eval_utterances(
-    data_cfg, split: str | None = None, *, only=None
-) -> Iterator[tuple[str, np.ndarray]]:
-    """(utterance id, float32 [T] full-length wave) for every utterance of the eval split.
+def eval_utterances(data_cfg, split: str | None = None, *, only=None) -> Utterances:
+    """(utterance id, float32 [T] full-length wave) for every utterance of the eval split, an
+    ``Utterances``: decoded as it is iterated.
 
     ``only``: optional collection of utterance ids; others are skipped without
     decoding their audio (e.g. only the utterances the trial lists name).
@@ -295,32 +300,57 @@ def eval_utterances(
     split = split or eval_split(data_cfg)
     rows = ds.index(split)
     want = None if only is None else set(only)
-    yield from _waves(
+    return Utterances(
         ds, split, rows, [i for i, r in enumerate(rows) if want is None or r[0] in want]
     )
 
 
-def _waves(ds, split: str, rows, idx) -> Iterator[tuple[str, np.ndarray]]:
-    """(utterance id, float32 wave) of records ``idx`` of ``split`` (``rows``: its index),
-    read 32 at a time; a record whose id differs from the index's is an error."""
-    src = ds.source(split)
-    for start in range(0, len(idx), 32):
-        chunk = idx[start : start + 32]
-        for i, rec in zip(chunk, src.__getitems__(chunk)):
-            utt = (
-                rec["utterance"].decode()
-                if isinstance(rec["utterance"], bytes)
-                else str(rec["utterance"])
-            )
-            if utt != rows[i][0]:
-                raise RuntimeError(
-                    f"index of {ds.dir} is out of step with its records at {i}; rebuild the "
-                    "dataset."
+class Utterances:
+    """(utterance id, float32 wave) of records ``idx`` of ``split`` (``rows``: its index), in
+    record order, decoded 32 at a time as they are iterated (a record whose id differs from the
+    index's is an error). ``ids`` and ``lengths`` (samples) come from the index, without
+    decoding; ``subset`` narrows to some ids."""
+
+    def __init__(self, ds, split: str, rows, idx):
+        self.ds, self.split, self.rows, self.idx = ds, split, rows, list(idx)
+
+    @property
+    def ids(self) -> list[str]:
+        return [self.rows[i][0] for i in self.idx]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [int(self.rows[i][3]) for i in self.idx]
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def subset(self, ids) -> Utterances:
+        """These records restricted to ``ids`` (record order kept)."""
+        keep = set(ids)
+        return Utterances(
+            self.ds, self.split, self.rows, [i for i in self.idx if self.rows[i][0] in keep]
+        )
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        src = self.ds.source(self.split)
+        for start in range(0, len(self.idx), 32):
+            chunk = self.idx[start : start + 32]
+            for i, rec in zip(chunk, src.__getitems__(chunk)):
+                utt = (
+                    rec["utterance"].decode()
+                    if isinstance(rec["utterance"], bytes)
+                    else str(rec["utterance"])
                 )
-            yield utt, rec["audio"].astype(np.float32) / 32768.0
+                if utt != self.rows[i][0]:
+                    raise RuntimeError(
+                        f"index of {self.ds.dir} is out of step with its records at {i}; "
+                        "rebuild the dataset."
+                    )
+                yield utt, rec["audio"].astype(np.float32) / 32768.0
 
 
-def cohort_utterances(data_cfg, n: int, *, exclude=()) -> Iterator[tuple[str, np.ndarray]]:
+def cohort_utterances(data_cfg, n: int, *, exclude=()) -> Utterances:
     """(utterance id, float32 wave) of ``n`` training-split utterances for score normalisation:
     evenly spaced over the split's records (deterministic), skipping ids in ``exclude`` (the
     trial utterances, where train and evaluation data overlap) unless too few would be left
@@ -354,4 +384,4 @@ def cohort_utterances(data_cfg, n: int, *, exclude=()) -> Iterator[tuple[str, np
     if n < 2:
         raise ValueError(f"eval.cohort_size must be at least 2; got {n}.")
     pick = [candidates[int(k)] for k in np.linspace(0, len(candidates) - 1, n).round()]
-    yield from _waves(ds, split, rows, pick)
+    return Utterances(ds, split, rows, pick)

@@ -25,7 +25,7 @@ import re
 
 from ssv_jax.data import audio, records
 from ssv_jax.data.records import Skip
-from ssv_jax.data.trials import parse_trials
+from ssv_jax.data.trials import TrialListError, parse_trials
 from ssv_jax.data.workers import WorkerError, parallel_map
 
 log = logging.getLogger("ssv_jax.data")
@@ -83,6 +83,8 @@ def _misplaced_skips(misplaced, root):
 
 
 def read_trial_rows(path: str) -> list[tuple[int, str, str]]:
+    if not os.path.isfile(os.path.expanduser(path)):
+        raise TrialListError(f"trial list {path} not found.")
     with open(os.path.expanduser(path)) as f:
         t = parse_trials(f.read(), os.path.basename(path), path)
     return [(int(lab), a, b) for lab, a, b in zip(t.labels, t.enroll, t.test)]
@@ -115,9 +117,14 @@ def build_folder(
     records.check_name(name)
     rows, misplaced = scan_speaker_folder(audio_dir)
     if not rows:
-        raise ValueError(
-            f"no audio files found at {audio_dir}/speaker/session/*; expected extensions "
-            f"{', '.join(audio.AUDIO_EXTENSIONS)}."
+        where = (
+            f"; {len(misplaced)} audio files are at another depth (e.g. {misplaced[0]})"
+            if misplaced
+            else ""
+        )
+        raise records.DatasetBuildError(
+            f"no audio files found at {audio_dir}/speaker/session/*{where}; expected extensions "
+            f"{', '.join(audio.AUDIO_EXTENSIONS)}. Nothing was written."
         )
     splits = {"train": rows}
     trial_lists = None
@@ -127,7 +134,7 @@ def build_folder(
         test = [r for r in rows if r[1] in tspk]
         train = [r for r in rows if r[1] not in tspk]
         if not test:
-            raise ValueError(
+            raise TrialListError(
                 f"trial list {trials} names no speaker found under {audio_dir} (first trial: "
                 f"{trows[0][1]}); trial paths must be speaker/session/utterance relative to "
                 "--audio_dir."

@@ -20,6 +20,12 @@ per trial list, the split(s) holding its utterances: the dataset describes
 itself, so a config needs only its name) and ``prep_summary.json`` (what was
 written and what was skipped and why). ``ssv_jax_complete`` marks a finished build.
 
+A build writes everything into ``DATA_DIR/.NAME.building-<pid>-<random>/`` and only
+then swaps it in (the old dataset, if any, is renamed aside, the new one renamed
+in, the old one deleted): a build that fails or yields a split without a usable
+record leaves the old dataset as it was. The next build removes (or, when the
+dataset itself is missing, restores) what an interrupted one left behind.
+
 Shards target 100-200 MB (TFDS picks a power of two between those sizes).
 """
 
@@ -28,7 +34,9 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import re
+import secrets
 import time
 import types
 from dataclasses import dataclass, field
@@ -37,12 +45,24 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 from etils import epath
 
+from ssv_jax.errors import UserError
+
 log = logging.getLogger("ssv_jax.data")
 
 VERSION = "1.0.0"
 COMPLETE_MARK = "ssv_jax_complete"
 LAYOUT_FILE = "layout.json"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_BUILDING, _OLD = "building", "old"
+
+
+class DatasetExistsError(UserError, FileExistsError):
+    """The dataset is already built and ``overwrite`` was not asked for."""
+
+
+class DatasetBuildError(UserError):
+    """A build produced nothing usable (a split without records, a trial list with no trial
+    left); the old dataset, if any, is unchanged."""
 
 
 def _tf():
@@ -85,6 +105,15 @@ class BuildSummary:
     def total_hours(self) -> float:
         return float(sum(self.hours.values()))
 
+    def reasons(self, splits=None) -> collections.Counter:
+        """Skipped items per reason ("unreadable", "empty", ...), over ``splits`` (default all)."""
+        return collections.Counter(
+            r.split(" (")[0]
+            for split, sk in self.skipped.items()
+            if splits is None or split in splits
+            for _, r in sk
+        )
+
     def report(self) -> str:
         lines = [f"dataset {self.name} at {self.path}"]
         for split, n in self.written.items():
@@ -92,9 +121,7 @@ class BuildSummary:
             lines.append(
                 f"  {split}: {n} records, {self.hours.get(split, 0.0):.3f} h, {len(sk)} skipped"
             )
-        reasons = collections.Counter(
-            r.split(" (")[0] for sk in self.skipped.values() for _, r in sk
-        )
+        reasons = self.reasons()
         if reasons:
             lines.append(
                 "  skipped by reason: " + ", ".join(f"{k}: {v}" for k, v in reasons.items())
@@ -218,9 +245,8 @@ def dataset_root(data_dir: str, name: str) -> epath.Path:
     return epath.Path(data_dir).expanduser() / name
 
 
-def find_version_dir(data_dir: str, name: str) -> epath.Path | None:
-    """The newest complete version directory of ``name`` under ``data_dir``, or None."""
-    root = dataset_root(data_dir, name)
+def _complete_version(root: epath.Path) -> epath.Path | None:
+    """The newest complete version directory under ``root`` (a dataset's folder), or None."""
     if not root.exists():
         return None
     found = []
@@ -231,6 +257,82 @@ def find_version_dir(data_dir: str, name: str) -> epath.Path | None:
             except ValueError:
                 continue
     return max(found)[1] if found else None
+
+
+def find_version_dir(data_dir: str, name: str) -> epath.Path | None:
+    """The newest complete version directory of ``name`` under ``data_dir``, or None."""
+    return _complete_version(dataset_root(data_dir, name))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def _clean_leftovers(base: epath.Path, name: str) -> None:
+    """Remove what interrupted builds of ``name`` left in ``base`` (``.NAME.building-*``,
+    ``.NAME.old-*``) unless their process still runs; a replaced dataset whose successor never
+    arrived is put back instead. On a remote filesystem every leftover counts as stale."""
+    local = "://" not in str(base)
+    root = base / name
+    for kind in (_OLD, _BUILDING):
+        prefix = f".{name}.{kind}-"
+        for p in sorted(base.glob(prefix + "*")):
+            pid = p.name[len(prefix) :].split("-")[0]
+            if local and pid.isdigit() and _pid_alive(int(pid)):
+                continue
+            try:
+                if kind == _OLD and not root.exists() and _complete_version(p) is not None:
+                    p.rename(root)
+                    log.warning("restored %s from %s, left by an interrupted build", root, p)
+                else:
+                    p.rmtree()
+            except OSError as err:
+                log.warning("could not remove %s (%s); it is ignored", p, err)
+
+
+def _swap(built: epath.Path, root: epath.Path, base: epath.Path, name: str) -> None:
+    """Put the finished ``built`` at ``root``: the old dataset (if any) is renamed aside, the new
+    one renamed in, then the old one deleted."""
+    old = None
+    if root.exists():
+        old = base / f".{name}.{_OLD}-{os.getpid()}-{secrets.token_hex(4)}"
+        root.rename(old)
+    try:
+        built.rename(root)
+    except BaseException:
+        if old is not None:
+            old.rename(root)
+        raise
+    if old is not None:
+        try:
+            old.rmtree()
+        except OSError as err:
+            log.warning("could not delete the replaced dataset at %s (%s)", old, err)
+
+
+def _unchanged(existing: epath.Path | None) -> str:
+    return f"the dataset at {existing} is unchanged" if existing else "nothing was written"
+
+
+def _empty_split_error(name, summary, split, existing) -> DatasetBuildError:
+    skipped = summary.skipped.get(split, [])
+    if skipped:
+        why = ", ".join(f"{k}: {v}" for k, v in summary.reasons([split]).items())
+        key, reason = skipped[0]
+        n = len(skipped)
+        detail = f"{n} file{'s' * (n != 1)} skipped, none kept ({why}; e.g. {key}: {reason})"
+    else:
+        detail = "its source yielded no item"
+    return DatasetBuildError(
+        f"dataset {name!r} was not built: split {split!r} has no usable record: {detail}; "
+        f"{_unchanged(existing)}."
+    )
 
 
 def write_dataset(
@@ -245,30 +347,85 @@ def write_dataset(
     overwrite: bool = False,
     min_shard_mb: int = 100,
     max_shard_mb: int = 200,
+    extra_files: Mapping[str, str] | None = None,
 ) -> BuildSummary:
     """Write ``splits`` (split -> callable yielding record dicts or ``Skip``) as a TFDS dataset.
 
     Records need ``audio`` (int16 16 kHz), ``utterance`` and optionally
     ``speaker``, ``session``, ``category``. ``trials`` maps a trial-list name to
-    (label, utterance_a, utterance_b) rows; every utterance they name must be
-    in the dataset. ``train_split``: the split training uses by default (None: a bank or an
-    evaluation-only dataset). Returns the summary (also saved as prep_summary.json).
+    (label, utterance_a, utterance_b) rows; trials naming an utterance that is not in the
+    dataset are dropped with a warning (and listed as skipped). ``train_split``: the split
+    training uses by default (None: a bank or an evaluation-only dataset). ``extra_files``:
+    file name -> text, written into the version directory. Returns the summary (also saved
+    as prep_summary.json).
+
+    The dataset is built aside and replaces an existing one (``overwrite``; else
+    DatasetExistsError) only once complete. A split without any record, or a trial list
+    with no trial left, raises DatasetBuildError; then, as on any error, nothing changes.
     """
-    tfds = _tfds()
+    _tfds()
     check_name(name)
     t0 = time.time()
-    existing = find_version_dir(data_dir, name)
-    root = dataset_root(data_dir, name)
+    base = epath.Path(data_dir).expanduser()
+    root = base / name
+    if base.exists():
+        _clean_leftovers(base, name)
+    existing = _complete_version(root)
     if existing is not None and not overwrite:
-        raise FileExistsError(
+        raise DatasetExistsError(
             f"dataset {name!r} already exists at {existing}; pass --overwrite to rebuild it."
         )
-    if root.exists():
-        root.rmtree()  # incomplete or to be overwritten
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = base / f".{name}.{_BUILDING}-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        summary = _build(
+            name,
+            tmp,
+            root,
+            existing,
+            splits,
+            description=description,
+            trials=trials,
+            train_split=train_split,
+            sample_rate=sample_rate,
+            min_shard_mb=min_shard_mb,
+            max_shard_mb=max_shard_mb,
+            extra_files=extra_files or {},
+            t0=t0,
+        )
+        _swap(tmp / name, root, base, name)
+    finally:
+        try:
+            tmp.rmtree(missing_ok=True)
+        except OSError as err:
+            log.warning("could not remove %s (%s); the next build removes it", tmp, err)
+    return summary
+
+
+def _build(
+    name,
+    tmp,
+    root,
+    existing,
+    splits,
+    *,
+    description,
+    trials,
+    train_split,
+    sample_rate,
+    min_shard_mb,
+    max_shard_mb,
+    extra_files,
+    t0,
+) -> BuildSummary:
+    """Build dataset ``name`` under ``tmp`` (TFDS writes ``tmp/name/VERSION``), every file of the
+    finished dataset included; the summary's path is where it will be, under ``root``."""
+    tfds = _tfds()
     summary = BuildSummary(name=name)
     index: dict = {}
     cls = _make_builder_class(name, description, splits, summary, index, sample_rate)
-    builder = cls(data_dir=str(epath.Path(data_dir).expanduser()), file_format="array_record")
+    builder = cls(data_dir=str(tmp), file_format="array_record")
     cfg = tfds.download.DownloadConfig(
         min_shard_size=min_shard_mb << 20,
         max_shard_size=max_shard_mb << 20,
@@ -283,11 +440,19 @@ def write_dataset(
         cfg.min_shard_size,
         cfg.max_shard_size,
     )
+    empty = lambda: [s for s in splits if summary.written.get(s) == 0]  # noqa: E731
     try:
         builder.download_and_prepare(download_config=cfg)
+    except Exception as err:  # TFDS refuses to write a split without examples
+        if empty():
+            raise _empty_split_error(name, summary, empty()[0], existing) from err
+        raise
     finally:
         shard_utils.ShardConfig.min_shard_size, shard_utils.ShardConfig.max_shard_size = saved
+    if empty():
+        raise _empty_split_error(name, summary, empty()[0], existing)
     vdir = epath.Path(builder.data_dir)
+    final = root / vdir.name
     (vdir / "index").mkdir(exist_ok=True)
     for split, rows in index.items():
         with (vdir / "index" / f"{split}.tsv").open("w") as f:
@@ -301,11 +466,21 @@ def write_dataset(
             rows = list(rows)
             missing = sorted({u for _, a, b in rows for u in (a, b) if u not in known})
             if missing:
+                dropped = sum(1 for _, a, b in rows if a not in known or b not in known)
+                if dropped == len(rows):
+                    skipped = sum(summary.reasons().values())
+                    raise DatasetBuildError(
+                        f"dataset {name!r} was not built: every one of the {len(rows)} trials of "
+                        f"trial list {tname!r} names an utterance that is not in the data "
+                        f"({len(missing)} missing, e.g. {missing[0]!r}"
+                        + (f"; {skipped} files were skipped" if skipped else "")
+                        + f"); {_unchanged(existing)}."
+                    )
                 log.warning(
                     "trial list %s: %d trials name utterances not in the data (first: %s); "
                     "dropping them",
                     tname,
-                    sum(1 for _, a, b in rows if a not in known or b not in known),
+                    dropped,
                     missing[0],
                 )
                 rows = [r for r in rows if r[1] in known and r[2] in known]
@@ -317,7 +492,9 @@ def write_dataset(
             used = {split_of[u] for _, a, b in rows for u in (a, b)}
             layout["trials"][tname] = "+".join(s for s in index if s in used)
     (vdir / LAYOUT_FILE).write_text(json.dumps(layout, indent=1))
-    summary.path = str(vdir)
+    for fname, text in extra_files.items():
+        (vdir / fname).write_text(text)
+    summary.path = str(final)
     summary.seconds = time.time() - t0
     (vdir / "prep_summary.json").write_text(
         json.dumps(

@@ -6,6 +6,13 @@ import dataclasses
 
 import numpy as np
 
+from ssv_jax.errors import UserError
+
+
+class TrialListError(UserError, ValueError):
+    """A trial list that cannot be used: missing, empty, or a line that is not ``label enroll
+    test``."""
+
 
 @dataclasses.dataclass
 class Trials:
@@ -27,23 +34,23 @@ class Trials:
 
 
 def parse_trials(text: str, name: str = "trials", source: str = "") -> Trials:
-    """Parse VoxCeleb-format lines ``label a b`` (label 0/1); blank lines ignored."""
+    """Parse VoxCeleb-format lines ``label a b`` (label 0/1); blank lines ignored. A bad line
+    raises TrialListError naming the list, its source and the line."""
     labels, enroll, test = [], [], []
     for n, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
         if len(parts) != 3 or parts[0] not in ("0", "1"):
-            raise ValueError(
-                f"trial list {name} ({source or 'text'}) line {n}: expected 'label utterance_a "
-                "utterance_b' "
-                f"with label 0 or 1, got {line.strip()!r}."
+            raise TrialListError(
+                f"trial list {name} ({source or 'text'}) line {n}: expected 'label enroll test' "
+                f"(label 0 or 1, then two utterance ids), got {line.strip()!r}."
             )
         labels.append(int(parts[0]))
         enroll.append(parts[1])
         test.append(parts[2])
     if not labels:
-        raise ValueError(f"trial list {name} ({source or 'text'}) is empty.")
+        raise TrialListError(f"trial list {name} ({source or 'text'}) is empty.")
     return Trials(name=name, labels=np.asarray(labels, np.int32), enroll=enroll, test=test)
 
 
