@@ -1,15 +1,20 @@
 """ssv_jax main job: train a recipe, then evaluate it on the config's trial lists.
 
     python main.py --config=configs/simclr_am.py[:demo] --workdir=DIR [--config.x.y=v ...]
-        [--mode=train_and_evaluate|train|evaluate]
+        [--mode=train_and_evaluate|train|evaluate] [--distributed [--coordinator_address=H:P
+        --num_processes=N --process_id=I]]
 
-Writes DIR/config.json (the resolved config; not in --mode=evaluate, which keeps the one
-training wrote), DIR/checkpoints/ (Orbax), TensorBoard event files, DIR/results.json ({trial
-list: {"eer", "min_dcf", "n_trials"}}) and DIR/eval/ (scores, EER thresholds, DET curve, score
-histograms). Rerunning with the same --workdir resumes from the latest checkpoint. Evaluation
-opens only the evaluation dataset (no training split, no augmentation bank).
+Writes DIR/config.json (the resolved config, when the run starts fresh: a resumed run is
+compared with it and refused if its network, method or batch size changed), DIR/checkpoints/
+(Orbax), TensorBoard event files, DIR/results.json ({trial list: {"eer", "min_dcf",
+"n_trials"}}) and DIR/eval/ (scores, EER thresholds, DET curve, score histograms). Rerunning
+with the same --workdir resumes from the latest checkpoint. SIGTERM or Ctrl-C stops training
+after the current step with a checkpoint (exit status 128 + the signal's number). Evaluation
+opens only the evaluation dataset (no training split, no augmentation bank). A user's mistake
+(a flag, a config value, a missing dataset, a workdir) is reported in one line, exit status 2.
 """
 
+import logging
 import os
 import sys
 
@@ -38,53 +43,98 @@ _MODE = flags.DEFINE_enum(
     "train_and_evaluate (default): train, then evaluate; train; evaluate.",
 )
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() (multi-host TPU/GPU pods)."
+    "distributed",
+    False,
+    "One process of a multi-process run (a TPU VM pod slice, several GPU nodes): joins the "
+    "others through jax.distributed.initialize before anything else.",
 )
-flags.mark_flags_as_required(["config", "workdir"])
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "With --distributed: host:port of process 0, reachable from every process (detected on "
+    "TPU VMs and under SLURM).",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "With --distributed: how many processes (detected on TPU VMs, SLURM)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "With --distributed: this process's index, 0 first (detected likewise)."
+)
 
 
 def parse_flags(argv):
-    """absl parsing, with an unknown ``--config.*`` key refused by name (no traceback)."""
+    """absl parsing; a bad flag or an unknown ``--config.*`` key is refused by name (no
+    traceback)."""
     try:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:
         bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
         detail = str(e).replace("\\n", " ").replace("\\'", "'").strip("'\" ")
-        sys.exit(
-            f"main.py: unknown config key among {bad}: {detail}. Every key must exist in the "
-            "recipe (fields: ssv_jax/config.py)."
+        _fail(
+            f"unknown config key among {bad}: {detail}. Every key must exist in the recipe "
+            "(fields: ssv_jax/config.py)."
         )
+    except (flags.Error, ValueError) as e:
+        _fail(f"{e}. See python main.py --help.")
+
+
+def _fail(message: str, status: int = 2):
+    print(f"main.py: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        _fail(f"unexpected arguments: {argv[1:]}.")
+    for name in ("config", "workdir"):
+        if flags.FLAGS[name].value is None:
+            _fail(
+                f"--{name} is required: python main.py --config=configs/simclr_am.py:demo "
+                "--workdir=runs/demo (see python main.py --help)."
+            )
+    detected = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if not _DISTRIBUTED.value and any(v is not None for v in detected):
+        _fail("--coordinator_address, --num_processes and --process_id need --distributed.")
+    if _DISTRIBUTED.value:
+        from ssv_jax import distributed
+
+        distributed.initialize(*detected)
     import jax
 
-    if _DISTRIBUTED.value:
-        jax.distributed.initialize()
-    from ssv_jax import config as config_lib
-    from ssv_jax import train as train_lib
+    from ssv_jax.distributed import Interrupted
+    from ssv_jax.errors import UserError
     from ssv_jax.writers import setup_console_logging
 
-    setup_console_logging()
+    setup_console_logging(process_index=jax.process_index())
+    try:
+        run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+    except UserError as err:
+        _fail(str(err))
+    except Interrupted as err:
+        logging.getLogger("ssv_jax").warning("%s", err)
+        sys.exit(128 + err.signum)
 
-    cfg = _CONFIG.value
+
+def run(cfg, workdir: str, mode: str):
+    import jax
+
+    from ssv_jax import config as config_lib
+    from ssv_jax import train as train_lib
+    from ssv_jax import workdir as workdir_lib
+
     config_lib.validate(cfg)
-    workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0 and _MODE.value != "evaluate":  # keep what training wrote
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(cfg.to_json_best_effort(indent=2))
-    print(
-        f"ssv_jax: {jax.device_count()} {jax.devices()[0].platform} device(s), "
-        f"{jax.process_count()} process(es); workdir {workdir}",
-        flush=True,
-    )
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    workdir_lib.prepare(cfg, workdir, mode=mode)
+    if jax.process_index() == 0:
+        print(
+            f"ssv_jax: {jax.device_count()} {jax.devices()[0].platform} device(s), "
+            f"{jax.process_count()} process(es); workdir {workdir}",
+            flush=True,
+        )
     graphdef = state = mesh = None
-    if _MODE.value in ("train_and_evaluate", "train"):
+    if mode in ("train_and_evaluate", "train"):
         graphdef, state, mesh = train_lib.train(cfg, workdir)
-    if _MODE.value in ("train_and_evaluate", "evaluate"):
+    if mode in ("train_and_evaluate", "evaluate"):
         results = train_lib.evaluate(cfg, workdir, mesh=mesh, graphdef=graphdef, state=state)
         if jax.process_index() == 0:
             from ssv_jax.evaluate import summary_table

@@ -16,8 +16,18 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from ssv_jax import state as state_lib
+from ssv_jax.config import ConfigError
+from ssv_jax.errors import UserError
 from ssv_jax.optim import lr_schedule, make_optimizer
 from ssv_jax.sharding import replicated
+
+
+class RunNotFoundError(UserError, FileNotFoundError):
+    """A workdir without the checkpoint or config.json a command needs."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is there but cannot be read (damaged, or of another config)."""
 
 
 def manager(workdir: str, cfg) -> ocp.CheckpointManager:
@@ -25,11 +35,17 @@ def manager(workdir: str, cfg) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, "checkpoints")),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=int(max(cfg.train.keep_checkpoints, cfg.train.average_last, 1)),
+            max_to_keep=kept(cfg),
             create=True,
+            cleanup_tmp_directories=True,  # what a killed run was writing
             enable_async_checkpointing=True,
         ),
     )
+
+
+def kept(cfg) -> int:
+    """How many checkpoints a run keeps."""
+    return int(max(cfg.train.keep_checkpoints, cfg.train.average_last, 1))
 
 
 def save(mgr, step: int, state) -> None:
@@ -47,9 +63,22 @@ def restore(mgr, step: int, abstract_state):
     """The checkpoint at ``step``, placed like ``abstract_state`` (ShapeDtypeStructs with
     shardings for this run's mesh: a checkpoint saved by another process/device layout restores
     onto this one). None: as saved (a dict), which needs the saving run's devices."""
-    if abstract_state is None:
-        return mgr.restore(step)
-    return mgr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    try:
+        if abstract_state is None:
+            return mgr.restore(step)
+        return mgr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    except Exception as err:  # noqa: BLE001  (Orbax/TensorStore raise many types)
+        older = [s for s in mgr.all_steps() if s < step]
+        fix = (
+            f"move {mgr.directory / str(step)} aside to continue from checkpoint {max(older)}"
+            if older
+            else "move it aside to start again"
+        )
+        raise CheckpointError(
+            f"checkpoint {step} in {mgr.directory} cannot be read ({type(err).__name__}: "
+            f"{str(err)[:300]}). If it is damaged (a full disk, a copy cut short), {fix}; if "
+            "it was written with another config, use that config."
+        ) from err
 
 
 def averaged_network(mgr, abstract_state, n_last: int):
@@ -103,7 +132,7 @@ def load_network(cfg, workdir: str, mesh, state=None):
         return graphdef, state.params, state.batch_stats, f"checkpoint {int(state.step)}"
     latest = mgr.latest_step()
     if latest is None:
-        raise FileNotFoundError(
+        raise RunNotFoundError(
             f"no checkpoint in {mgr.directory}: train first (--mode=train) or point "
             "--workdir at a trained run."
         )
@@ -121,7 +150,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     """The resolved config that ``main.py`` wrote to ``workdir/config.json``."""
     path = os.path.join(os.path.expanduser(workdir), "config.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise RunNotFoundError(
             f"{path} not found: {workdir} is not a directory that `python main.py "
             "--workdir=...` trained."
         )
@@ -160,7 +189,7 @@ def pretrained_network(cfg, mesh):
     diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
     if diff:
         shown = "; ".join(f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in diff)
-        raise ValueError(
+        raise ConfigError(
             f"train.init_from={src} trained another network than this config's ({shown}). "
             "Use the same encoder, front-end and projector settings, or start from scratch."
         )

@@ -28,6 +28,7 @@ log = logging.getLogger("ssv_jax")
 def load_workdir(workdir: str):
     """(cfg, embed) for a trained workdir; ``embed([(id, wave), ...])`` -> {id: embedding}."""
     from ssv_jax import checkpoints, evaluate
+    from ssv_jax.errors import UserError
     from ssv_jax.sharding import data_mesh
 
     try:
@@ -37,7 +38,7 @@ def load_workdir(workdir: str):
     mesh = data_mesh()
     try:
         graphdef, params, batch_stats, what = checkpoints.load_network(cfg, workdir, mesh)
-    except FileNotFoundError as err:
+    except UserError as err:
         raise SystemExit(f"ssv-jax: {err}") from None
     log.info("using %s of %s", what, workdir)
     fn = evaluate.make_embed_fn(cfg, graphdef, mesh)
@@ -148,10 +149,11 @@ def cmd_verify(args) -> int:
 
 def cmd_export(args) -> int:
     from ssv_jax import export
+    from ssv_jax.errors import UserError
 
     try:
         info = export.export(args.workdir, args.out)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, UserError) as err:
         raise SystemExit(f"ssv-jax: {err}") from None
     print(f"exported {info['network']} to {args.out}: {info['input']} -> {info['output']}")
     return 0

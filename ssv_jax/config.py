@@ -63,6 +63,7 @@ from __future__ import annotations
 import ml_collections
 
 from ssv_jax.data import default_data_config
+from ssv_jax.errors import UserError
 from ssv_jax.frontend import default_frontend_config
 from ssv_jax.models import default_model_config
 
@@ -190,6 +191,10 @@ ENCODER_ARGS = {"fast_resnet34": "fast_resnet34", "ecapa": "ecapa_tdnn"}
 RECIPE_ARGS = ("demo", "small") + tuple(ENCODER_ARGS)
 
 
+class ConfigError(UserError, ValueError):
+    """A config value that is unknown or inconsistent; the message names the field."""
+
+
 def recipe(arg: str | None = None, **method) -> ml_collections.ConfigDict:
     """base_config() with ``method`` fields overridden, then the comma-separated arguments of
     ``arg``: ``demo`` (apply_demo), ``small`` (apply_small) and an encoder (``ecapa``:
@@ -198,7 +203,7 @@ def recipe(arg: str | None = None, **method) -> ml_collections.ConfigDict:
     cfg = base_config()
     for k, v in method.items():
         if k not in cfg.method:
-            raise KeyError(f"unknown method field {k!r}; known: {sorted(cfg.method.keys())}")
+            raise ConfigError(f"unknown method field {k!r}; known: {sorted(cfg.method.keys())}")
         cfg.method[k] = v
     for a in [t.strip() for t in (arg or "").split(",") if t.strip()]:
         if a == "demo":
@@ -208,7 +213,7 @@ def recipe(arg: str | None = None, **method) -> ml_collections.ConfigDict:
         elif a in ENCODER_ARGS:
             cfg.model = default_model_config(ENCODER_ARGS[a])
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown config argument {a!r}; use any of {RECIPE_ARGS}, "
                 "comma-separated (e.g. --config=configs/simclr_am.py:demo,ecapa)."
             )
@@ -218,27 +223,27 @@ def recipe(arg: str | None = None, **method) -> ml_collections.ConfigDict:
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Refuse inconsistent settings with a message that names the field."""
     if cfg.method.name not in METHODS:
-        raise ValueError(f"method.name {cfg.method.name!r} is not one of {METHODS}.")
+        raise ConfigError(f"method.name {cfg.method.name!r} is not one of {METHODS}.")
     if cfg.method.loss not in LOSSES:
-        raise ValueError(f"method.loss {cfg.method.loss!r} is not one of {LOSSES}.")
+        raise ConfigError(f"method.loss {cfg.method.loss!r} is not one of {LOSSES}.")
     from ssv_jax.scoring import METHODS as NORMS
 
     if cfg.eval.protocol not in ("full", "segments"):
-        raise ValueError(f"eval.protocol {cfg.eval.protocol!r} is not 'full' or 'segments'.")
+        raise ConfigError(f"eval.protocol {cfg.eval.protocol!r} is not 'full' or 'segments'.")
     if cfg.eval.score_norm not in NORMS:
-        raise ValueError(f"eval.score_norm {cfg.eval.score_norm!r} is not one of {NORMS}.")
+        raise ConfigError(f"eval.score_norm {cfg.eval.score_norm!r} is not one of {NORMS}.")
     if cfg.method.scale <= 0:
-        raise ValueError(f"method.scale must be > 0; got {cfg.method.scale}.")
+        raise ConfigError(f"method.scale must be > 0; got {cfg.method.scale}.")
     if cfg.train.batch_size < 2:
-        raise ValueError("train.batch_size must be at least 2 (negatives come from the batch).")
+        raise ConfigError("train.batch_size must be at least 2 (negatives come from the batch).")
     if cfg.method.name == "moco" and cfg.method.queue_size % cfg.train.batch_size:
-        raise ValueError(
+        raise ConfigError(
             f"method.queue_size ({cfg.method.queue_size}) must be a multiple of train.batch_size "
             f"({cfg.train.batch_size}) so whole batches of keys are enqueued."
         )
     if cfg.optim.name not in ("adam", "adamw", "sgd"):
-        raise ValueError(f"optim.name {cfg.optim.name!r} is not one of ('adam', 'adamw', 'sgd').")
+        raise ConfigError(f"optim.name {cfg.optim.name!r} is not one of ('adam', 'adamw', 'sgd').")
     if cfg.optim.schedule not in ("step", "constant", "cosine"):
-        raise ValueError(
+        raise ConfigError(
             f"optim.schedule {cfg.optim.schedule!r} is not one of ('step', 'constant', 'cosine')."
         )

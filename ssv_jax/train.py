@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import sys
 import time
 
 import jax
 import numpy as np
 
-from ssv_jax import checkpoints
+from ssv_jax import checkpoints, distributed
 from ssv_jax import config as config_lib
 from ssv_jax import data as data_lib
 from ssv_jax import state as state_lib
 from ssv_jax import step as step_lib
+from ssv_jax import workdir as workdir_lib
 from ssv_jax.data.batch import device_part
+from ssv_jax.errors import UserError
 from ssv_jax.evaluate import (
     cache_path_for,
     evaluate_trials,
@@ -33,7 +36,7 @@ from ssv_jax.writers import create_writer
 log = logging.getLogger("ssv_jax")
 
 
-class TrainingDiverged(FloatingPointError):
+class TrainingDiverged(UserError, FloatingPointError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
@@ -95,6 +98,7 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
     else:
         start = 0
         state = jax.device_put(state, repl)
+    workdir_lib.check_space(workdir, state, checkpoints.kept(cfg))
     step_fn = step_lib.make_train_step(cfg, graphdef, mesh, tx, schedule, n_total)
 
     writer = create_writer(workdir)
@@ -166,28 +170,46 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
         return res
 
     try:
-        if cfg.train.eval_every and start == 0:
-            validate(0)  # the network at initialisation, for comparison
-        while step < stop:
-            t0 = time.perf_counter()
-            local = next(batches)
-            # Time blocked on the input pipeline counts as data_wait only where the device had
-            # nothing left to run (the previous step was done): an upper bound on its idle time.
-            if not pending or pending[-1]["loss"].is_ready():
-                data_wait += time.perf_counter() - t0
-            batch = global_batch(device_part(local), mesh)
-            state, m = step_fn(state, batch)
-            pending.append(m)
-            step += 1
-            if step % cfg.train.log_every == 0 or step == stop:
-                flush(step)
-            if step % cfg.train.checkpoint_every == 0 or step == stop:
-                flush(step)  # never save a diverged state
-                checkpoints.save(mgr, step, state)
-                last_good = step
-            if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < n_total:
-                validate(step)
-                t_last = time.perf_counter()  # validation time is not training throughput
+        with distributed.StopRequest() as requests:
+            if cfg.train.eval_every and start == 0:
+                validate(0)  # the network at initialisation, for comparison
+            while step < stop:
+                t0 = time.perf_counter()
+                local = next(batches)
+                # Time blocked on the input pipeline counts as data_wait only where the device
+                # had nothing left to run (the previous step was done): an upper bound on its
+                # idle time.
+                if not pending or pending[-1]["loss"].is_ready():
+                    data_wait += time.perf_counter() - t0
+                batch = global_batch(device_part(local), mesh)
+                state, m = step_fn(state, batch)
+                pending.append(m)
+                step += 1
+                stopping = step < stop and requests.due(step)
+                if step % cfg.train.log_every == 0 or step == stop or stopping:
+                    flush(step)
+                if step % cfg.train.checkpoint_every == 0 or step == stop or stopping:
+                    flush(step)  # never save a diverged state
+                    checkpoints.save(mgr, step, state)
+                    last_good = step
+                if stopping:
+                    mgr.wait_until_finished()
+                    name = signal.Signals(requests.signum).name
+                    raise distributed.Interrupted(
+                        f"stopped by {name} at step {step} of {n_total}; checkpoint saved in "
+                        f"{mgr.directory}. Run the same command again to resume from it.",
+                        requests.signum,
+                    )
+                if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < n_total:
+                    validate(step)
+                    t_last = time.perf_counter()  # validation time is not training throughput
+            if requests.after_last_step():
+                raise distributed.Interrupted(
+                    f"stopped by {signal.Signals(requests.signum).name} after the last step "
+                    f"({step}), whose checkpoint is saved in {mgr.directory}: run the same "
+                    "command again to evaluate it.",
+                    requests.signum,
+                )
     finally:
         progress.close()
         mgr.wait_until_finished()

@@ -31,15 +31,17 @@ def create_writer(workdir: str) -> metric_writers.MetricWriter:
     return metric_writers.MultiWriter([metric_writers.SummaryWriter(workdir), ConsoleWriter()])
 
 
-def setup_console_logging(level=logging.INFO) -> None:
-    """ssv_jax's own messages to stderr; library chatter (Orbax, TF, absl INFO) stays quiet."""
+def setup_console_logging(level=logging.INFO, process_index: int = 0) -> None:
+    """ssv_jax's own messages to stderr; library chatter (Orbax, TF, absl INFO) stays quiet.
+    Processes other than 0 log only warnings and errors, marked with their index."""
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)
     log = logging.getLogger("ssv_jax")
+    tag = f" [process {process_index}]" if process_index else ""
     if not log.handlers:
         h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(asctime)s ssv_jax: %(message)s", "%H:%M:%S"))
+        h.setFormatter(logging.Formatter(f"%(asctime)s ssv_jax{tag}: %(message)s", "%H:%M:%S"))
         log.addHandler(h)
-    log.setLevel(level)
+    log.setLevel(level if process_index == 0 else max(level, logging.WARNING))
     log.propagate = False

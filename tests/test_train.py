@@ -18,8 +18,8 @@ from ssv_jax import data as data_lib
 from ssv_jax import state as state_lib
 from ssv_jax import train as train_lib
 from ssv_jax.optim import lr_schedule, make_optimizer
-from ssv_jax.sharding import data_mesh, replicated
-from tests.helpers.cases import run_steps, tiny_config
+from ssv_jax.sharding import data_mesh
+from tests.helpers.cases import TINY_RESNET, run_main, run_steps, tiny_config, tiny_main_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,55 +54,6 @@ def test_sharded_step_equals_single_device(data_dir, method):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     init = jax.tree.leaves(_initial(cfg).params)
     assert any(not np.allclose(a, b) for a, b in zip(leaves8, init)), "parameters did not move"
-
-
-@pytest.mark.slow
-def test_two_process_training_equals_one(data_dir, tmp_path):
-    """train.train on 2 processes x 4 devices (each loads its half of every batch, gloo
-    collectives, one shared checkpoint) == 1 process x 8 devices, MoCo queues included."""
-    from tests.helpers.multiprocess import launch
-
-    cfg = tiny_config(data_dir, "moco")
-    cfg.optim.name, cfg.optim.lr = "sgd", 0.05
-    _, ref, _ = train_lib.train(cfg, str(tmp_path / "one"), max_steps=2)
-    worker = os.path.join(ROOT, "tests", "helpers", "mp_train_worker.py")
-    out = str(tmp_path / "res")
-    launch(
-        worker,
-        [
-            f"--data_dir={data_dir}",
-            "--method=moco",
-            f"--workdir={tmp_path / 'two'}",
-            f"--out={out}",
-        ],
-        n_proc=2,
-        devices_per_proc=4,
-        timeout=400,
-    )
-    ref_leaves = [np.asarray(x) for x in jax.tree.leaves(ref.params)]
-    for i in range(2):
-        r = np.load(f"{out}.{i}.npz")
-        assert (int(r["devices"]), int(r["processes"]), int(r["step"])) == (8, 2, 2)
-        for k, b in enumerate(ref_leaves):
-            np.testing.assert_allclose(r[f"arr_{k}"], b, rtol=1e-5, atol=1e-5)
-    # The 2-process checkpoint restores here (1 process x 8 devices), as evaluation does.
-    mgr = checkpoints.manager(str(tmp_path / "two"), cfg)
-    assert mgr.all_steps() == [2]
-    restored = checkpoints.restore(mgr, 2, checkpoints.abstract(ref, replicated(data_mesh())))
-    for a, b in zip(jax.tree.leaves(restored.params), ref_leaves):
-        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-5)
-    for q in ("queue1", "queue2"):
-        np.testing.assert_allclose(
-            np.asarray(restored.method_state[q]),
-            np.asarray(ref.method_state[q]),
-            rtol=1e-5,
-            atol=1e-5,
-        )
-    two, one = (
-        train_lib.evaluate(cfg, str(tmp_path / d))["synthetic_test"] for d in ("two", "one")
-    )
-    assert two["n_trials"] == one["n_trials"] > 20
-    assert two["eer"] == pytest.approx(one["eer"], abs=1e-6)
 
 
 @pytest.mark.slow
@@ -278,66 +229,11 @@ def test_unknown_config_key_is_refused_by_name(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def _tiny_overrides(data_dir):
-    """Command-line overrides that shrink the demo corpus to ``tiny_config``'s."""
-    cfg = tiny_config(data_dir)
-    overrides = [f"--config.data.data_dir={data_dir}"]
-    for k in (
-        "train_speakers",
-        "test_speakers",
-        "train_sessions",
-        "test_sessions",
-        "utterances_per_session",
-        "min_seconds",
-        "max_seconds",
-        "n_trials",
-        "noise_clips",
-        "speech_clips",
-        "music_clips",
-        "rirs",
-        "bank_seconds",
-    ):
-        overrides.append(f"--config.data.synthetic.{k}={cfg.data.synthetic[k]}")
-    return overrides + [
-        "--config.data.crop_seconds=0.5",
-        "--config.train.batch_size=8",
-        "--config.train.num_steps=2",
-        "--config.train.progress_bar=False",
-    ]
-
-
-def _run_main(config, workdir, overrides):
-    """``python main.py --config=configs/CONFIG --workdir=WORKDIR OVERRIDES`` on 2 devices."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "main.py"),
-            "--config=" + os.path.join(ROOT, "configs", config),
-            f"--workdir={workdir}",
-            *overrides,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
-
-
-TINY_RESNET = [
-    "--config.model.channels=(8,16,16,16)",
-    "--config.model.blocks=(1,1,1,1)",
-    "--config.model.embed_dim=32",
-]
-
-
 @pytest.fixture(scope="module")
 def main_run(data_dir, tmp_path_factory):
     """A workdir trained and evaluated by main.py (tiny Fast ResNet-34, 2 steps on 2 devices)."""
     workdir = tmp_path_factory.mktemp("main") / "run"
-    _run_main("simclr_am.py:demo", workdir, _tiny_overrides(data_dir) + TINY_RESNET)
+    run_main("simclr_am.py:demo", workdir, tiny_main_overrides(data_dir) + TINY_RESNET)
     return workdir
 
 
@@ -351,8 +247,8 @@ def test_evaluate_mode_reads_only_the_evaluation_data(main_run, data_dir, tmp_pa
     shutil.copytree(data_dir / "synthetic", only_eval / "synthetic")
     config_before = (main_run / "config.json").read_text()
     results_before = json.loads((main_run / "results.json").read_text())
-    overrides = _tiny_overrides(only_eval) + TINY_RESNET + ["--mode=evaluate"]
-    _run_main("simclr_am.py:demo", main_run, overrides + ["--config.train.log_every=7"])
+    overrides = tiny_main_overrides(only_eval) + TINY_RESNET + ["--mode=evaluate"]
+    run_main("simclr_am.py:demo", main_run, overrides + ["--config.train.log_every=7"])
     assert (main_run / "config.json").read_text() == config_before
     assert json.loads((main_run / "results.json").read_text()) == results_before
     assert sorted(p.name for p in only_eval.iterdir()) == ["synthetic"]
@@ -362,10 +258,10 @@ def test_evaluate_mode_reads_only_the_evaluation_data(main_run, data_dir, tmp_pa
 def test_main_trains_ecapa_with_moco_aam(data_dir, tmp_path):
     """The other encoder, chosen by recipe argument, trains through main.py (MoCo with the
     angular-margin loss) and is evaluated with its own architecture."""
-    proc = _run_main(
+    proc = run_main(
         "moco_am.py:demo,ecapa",
         tmp_path,
-        _tiny_overrides(data_dir)
+        tiny_main_overrides(data_dir)
         + [
             "--config.model.channels=32",
             "--config.model.mfa_channels=96",

@@ -213,7 +213,10 @@ class WorkerPool:
 def _serve(setup_path: str):
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it ends the workers
+    # Ctrl-C and a preemption notice are the parent's: it finishes its step, then ends the
+    # workers (or, if it dies, their input closes and they return).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # prints from the handler must not corrupt the answer stream
 

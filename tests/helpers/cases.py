@@ -1,5 +1,9 @@
 """Tiny configs and inputs shared by the tests and their multi-process workers."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 
@@ -93,3 +97,73 @@ def embed_network(cfg, mesh):
     graphdef, state = state_lib.create(cfg, tx)
     params, batch_stats = jax.device_put((state.params, state.batch_stats), replicated(mesh))
     return graphdef, params, batch_stats
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY_RESNET = [
+    "--config.model.channels=(8,16,16,16)",
+    "--config.model.blocks=(1,1,1,1)",
+    "--config.model.embed_dim=32",
+]
+
+
+def tiny_main_overrides(data_dir):
+    """Command-line overrides that shrink the demo corpus to ``tiny_config``'s."""
+    cfg = tiny_config(data_dir)
+    overrides = [f"--config.data.data_dir={data_dir}"]
+    for k in (
+        "train_speakers",
+        "test_speakers",
+        "train_sessions",
+        "test_sessions",
+        "utterances_per_session",
+        "min_seconds",
+        "max_seconds",
+        "n_trials",
+        "noise_clips",
+        "speech_clips",
+        "music_clips",
+        "rirs",
+        "bank_seconds",
+    ):
+        overrides.append(f"--config.data.synthetic.{k}={cfg.data.synthetic[k]}")
+    return overrides + [
+        "--config.data.crop_seconds=0.5",
+        "--config.train.batch_size=8",
+        "--config.train.num_steps=2",
+        "--config.train.progress_bar=False",
+    ]
+
+
+def main_command(config, workdir, overrides):
+    """argv of ``python main.py --config=configs/CONFIG --workdir=WORKDIR OVERRIDES``."""
+    return [
+        sys.executable,
+        os.path.join(ROOT, "main.py"),
+        "--config=" + os.path.join(ROOT, "configs", config),
+        f"--workdir={workdir}",
+        *overrides,
+    ]
+
+
+def main_env(devices=2):
+    """The environment of a main.py subprocess with ``devices`` simulated CPU devices."""
+    return dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+    )
+
+
+def run_main(config, workdir, overrides, *, check=True):
+    """main.py (``main_command``) on 2 devices; asserts success unless ``check`` is False."""
+    proc = subprocess.run(
+        main_command(config, workdir, overrides),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=main_env(2),
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
