@@ -111,7 +111,8 @@ def main(argv):
     except UserError as err:
         _fail(str(err))
     except Interrupted as err:
-        logging.getLogger("ssv_jax").warning("%s", err)
+        if jax.process_index() == 0:
+            logging.getLogger("ssv_jax").warning("%s", err)
         sys.exit(128 + err.signum)
 
 
@@ -123,7 +124,7 @@ def run(cfg, workdir: str, mode: str):
     from ssv_jax import workdir as workdir_lib
 
     config_lib.validate(cfg)
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+    workdir = workdir_lib.resolve(workdir)
     workdir_lib.prepare(cfg, workdir, mode=mode)
     if jax.process_index() == 0:
         print(

@@ -76,8 +76,8 @@ def restore(mgr, step: int, abstract_state):
         )
         raise CheckpointError(
             f"checkpoint {step} in {mgr.directory} cannot be read ({type(err).__name__}: "
-            f"{str(err)[:300]}). If it is damaged (a full disk, a copy cut short), {fix}; if "
-            "it was written with another config, use that config."
+            f"{str(err).splitlines()[0][:160]}). If it is damaged (a full disk, a copy cut "
+            f"short), {fix}; if it was written with another config, use that config."
         ) from err
 
 

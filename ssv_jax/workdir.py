@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 
 import jax
 
@@ -24,9 +25,19 @@ class WorkdirError(UserError):
     """The workdir cannot be used: unwritable, full, or holding another config's run."""
 
 
+def resolve(workdir: str) -> str:
+    """The absolute path of ``workdir``; a URL (gs://...) is refused: mount the bucket."""
+    if "://" in workdir:
+        raise WorkdirError(
+            f"--workdir={workdir} is a URL; the workdir must be a directory path that every "
+            "process sees: mount the bucket (e.g. with gcsfuse) and pass the mount's path."
+        )
+    return os.path.abspath(os.path.expanduser(workdir))
+
+
 def ensure_writable(workdir: str) -> None:
     """Create ``workdir`` if needed and check that a file can be written in it."""
-    probe = os.path.join(workdir, f".write-check-{os.getpid()}")
+    probe = os.path.join(workdir, f".write-check-{socket.gethostname()}-{os.getpid()}")
     try:
         os.makedirs(workdir, exist_ok=True)
         with open(probe, "w") as f:
@@ -104,11 +115,12 @@ def prepare(cfg, workdir: str, *, mode: str) -> None:
             f"{workdir} holds a run of another network, method or batch size ({shown}). Use a "
             f"new --workdir, or the settings in {path}."
         )
-    log.warning(
-        "this run %s the one in %s with changed settings (%s); %s keeps the settings it "
-        "started with",
-        what,
-        workdir,
-        shown,
-        CONFIG_FILE,
-    )
+    if jax.process_index() == 0:
+        log.warning(
+            "this run %s the one in %s with changed settings (%s); %s keeps the settings it "
+            "started with",
+            what,
+            workdir,
+            shown,
+            CONFIG_FILE,
+        )

@@ -112,7 +112,7 @@ def test_equidistant_crossing_picks_first_point_exactly():
     assert metrics.eer(scores, labels) == pytest.approx(25.0, abs=1e-9)
     rng = np.random.default_rng(1)
     for _ in range(30):  # many small balanced sets: exact ties in |fnr - fpr| are common
-        n = int(rng.integers(4, 40))
+        n = int(rng.choice([6, 13, 24, 39]))  # few shapes, few compiles
         labels = np.arange(n) % 2
         scores = rng.integers(0, 6, size=n).astype(np.float32)
         assert metrics.eer(scores, labels) == pytest.approx(ref_eer(scores, labels), abs=1e-9)
