@@ -103,11 +103,14 @@ def main():
     tenth = max(a.steps // 10, 1)
     first = [r for s, r in rates if s <= tenth and s > rates[0][0]]  # the first holds compiles
     last = [r for s, r in rates if s > a.steps - tenth]
-    to_steps = 1 / (2 * batch)
+
+    def rate(views):
+        return f"{sum(views) / len(views) / (2 * batch):.3f}" if views else "n/a (no step line)"
+
     print(f"\n{a.steps} steps in {time.time() - t0:.0f} s; workdir {workdir}")
     print(
-        f"steps/s: first 10% {sum(first) / len(first) * to_steps:.3f}, last 10% "
-        f"{sum(last) / len(last) * to_steps:.3f} (from the logged views/s; batch {batch})"
+        f"steps/s: first 10% {rate(first)}, last 10% {rate(last)} (from the logged views/s; "
+        f"batch {batch})"
     )
     for name, k in (("host RSS (MiB)", 2), ("workdir on disk (MiB)", 3)):
         vals = [s[k] for s in samples if s[2] > 0]
