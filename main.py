@@ -74,8 +74,14 @@ def parse_flags(argv):
             f"unknown config key among {bad}: {detail}. Every key must exist in the recipe "
             "(fields: ssv_jax/config.py)."
         )
-    except (flags.Error, ValueError) as e:
-        _fail(f"{e}. See python main.py --help.")
+    except (flags.Error, ValueError, OSError) as e:
+        cause = e  # config_flags wraps the recipe's own error (a bad argument, a missing file)
+        while cause.__cause__ or cause.__context__:
+            cause = cause.__cause__ or cause.__context__
+        from ssv_jax.errors import UserError
+
+        message = str(cause) if isinstance(cause, UserError) else str(e).splitlines()[0]
+        _fail(f"{message.strip()} See python main.py --help.")
 
 
 def _fail(message: str, status: int = 2):
@@ -92,6 +98,13 @@ def main(argv):
                 f"--{name} is required: python main.py --config=configs/simclr_am.py:demo "
                 "--workdir=runs/demo (see python main.py --help)."
             )
+    try:
+        _CONFIG.value.get("method")  # a config file that failed to load raises here
+    except OSError as e:
+        _fail(
+            f"--config could not be loaded ({str(e).strip().splitlines()[-1].strip()}); the "
+            "recipes are in configs/, e.g. --config=configs/simclr_am.py:demo."
+        )
     detected = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if not _DISTRIBUTED.value and any(v is not None for v in detected):
         _fail("--coordinator_address, --num_processes and --process_id need --distributed.")

@@ -16,6 +16,7 @@ from ssv_jax import checkpoints
 from ssv_jax import data as data_lib
 from ssv_jax import workdir as workdir_lib
 from tests.helpers.cases import (
+    ROOT,
     TINY_RESNET,
     main_command,
     main_env,
@@ -214,7 +215,7 @@ def test_unwritable_or_full_workdir_fails_before_training(tmp_path, monkeypatch)
         workdir_lib.check_space(str(tmp_path), state, keep=3)
 
 
-def test_main_without_config_or_workdir_says_what_is_missing(tmp_path):
+def test_main_without_config_or_workdir_or_with_a_bad_one_says_what_is_wrong(tmp_path):
     for args in ([], [f"--workdir={tmp_path}"], ["--config=configs/simclr_am.py:demo"]):
         proc = subprocess.run(
             main_command("simclr_am.py:demo", tmp_path, [])[:2] + args,
@@ -226,6 +227,21 @@ def test_main_without_config_or_workdir_says_what_is_missing(tmp_path):
         missing = "config" if not any(a.startswith("--config") for a in args) else "workdir"
         assert proc.returncode == 2, proc.stderr
         assert f"--{missing} is required" in proc.stderr and "Traceback" not in proc.stderr
+    for config, said in [
+        ("configs/nope.py", "--config could not be loaded ([Errno 2] No such file"),
+        ("configs/simclr_am.py:bogus", "unknown config argument 'bogus'"),
+    ]:
+        proc = subprocess.run(
+            main_command("simclr_am.py", tmp_path, [])[:2]
+            + [f"--config={config}", f"--workdir={tmp_path}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=main_env(1),
+            cwd=ROOT,
+        )
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert f"main.py: error: {said}" in proc.stderr
 
 
 @pytest.mark.slow
