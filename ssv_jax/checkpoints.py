@@ -173,6 +173,29 @@ def architecture(cfg) -> dict:
     return json.loads(json.dumps(fields))  # tuples and lists alike
 
 
+def fields(cfg) -> dict:
+    """{"section.field": value} of every field of ``cfg`` (tuples as lists, as config.json)."""
+
+    def flat(d, prefix):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    return flat(json.loads(cfg.to_json_best_effort()), "")
+
+
+def differences(theirs: dict, mine: dict) -> dict:
+    """{key: (their value, my value)} of the keys whose values differ (or are on one side)."""
+    keys = sorted(theirs.keys() | mine.keys())
+    return {k: (theirs.get(k), mine.get(k)) for k in keys if theirs.get(k) != mine.get(k)}
+
+
+def describe(diff: dict) -> str:
+    """``differences`` as "key: X there, Y here; ..."."""
+    return "; ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in diff.items())
+
+
 def pretrained_network(cfg, mesh):
     """(params, batch_stats, description) of the run ``cfg.train.init_from`` names: the network
     its evaluation uses (``load_network``); "embedded": the cached network pretrained on the
@@ -185,12 +208,11 @@ def pretrained_network(cfg, mesh):
     else:
         src = os.path.abspath(os.path.expanduser(cfg.train.init_from))
     other = read_config(src)
-    mine, theirs = architecture(cfg), architecture(other)
-    diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    diff = differences(architecture(other), architecture(cfg))
     if diff:
-        shown = "; ".join(f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in diff)
         raise ConfigError(
-            f"train.init_from={src} trained another network than this config's ({shown}). "
+            f"train.init_from={src} trained another network than this config's "
+            f"({describe(diff)}). "
             "Use the same encoder, front-end and projector settings, or start from scratch."
         )
     _, params, batch_stats, what = load_network(other, src, mesh)

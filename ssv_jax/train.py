@@ -103,7 +103,12 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
 
     writer = create_writer(workdir)
     if start == 0:
-        writer.write_hparams(_flat(cfg.to_dict()))
+        writer.write_hparams(
+            {
+                k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                for k, v in checkpoints.fields(cfg).items()
+            }
+        )
     stop = n_total if max_steps is None else min(n_total, start + max_steps)
     log.info(
         "training %s (%s, s=%g, m=%g) with %s: steps %d -> %d of %d, global batch %d x 2 "
@@ -241,14 +246,3 @@ def evaluate(cfg, workdir: str, *, mesh=None, graphdef=None, state=None) -> dict
     writer.flush()
     log.info("results written to %s", path)
     return results
-
-
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out

@@ -3,7 +3,6 @@ fresh and compared with the run's config when it resumes."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -64,24 +63,6 @@ def check_space(workdir: str, state, keep: int) -> None:
         )
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_diff(stored: dict, cfg) -> dict:
-    """{field: (stored value, this run's value)} of every field that differs (tuples and lists
-    alike; fields present on one side only included)."""
-    a = _flat(stored)
-    b = _flat(json.loads(cfg.to_json_best_effort()))
-    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
-
-
 def prepare(cfg, workdir: str, *, mode: str) -> None:
     """Before a run: the workdir is writable; a fresh run (no checkpoint) writes
     ``config.json``; a run that continues one (resume, or ``mode="evaluate"``) is compared with
@@ -99,16 +80,14 @@ def prepare(cfg, workdir: str, *, mode: str) -> None:
         return
     if not os.path.isfile(path):
         return  # nothing to compare with (a checkpoint from a bare train.train call)
-    with open(path) as f:
-        stored = json.load(f)
-    for k in checkpoints.LEGACY_FIELDS:
-        stored.get("model", {}).pop(k, None)
-    diff = config_diff(stored, cfg)
+    diff = checkpoints.differences(
+        checkpoints.fields(checkpoints.read_config(workdir)), checkpoints.fields(cfg)
+    )
     if not diff:
         return
     fixed = set(checkpoints.architecture(cfg)) | set(FIXED)
     refused = {k: v for k, v in diff.items() if k in fixed}
-    shown = "; ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in (refused or diff).items())
+    shown = checkpoints.describe(refused or diff)
     what = "evaluates" if mode == "evaluate" else "resumes"
     if refused:
         raise WorkdirError(
