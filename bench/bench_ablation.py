@@ -1,19 +1,21 @@
 """Where the small-data recipe's gain comes from: arms x seeds through main.py, then a table.
 
     python bench/bench_ablation.py --root=DIR [--data_name=NAME --data_dir=DATA]
-        [--arms=small,scratch,m0,noaug] [--seeds=0,1,2] [--summarize]
+        [--arms=small,scratch,m0,noaug] [--seeds=0,1,2] [--average_last=N] [--summarize]
 
 Each arm is the small-data recipe with one thing changed (all other settings equal):
 
   small    configs/simclr_am.py:small (pretrained on the embedded corpus, m = 0.1, per-view
-           channel augmentation: random EQ and band limits)
-  scratch  the same from random weights (configs/simclr_am.py:demo)
+           channel augmentation: random EQ and band limits; the average of the checkpoints of
+           steps 270-360 evaluated)
+  scratch  the same from random weights (configs/simclr_am.py:demo, same checkpoints averaged)
   m0       margin 0 (plain symmetric NT-Xent)
   noaug    no per-view channel augmentation (data.augment.eq_prob = lowpass_prob = 0)
 
 Without ``--data_name`` the runs train and evaluate on the embedded corpus, where pretraining on
 the embedded corpus is what ``scratch`` trains (so only scratch, m0 and noaug are run, each
-from random weights). Each run is ``ROOT/<dataset>_<arm>_s<seed>``, seeding the model and the
+from random weights). ``--average_last=0`` evaluates every arm's last checkpoint instead
+(1: the same). Each run is ``ROOT/<dataset>_<arm>_s<seed>``, seeding the model and the
 data order with the same seed; a run with results.json is not run again. ``--summarize`` only
 prints the table: per arm, EER and minDCF (p = 0.01) over the seeds (mean, sample standard
 deviation, each seed's value) and the mean wall time of a run. Runs one at a time.
@@ -31,6 +33,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+SMALL_CHECKPOINTS = ["--config.train.checkpoint_every=30", "--config.train.average_last=4"]
 NO_CHANNEL_AUG = ["--config.data.augment.eq_prob=0.0", "--config.data.augment.lowpass_prob=0.0"]
 
 
@@ -40,7 +43,7 @@ def arm_args(arm: str, folder: bool) -> list[str]:
     if arm == "small":
         return [f"--config={base}"]
     if arm == "scratch":
-        return ["--config=configs/simclr_am.py:demo"]
+        return ["--config=configs/simclr_am.py:demo"] + (SMALL_CHECKPOINTS if folder else [])
     if arm == "m0":
         return [f"--config={base}", "--config.method.margin=0.0"]
     if arm == "noaug":
@@ -48,7 +51,7 @@ def arm_args(arm: str, folder: bool) -> list[str]:
     raise SystemExit(f"unknown arm {arm!r}: choose from small, scratch, m0, noaug")
 
 
-def run_one(workdir: str, args: list[str], data: list[str], seed: int) -> None:
+def run_one(workdir: str, args: list[str], data: list[str], seed: int, average_last) -> None:
     cmd = [
         sys.executable,
         os.path.join(ROOT, "main.py"),
@@ -60,6 +63,8 @@ def run_one(workdir: str, args: list[str], data: list[str], seed: int) -> None:
         "--config.train.eval_every=0",
         "--config.train.progress_bar=False",
     ]
+    if average_last is not None:
+        cmd.append(f"--config.train.average_last={average_last}")
     print(" ".join(cmd[1:]), flush=True)
     start = time.time()
     with open(workdir + ".log", "w") as log:
@@ -106,6 +111,7 @@ def main():
     p.add_argument("--data_dir")
     p.add_argument("--arms", default=None, help="comma-separated (default: all that apply)")
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--average_last", type=int, help="override train.average_last of every arm")
     p.add_argument("--summarize", action="store_true", help="only print the table")
     a = p.parse_args()
     folder = a.data_name is not None
@@ -121,7 +127,7 @@ def main():
             for arm in arms:
                 wd = os.path.join(a.root, f"{prefix}_{arm}_s{s}")
                 if not os.path.exists(os.path.join(wd, "results.json")):
-                    run_one(wd, arm_args(arm, folder), data if folder else [], s)
+                    run_one(wd, arm_args(arm, folder), data if folder else [], s, a.average_last)
     summarize(a.root, prefix, arms, seeds)
 
 
