@@ -8,7 +8,7 @@ Each arm is the small-data recipe with one thing changed (all other settings equ
   small    configs/simclr_am.py:small (pretrained on the embedded corpus, m = 0.1, per-view
            channel augmentation: random EQ and band limits; the average of the checkpoints of
            steps 270-360 evaluated)
-  scratch  the same from random weights (configs/simclr_am.py:demo, same checkpoints averaged)
+  scratch  the same from random weights (``--config.train.init_from=``: no network to load)
   m0       margin 0 (plain symmetric NT-Xent)
   noaug    no per-view channel augmentation (data.augment.eq_prob = lowpass_prob = 0)
 
@@ -33,22 +33,21 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SMALL_CHECKPOINTS = ["--config.train.checkpoint_every=30", "--config.train.average_last=4"]
 NO_CHANNEL_AUG = ["--config.data.augment.eq_prob=0.0", "--config.data.augment.lowpass_prob=0.0"]
 
 
 def arm_args(arm: str, folder: bool) -> list[str]:
     """main.py arguments of one arm: the recipe (pretrained on a folder, else from scratch)."""
-    base = "configs/simclr_am.py:" + ("small" if folder else "demo")
-    if arm == "small":
-        return [f"--config={base}"]
-    if arm == "scratch":
-        return ["--config=configs/simclr_am.py:demo"] + (SMALL_CHECKPOINTS if folder else [])
-    if arm == "m0":
-        return [f"--config={base}", "--config.method.margin=0.0"]
-    if arm == "noaug":
-        return [f"--config={base}", *NO_CHANNEL_AUG]
-    raise SystemExit(f"unknown arm {arm!r}: choose from small, scratch, m0, noaug")
+    base = ["--config=configs/simclr_am.py:" + ("small" if folder else "demo")]
+    changes = {
+        "small": [],
+        "scratch": ["--config.train.init_from="],
+        "m0": ["--config.method.margin=0.0"],
+        "noaug": NO_CHANNEL_AUG,
+    }
+    if arm not in changes:
+        raise SystemExit(f"unknown arm {arm!r}: choose from {', '.join(changes)}")
+    return base + changes[arm]
 
 
 def run_one(workdir: str, args: list[str], data: list[str], seed: int, average_last) -> None:
@@ -120,14 +119,18 @@ def main():
     arms = (a.arms or ("small,scratch,m0,noaug" if folder else "scratch,m0,noaug")).split(",")
     seeds = [int(s) for s in a.seeds.split(",")]
     prefix = a.data_name or "embedded"
-    data = [f"--config.data.name={a.data_name}", f"--config.data.data_dir={a.data_dir}"]
+    data = (
+        [f"--config.data.name={a.data_name}", f"--config.data.data_dir={a.data_dir}"]
+        if folder
+        else []
+    )
     os.makedirs(a.root, exist_ok=True)
     if not a.summarize:
         for s in seeds:  # seed-major: an interrupted sweep leaves every arm equally covered
             for arm in arms:
                 wd = os.path.join(a.root, f"{prefix}_{arm}_s{s}")
                 if not os.path.exists(os.path.join(wd, "results.json")):
-                    run_one(wd, arm_args(arm, folder), data if folder else [], s, a.average_last)
+                    run_one(wd, arm_args(arm, folder), data, s, a.average_last)
     summarize(a.root, prefix, arms, seeds)
 
 
