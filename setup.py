@@ -35,7 +35,7 @@ EXTRAS = {
     "cuda": ["jax[cuda13]==0.10.2"],
     "tpu": ["jax[tpu]==0.10.2"],
     # scikit-learn is the independent reference in tests and benchmarks; ruff lints and formats.
-    "test": ["pytest==9.2.0", "scikit-learn==1.9.1", "ruff==0.17.6"],
+    "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "scikit-learn==1.9.1", "ruff==0.17.6"],
 }
 
 setup(
