@@ -17,6 +17,7 @@ from ssv_jax.models import (
     build_encoder,
     count_params,
     default_model_config,
+    layers,
     resnet,
 )
 from ssv_jax.models.layers import BatchNorm, fusion_barrier
@@ -225,6 +226,61 @@ def test_batchnorm_train_update_and_eval():
         (x - bn.mean[...]) / np.sqrt(bn.var[...] + 1e-5),
         atol=1e-5,
     )
+
+
+def _bn_two_pass(x, scale, bias, m, eps=1e-5):
+    """Textbook train-mode BatchNorm (two-pass variance) for autodiff to differentiate."""
+    w = jnp.ones(x.shape[:-1] + (1,), x.dtype) if m is None else m
+    n = jnp.sum(w)
+    mean = jnp.sum(x * w, axis=(0, 1, 2)) / n
+    var = jnp.sum(jnp.square(x - mean) * w, axis=(0, 1, 2)) / n
+    return (x - mean) / jnp.sqrt(var + eps) * scale + bias
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_batchnorm_gradient_is_the_exact_one(masked):
+    """The closed-form train-mode gradient equals autodiff of the two-pass formula, for x, scale
+    and bias, with and without a mask (masked positions still get outputs and gradients)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 7, 5, 3)) * [1.0, 2.0, 0.5] + [0.5, 1.0, -1.0]
+    dy = rng.standard_normal(x.shape)
+    scale, bias = rng.standard_normal(3), rng.standard_normal(3)
+    m = None
+    if masked:
+        m = np.broadcast_to((rng.uniform(size=(4, 7)) > 0.3)[:, :, None, None], (4, 7, 5, 1))
+        m = jnp.asarray(m, jnp.float32)
+    args = [jnp.asarray(v, jnp.float32) for v in (x, scale, bias)]
+
+    def ours(x, s, b):
+        return jnp.sum(layers.batch_norm_train(x, s, b, m, 1e-5)[0] * dy)
+
+    def ref(x, s, b):
+        return jnp.sum(_bn_two_pass(x, s, b, m) * dy)
+
+    np.testing.assert_allclose(ours(*args), ref(*args), rtol=1e-5)
+    for g, r in zip(jax.grad(ours, (0, 1, 2))(*args), jax.grad(ref, (0, 1, 2))(*args)):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(r))))
+
+
+def test_batchnorm_bfloat16_gradient_follows_float32():
+    """Mixed precision: a bf16 input's gradient is the float32 one to bf16 rounding (relative
+    error measured 0.24% on these ReLU-like activations)."""
+    rng = np.random.default_rng(0)
+    x = np.maximum(rng.standard_normal((8, 50, 20, 16)), 0) + 0.1
+    dy = rng.standard_normal(x.shape)
+    scale, bias = jnp.linspace(0.5, 1.5, 16), jnp.zeros(16)
+
+    def grads(dtype):
+        f = lambda x, s: jnp.sum(  # noqa: E731
+            layers.batch_norm_train(x, s, bias, None, 1e-5)[0].astype(jnp.float32) * dy
+        )
+        return jax.grad(f, (0, 1))(jnp.asarray(x, dtype), scale)
+
+    (dx16, ds16), (dx32, ds32) = grads(jnp.bfloat16), grads(jnp.float32)
+    assert dx16.dtype == jnp.bfloat16
+    for a, b in ((dx16, dx32), (ds16, ds32)):
+        a, b = np.asarray(a, np.float32), np.asarray(b)
+        assert np.linalg.norm(a - b) <= 5e-3 * np.linalg.norm(b)
 
 
 # ---------------------------------------------------------------- shapes, masks, sharding
