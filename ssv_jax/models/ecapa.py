@@ -27,6 +27,7 @@ from ssv_jax.models.layers import (
     check_encoder_input,
     masked_mean,
     masked_softmax,
+    scale_channels,
     torch_uniform,
 )
 
@@ -124,7 +125,7 @@ class SERes2Block(nnx.Module):
         h = self.tdnn2(jnp.concatenate(ys, axis=-1), mask)
         s = masked_mean(h.astype(jnp.float32), mask, axes=(1,))
         s = jax.nn.sigmoid(self.se2(jax.nn.relu(self.se1(s))))
-        return h * s[:, None, :].astype(h.dtype) + res
+        return scale_channels(h, s[:, None, :]) + res
 
 
 class AttentiveStatsPool(nnx.Module):

@@ -134,13 +134,15 @@ def _bn_train_bwd(eps, res, cts):
     x, m, mean, inv, scale = res
     dy = cts[0].astype(jnp.float32)  # mean / var: no gradient (see the docstring)
     axes = tuple(range(x.ndim - 1))
-    xc = x.astype(jnp.float32) - mean
+    xf = x.astype(jnp.float32)
     s1 = jnp.sum(dy, axis=axes)
-    s2 = inv * jnp.sum(dy * xc, axis=axes)  # sum of dy * xhat = the scale's gradient
+    s2 = inv * (jnp.sum(dy * xf, axis=axes) - mean * s1)  # sum dy * xhat: the scale's grad
     a = scale * inv
-    corr = (a * inv * s2) * xc + a * s1
     n = _bn_count(x, m)
-    dx = a * dy - (corr / n if m is None else corr * (m / n))
+    k = a * inv * s2 / n
+    c = a * s1 / n - k * mean
+    corr = k * xf + c
+    dx = a * dy - (corr if m is None else corr * m)
     return dx.astype(x.dtype), s2, s1, None
 
 
@@ -167,6 +169,29 @@ def fusion_barrier(x):
 
 
 fusion_barrier.defvjp(lambda x: (fusion_barrier(x), None), lambda _, g: (g,))
+
+
+@jax.custom_vjp
+def scale_channels(x, gate):
+    """``x * gate`` in ``x``'s dtype, computed in float32: a float32 per-example channel gate
+    (squeeze-excitation; ``gate`` broadcastable to ``x``, e.g. ``[B, 1, 1, C]``). The gate's
+    gradient is summed in float32 from the float32 values of x and dy, in one pass."""
+    return (x.astype(jnp.float32) * gate).astype(x.dtype)
+
+
+def _scale_channels_fwd(x, gate):
+    return scale_channels(x, gate), (x, gate)
+
+
+def _scale_channels_bwd(res, dy):
+    x, gate = res
+    dyf = dy.astype(jnp.float32)
+    axes = tuple(i for i, (n, g) in enumerate(zip(x.shape, gate.shape)) if g == 1 and n != 1)
+    dgate = jnp.sum(dyf * x.astype(jnp.float32), axis=axes, keepdims=True)
+    return (dyf * gate).astype(x.dtype), dgate.astype(gate.dtype)
+
+
+scale_channels.defvjp(_scale_channels_fwd, _scale_channels_bwd)
 
 
 def to_dtype_of(v, x):

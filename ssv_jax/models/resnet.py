@@ -223,8 +223,7 @@ class SEBasicBlock(nnx.Module):
         out = self.bn2(conv(apply_mask(out, mask), self.conv2.kernel[...], impl=impl), mask)
         se = masked_mean(out.astype(jnp.float32), mask, axes=(1, 2))
         se = jax.nn.sigmoid(self.se_fc2(jax.nn.relu(self.se_fc1(se))))
-        se = se[:, None, None, :]
-        out = out * (se if out.dtype == jnp.float32 else layers_lib.to_dtype_of(se, out))
+        out = layers_lib.scale_channels(out, se[:, None, None, :])
         if self.down_conv is None:
             res = x
         else:
