@@ -283,6 +283,29 @@ def test_batchnorm_bfloat16_gradient_follows_float32():
         assert np.linalg.norm(a - b) <= 5e-3 * np.linalg.norm(b)
 
 
+def test_scale_channels_gradient():
+    """The squeeze-excitation product's hand-written gradient equals autodiff of x * gate; in
+    bf16 the output and dx are bf16 and the gate's gradient float32, close to float32's."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 6, 5, 4))
+    gate = rng.uniform(size=(3, 1, 1, 4))
+    dy = rng.standard_normal(x.shape)
+    x32, g32 = jnp.asarray(x, jnp.float32), jnp.asarray(gate, jnp.float32)
+
+    def f(fn, x, g):
+        return jnp.sum(fn(x, g).astype(jnp.float32) * dy)
+
+    ours = jax.grad(lambda x, g: f(layers.scale_channels, x, g), (0, 1))(x32, g32)
+    ref = jax.grad(lambda x, g: f(jnp.multiply, x, g), (0, 1))(x32, g32)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    x16 = x32.astype(jnp.bfloat16)
+    assert layers.scale_channels(x16, g32).dtype == jnp.bfloat16
+    dx16, dg16 = jax.grad(lambda x, g: f(layers.scale_channels, x, g), (0, 1))(x16, g32)
+    assert dx16.dtype == jnp.bfloat16 and dg16.dtype == jnp.float32
+    np.testing.assert_allclose(dg16, ref[1], rtol=2e-2, atol=2e-2)
+
+
 # ---------------------------------------------------------------- shapes, masks, sharding
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["fast_resnet34", "ecapa_tdnn"])
