@@ -55,6 +55,7 @@ class BatchNorm(nnx.Module):
     count. Eval mode uses the running averages. Scale/bias are parameters; running stats are
     ``nnx.BatchStat``. ``mask``: ``[B, T]`` bool for ``[B, T, ...]`` inputs. A bfloat16 ``x``
     (mixed precision) has its statistics summed in float32; the output is in ``x``'s dtype.
+    Train mode runs ``batch_norm_train`` (its gradient in closed form).
     """
 
     def __init__(
@@ -124,8 +125,8 @@ def _bn_train_fwd(x, scale, bias, m, eps):
     meansq = jnp.sum(w * xf, axis=axes) / n
     var = jnp.maximum(meansq - jnp.square(mean), 0.0)
     inv = jax.lax.rsqrt(var + eps)
-    mul = scale * inv  # x * mul + shift, not (x - mean) * mul: the backward's x - mean is not
-    y = (xf * mul + (bias - mean * mul)).astype(x.dtype)  # then a stored forward intermediate
+    mul = scale * inv
+    y = (xf * mul + (bias - mean * mul)).astype(x.dtype)
     return (y, mean, var), (x, m, mean, inv, scale)
 
 
