@@ -82,11 +82,10 @@ class BatchNorm(nnx.Module):
             if x.dtype != jnp.float32:
                 mul, shift = (to_dtype_of(v, x) for v in (mul, shift))
             return x * mul + shift
-        if mask is None:
-            m, n = None, math.prod(x.shape[:-1])
-        else:
+        m = None
+        if mask is not None:
             m = jnp.broadcast_to(expand_mask(mask, x).astype(jnp.float32), x.shape[:-1] + (1,))
-            n = jnp.maximum(jnp.sum(m), 1.0)
+        n = _bn_count(x, m)
         y, mean, var = batch_norm_train(x, self.scale[...], self.bias[...], m, self.eps)
         unbiased = var * (n / jnp.maximum(n - 1, 1))
         mom = self.momentum
@@ -108,10 +107,9 @@ def batch_norm_train(x, scale, bias, m, eps):
     Statistics are one pass (E[x], E[x^2]) summed in float32. The gradient is the closed form
     dx = a * (dy - m / n * (sum dy + xhat * sum dy * xhat)), a = scale / sqrt(var + eps): two
     float32 sums and one elementwise pass over x. Autodiff of the one-pass statistics takes
-    several more passes (in bfloat16, each with its own casts), which made the bf16 train step
-    of Fast ResNet-34 about a fifth slower on the CPU, and rounds its large cancelling terms to
-    bf16 (figures: bench/README.md). ``mean`` and ``var`` carry no gradient (they feed the
-    running statistics only).
+    several more passes over x (in bfloat16, each with its own casts) and rounds its large
+    cancelling terms to bf16 (memory traffic of the train step: bench/README.md). ``mean`` and
+    ``var`` carry no gradient (they feed the running statistics only).
     """
     return _bn_train_fwd(x, scale, bias, m, eps)[0]
 
