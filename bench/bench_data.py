@@ -39,14 +39,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 
-def mean_logmel_baseline(cfg, with_std: bool = False) -> dict:
-    """EER (%) of cosine scoring of per-utterance mean log-mel vectors (numpy STFT, librosa mel
-    filters), with the per-band standard deviation appended when ``with_std``:
-    {trial list: (EER, n_trials)}."""
+def mean_logmel_scores(cfg, with_std: bool = False) -> dict:
+    """Cosine scores of per-utterance mean log-mel vectors (numpy STFT, librosa mel filters),
+    with the per-band standard deviation appended when ``with_std``: {trial list: Trials,
+    scores}."""
     import librosa
 
     from ssv_jax import data
-    from ssv_jax.metrics import eer
 
     mel = librosa.filters.mel(sr=16000, n_fft=512, n_mels=40, htk=True, norm=None)
     win = np.hamming(401)[:-1]
@@ -60,9 +59,18 @@ def mean_logmel_baseline(cfg, with_std: bool = False) -> dict:
     for name, t in data.load_trials(cfg).items():
         E = np.stack([emb[u] for u in t.enroll])
         T = np.stack([emb[u] for u in t.test])
-        s = np.sum(E * T, 1) / np.linalg.norm(E, axis=1) / np.linalg.norm(T, axis=1)
-        out[name] = (float(eer(s, t.labels)), len(t))
+        out[name] = t, np.sum(E * T, 1) / np.linalg.norm(E, axis=1) / np.linalg.norm(T, axis=1)
     return out
+
+
+def mean_logmel_baseline(cfg, with_std: bool = False) -> dict:
+    """EER (%) of :func:`mean_logmel_scores`: {trial list: (EER, n_trials)}."""
+    from ssv_jax.metrics import eer
+
+    return {
+        name: (float(eer(s, t.labels)), len(t))
+        for name, (t, s) in mean_logmel_scores(cfg, with_std).items()
+    }
 
 
 def _median(xs):

@@ -19,7 +19,9 @@ root; `apt-get update` first) and sox for the GSM prompts (`apt-get install sox`
 
     .venv/bin/python bench/real_voices.py --baselines_of=/tmp/real_voices/data
 
-The last prints the mean and mean+std log-mel cosine baselines. Figures: bench/README.md.
+The last prints the mean and mean+std log-mel cosine baselines; `--scores_of=WORKDIR` prints a
+run's EER on the same trials. Both give the pooled EER and the EER within each source.
+Figures: bench/README.md.
 """
 
 import argparse
@@ -169,17 +171,40 @@ def build(cache, min_seconds=2.0, per_speaker=60, seed=0):
     )
 
 
+def by_source(enroll, scores, labels) -> str:
+    """Pooled EER and the EER within each source (trials never cross sources), as one line.
+    The pooled figure also depends on how the sources' score ranges line up."""
+    from ssv_jax.metrics import eer
+
+    src = np.array([str(u).split("_", 1)[0] for u in enroll])
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    parts = [f"pooled {eer(scores, labels):.2f}%"]
+    for s in TRIALS_PER_SOURCE:
+        m = src == s
+        parts.append(f"{s} {eer(scores[m], labels[m]):.2f}% ({m.sum()})")
+    return ", ".join(parts)
+
+
 def baselines(data_dir, name="real_voices"):
     """EER of cosine scoring of per-utterance mean (and mean+std) log-mel vectors."""
-    from bench_data import mean_logmel_baseline  # this script's folder is on sys.path
+    from bench_data import mean_logmel_scores  # this script's folder is on sys.path
 
     from ssv_jax import data
 
     cfg = data.default_data_config()
     cfg.name, cfg.data_dir, cfg.augment.enabled = name, data_dir, False
     for label, with_std in (("mean", False), ("mean+std", True)):
-        for trials, (e, n) in mean_logmel_baseline(cfg, with_std).items():
-            print(f"{trials}: {label} log-mel cosine baseline EER {e:.2f}% on {n} trials")
+        for trials, (t, s) in mean_logmel_scores(cfg, with_std).items():
+            print(
+                f"{trials}: {label} log-mel cosine baseline EER {by_source(t.enroll, s, t.labels)}"
+            )
+
+
+def run_scores(workdir):
+    """The EERs of a run's scored trials (WORKDIR/eval/trials_scores.txt)."""
+    rows = [line.split() for line in open(os.path.join(workdir, "eval", "trials_scores.txt"))]
+    labels = [int(r[0]) for r in rows]
+    print(f"{workdir}: EER {by_source([r[1] for r in rows], [float(r[3]) for r in rows], labels)}")
 
 
 def main():
@@ -192,8 +217,15 @@ def main():
         default=None,
         help="a data_dir holding the built real_voices dataset: print its baselines",
     )
+    p.add_argument(
+        "--scores_of",
+        default=None,
+        help="a run's workdir (trained or evaluated on this set): print its EERs by source",
+    )
     a = p.parse_args()
-    if a.baselines_of:
+    if a.scores_of:
+        run_scores(a.scores_of)
+    elif a.baselines_of:
         baselines(a.baselines_of)
     else:
         build(a.cache)
