@@ -6,7 +6,7 @@
 Each arm is the small-data recipe with one thing changed (all other settings equal):
 
   small    configs/simclr_am.py:small (pretrained on the embedded corpus, m = 0.1, per-view
-           channel augmentation: random EQ and band limits; 16 epochs, the average of the
+           channel augmentation: random EQ and band limits; 1,080 steps, the average of the
            last four checkpoints evaluated)
   scratch  the same from random weights (``--config.train.init_from=``: no network to load)
   m0       margin 0 (plain symmetric NT-Xent)
