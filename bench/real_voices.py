@@ -202,7 +202,8 @@ def baselines(data_dir, name="real_voices"):
 
 def run_scores(workdir):
     """The EERs of a run's scored trials (WORKDIR/eval/trials_scores.txt)."""
-    rows = [line.split() for line in open(os.path.join(workdir, "eval", "trials_scores.txt"))]
+    with open(os.path.join(workdir, "eval", "trials_scores.txt")) as f:
+        rows = [line.split() for line in f]
     labels = [int(r[0]) for r in rows]
     print(f"{workdir}: EER {by_source([r[1] for r in rows], [float(r[3]) for r in rows], labels)}")
 

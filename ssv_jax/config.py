@@ -177,7 +177,7 @@ def apply_demo(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def apply_small(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """For a folder of one to a few hours of real speech on a CPU: the demo's settings, starting
     from the network pretrained on the embedded corpus (``train.init_from="embedded"``, trained
-    once and cached), for 1,080 steps (about 25 minutes of a 2-core CPU in float32; 48 epochs
+    once and cached), for 1,080 steps (about 24 minutes of a 2-core CPU in float32; 48 epochs
     of 726 utterances, 30 of 1,152), validated every 360 steps, evaluated and embedded with the
     average of the last four checkpoints (every 30 steps and the last step). Set ``data.name``
     and ``data.data_dir`` to the folder's dataset. Measured on a development set of real voices
