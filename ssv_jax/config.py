@@ -181,8 +181,8 @@ def apply_small(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     of 726 utterances, 30 of 1,152), validated every 360 steps, evaluated and embedded with the
     average of the last four checkpoints (every 30 steps and the last step). Set ``data.name``
     and ``data.data_dir`` to the folder's dataset. Measured on a development set of real voices
-    of three sources (bench/README.md): the mean EER within the sources was 10.4% after 704 to
-    1,080 steps against 12.5% after 16 epochs (five runs each), while the EER pooled over the
+    of three sources (bench/README.md): the mean EER within the sources was 10.2% after 704 to
+    1,080 steps (six runs) against 12.5% after 16 epochs (five runs), while the EER pooled over the
     sources, which also depends on how their score ranges line up, rose; with a constant
     learning rate the last checkpoint's EER varies by several points from seed to seed, and the
     average of the last four was as good or better in each pretrained run measured."""
