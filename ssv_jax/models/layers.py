@@ -173,7 +173,8 @@ fusion_barrier.defvjp(lambda x: (fusion_barrier(x), None), lambda _, g: (g,))
 @jax.custom_vjp
 def scale_channels(x, gate):
     """``x * gate`` in ``x``'s dtype, computed in float32: a float32 per-example channel gate
-    (squeeze-excitation; ``gate`` broadcastable to ``x``, e.g. ``[B, 1, 1, C]``). The gate's
+    (squeeze-excitation; ``gate`` of ``x``'s rank with 1 on the axes it is broadcast over, e.g.
+    ``[B, 1, 1, C]``: the backward sums the gate's gradient over those axes). The gate's
     gradient is summed in float32 from the float32 values of x and dy, in one pass."""
     return (x.astype(jnp.float32) * gate).astype(x.dtype)
 
