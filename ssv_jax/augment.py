@@ -52,7 +52,20 @@ def add_noise(x, noise, snr_db):
 
 
 def _fft_len(n: int) -> int:
-    return 1 << max(1, math.ceil(math.log2(n)))
+    """The smallest even 2^a 3^b 5^c >= n: as fast per point as a power of two in XLA's FFTs,
+    and up to half as long (a 2 s view with a 1 s RIR: 48,000 instead of 65,536)."""
+    best = 1 << max(1, math.ceil(math.log2(n)))
+    p3 = 1
+    while p3 < best:
+        p35 = p3
+        while p35 < best:
+            m = p35 * 2  # even
+            while m < n:
+                m *= 2
+            best = min(best, m)
+            p35 *= 5
+        p3 *= 3
+    return best
 
 
 def reverberate(x, rir, *, rescale: bool = True):

@@ -15,6 +15,7 @@ import numpy as np
 from ssv_jax import checkpoints, distributed
 from ssv_jax import config as config_lib
 from ssv_jax import data as data_lib
+from ssv_jax import models as models_lib
 from ssv_jax import state as state_lib
 from ssv_jax import step as step_lib
 from ssv_jax import workdir as workdir_lib
@@ -111,13 +112,14 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
         )
     stop = n_total if max_steps is None else min(n_total, start + max_steps)
     log.info(
-        "training %s (%s, s=%g, m=%g) with %s: steps %d -> %d of %d, global batch %d x 2 "
+        "training %s (%s, s=%g, m=%g) with %s in %s: steps %d -> %d of %d, global batch %d x 2 "
         "views of %.2f s, %d steps per epoch, %d device(s)",
         cfg.method.name,
         cfg.method.loss,
         cfg.method.scale,
         cfg.method.margin,
         cfg.model.name,
+        models_lib.activation_dtype(cfg.model),
         start,
         stop,
         n_total,

@@ -68,6 +68,20 @@ def test_add_noise_matches_float64_and_zero_noise_is_identity():
     )
 
 
+def test_fft_length_is_the_shortest_even_5_smooth_length():
+    def smooth(m):
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        return m == 1
+
+    for n in list(range(2, 3000)) + [25024, 47999, 48000, 48001]:
+        m = aug._fft_len(n)
+        assert m >= n and m % 2 == 0 and smooth(m), (n, m)
+        assert not any(k % 2 == 0 and smooth(k) for k in range(n, m)), (n, m)
+    assert aug._fft_len(32000 + 16000 - 1) == 48000  # a 2 s view with a 1 s RIR
+
+
 def test_reverberate_is_linear_convolution_head():
     b = _batch(B=2, T=1000, L=257)
     ref = np.stack(

@@ -206,7 +206,9 @@ def test_fast_resnet34_with_onednn_is_as_accurate_as_xla(train):
     to a float64 run as float32 XLA's are (the two differ in float32 summation order)."""
     feats = jnp.asarray(np.random.default_rng(1).standard_normal((4, 50, 40)), jnp.float32)
     models = {
-        on: FastResNet34(rngs=nnx.Rngs(0), conv_impl="auto" if on else "xla")
+        on: FastResNet34(
+            rngs=nnx.Rngs(0), conv_impl="auto" if on else "xla", compute_dtype="float32"
+        )
         for on in (True, False)
     }
     for m in models.values():
@@ -271,7 +273,7 @@ def test_onednn_conv_runs_per_batch_shard_over_8_devices_and_equals_one():
 @pytest.mark.slow
 def test_unavailable_kernels_fall_back_to_xla_with_a_warning(monkeypatch, caplog):
     feats = jnp.asarray(np.random.default_rng(3).standard_normal((2, 30, 40)), jnp.float32)
-    model = FastResNet34(rngs=nnx.Rngs(0))
+    model = FastResNet34(rngs=nnx.Rngs(0), compute_dtype="float32")
     model.eval()
     want = np.asarray(model(feats))  # oneDNN
     monkeypatch.setattr(onednn, "_state", {"ok": False, "reason": "no compiler (test)"})

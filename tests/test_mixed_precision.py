@@ -60,3 +60,35 @@ def test_bf16_embeddings_of_a_trained_network_match_float32(runs):
         emb[dtype] = embed_utterances(c, graphdef, params, stats, mesh, utts)
     cos = np.array([float(emb["float32"][u] @ emb["bfloat16"][u]) for u, _ in utts])
     assert cos.min() > 0.999, cos  # measured here: min 0.999994
+
+
+def test_auto_is_bfloat16_on_gpu_tpu_and_cpus_whose_onednn_has_amx(monkeypatch):
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from ssv_jax.kernels import onednn
+    from ssv_jax.models import FastResNet34, activation_dtype, default_model_config, layers
+
+    feats = jnp.zeros((2, 20, 40), jnp.float32)
+
+    def traced_dtypes(model):
+        model.eval()
+        return str(jax.make_jaxpr(lambda f: model(f))(feats))
+
+    cfg = default_model_config()
+    amx = onednn.amx_bf16()
+    assert activation_dtype(cfg) == ("bfloat16" if amx else "float32")
+    assert ("bf16[" in traced_dtypes(FastResNet34(rngs=nnx.Rngs(0)))) == amx
+    # XLA's convolutions (no oneDNN) and ECAPA-TDNN: float32 on any CPU.
+    cfg.conv_impl = "xla"
+    assert activation_dtype(cfg) == "float32"
+    assert "bf16[" not in traced_dtypes(FastResNet34(rngs=nnx.Rngs(0), conv_impl="xla"))
+    assert activation_dtype(default_model_config("ecapa_tdnn")) == "float32"
+    # A CPU whose oneDNN has bf16 instructions but no AMX: float32 (not measured faster).
+    if onednn.available(jnp.bfloat16):
+        monkeypatch.setitem(onednn._state, "bf16_isa", "avx512_core_bf16")
+        assert activation_dtype(default_model_config()) == "float32"
+    # GPU / TPU: bfloat16 whatever the encoder.
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert layers.compute_dtype("auto") == jnp.bfloat16
+    assert layers.compute_dtype("float32") == jnp.float32

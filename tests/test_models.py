@@ -23,7 +23,14 @@ from ssv_jax.models import (
 from ssv_jax.models.layers import BatchNorm, fusion_barrier
 from ssv_jax.models.resnet import conv2d, conv_space_to_depth
 
-TINY = dict(channels=(4, 8, 8, 16), blocks=(1, 2, 1, 1), embed_dim=12, se_reduction=4)
+# float32: "auto" is bfloat16 on a CPU with AMX; bf16 has its own tests (test_mixed_precision)
+TINY = dict(
+    channels=(4, 8, 8, 16),
+    blocks=(1, 2, 1, 1),
+    embed_dim=12,
+    se_reduction=4,
+    compute_dtype="float32",
+)
 
 
 def _eval_fn(model):

@@ -135,6 +135,7 @@ def _load() -> None:
             )
         stem = bool(lib.SsvConvProbe(block, 1, names, len(names)))  # single-channel input
         bf16 = bool(lib.SsvConvProbeBf16(names, len(names)))
+        isa = names.value.decode().split(":", 1)[0].removeprefix("isa ").strip()
         bf16_reason = None
         if not bf16:
             bf16_reason = (
@@ -143,7 +144,13 @@ def _load() -> None:
                 f"{names.value.decode().strip()}); use float32"
             )
         _state.update(
-            ok=True, lib=lib, block=block, single_channel=stem, bf16=bf16, bf16_reason=bf16_reason
+            ok=True,
+            lib=lib,
+            block=block,
+            single_channel=stem,
+            bf16=bf16,
+            bf16_reason=bf16_reason,
+            bf16_isa=isa,
         )
     except Exception as e:  # noqa: BLE001  (any failure means: use XLA's convolutions)
         _state.update(ok=False, reason=f"{type(e).__name__}: {e}")
@@ -165,6 +172,13 @@ def unavailable_reason(dtype=None) -> str | None:
     if not _state["ok"]:
         return _state["reason"]
     return _state["bf16_reason"] if _is_bf16(dtype) else None
+
+
+def amx_bf16() -> bool:
+    """True when oneDNN runs its bfloat16 convolutions on AMX here (recent Intel Xeon), the one
+    CPU where the bf16 train step measured faster than float32 (bench/README.md). Elsewhere
+    (AVX512-BF16 alone, or bf16 emulated) it has not been measured faster."""
+    return available(jnp.bfloat16) and _state["bf16_isa"] == "avx512_core_amx"
 
 
 def block_size() -> int:
@@ -381,6 +395,7 @@ def conv2d(x, kernel, stride=(1, 1), padding=None):
 
 __all__ = [
     "available",
+    "amx_bf16",
     "unavailable_reason",
     "block_size",
     "supports",

@@ -105,6 +105,15 @@ def build_encoder(model_cfg, *, rngs: nnx.Rngs) -> nnx.Module:
     return _ENCODERS[name](rngs=rngs, **cfg)
 
 
+def activation_dtype(model_cfg) -> str:
+    """The dtype ``model_cfg.compute_dtype`` resolves to in this process ("float32" or
+    "bfloat16"; "auto": see ``layers.compute_dtype``)."""
+    from ssv_jax.models import layers, resnet
+
+    cpu_bf16 = model_cfg.name == "fast_resnet34" and resnet.cpu_bf16(model_cfg.conv_impl)
+    return layers.compute_dtype(model_cfg.compute_dtype, cpu_bf16=cpu_bf16).name
+
+
 def count_params(model: nnx.Module) -> int:
     """Number of trainable parameters (``nnx.Param`` leaves; running BN statistics excluded)."""
     import jax
@@ -121,6 +130,7 @@ __all__ = [
     "Linear",
     "build_encoder",
     "default_model_config",
+    "activation_dtype",
     "count_params",
     "ECAPA_PARAM_COUNTS",
 ]

@@ -204,14 +204,16 @@ def to_dtype_of(v, x):
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 
 
-def compute_dtype(name: str):
+def compute_dtype(name: str, *, cpu_bf16: bool = False):
     """The activation dtype for ``model.compute_dtype``: "float32", "bfloat16", or "auto" =
-    float32 on the CPU backend, bfloat16 on GPU and TPU (the process's default backend).
-    Parameters, BatchNorm statistics and poolings stay float32 whatever it is."""
+    bfloat16 on GPU and TPU (the process's default backend); on the CPU backend float32, or
+    bfloat16 where the encoder says its CPU path is faster in it (``cpu_bf16``). Parameters,
+    BatchNorm statistics and poolings stay float32 whatever it is."""
     if name not in COMPUTE_DTYPES:
         raise ValueError(f"model.compute_dtype must be one of {COMPUTE_DTYPES}, got {name!r}.")
     if name == "auto":
-        name = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+        cpu = jax.default_backend() == "cpu"
+        name = "bfloat16" if not cpu or cpu_bf16 else "float32"
     return jnp.dtype(name)
 
 

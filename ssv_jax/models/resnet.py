@@ -20,7 +20,8 @@ The 1x1 stride-2 shortcut is a slice + matmul and BatchNorm statistics are one p
 
 Mixed precision (``compute_dtype``, see ``layers.compute_dtype``): activations and
 convolutions in that dtype; parameters, BatchNorm and SE statistics, the attentive pooling and
-the embedding in float32.
+the embedding in float32. "auto" is bfloat16 on GPU and TPU, and on a CPU whose oneDNN runs
+bf16 on AMX (``cpu_bf16``); float32 on other CPUs.
 
 Variable-length batches: with ``mask`` ``[B, frames]`` every convolution input is zeroed outside
 each utterance, the SE/attention/statistics poolings use valid frames only, and train-mode
@@ -130,6 +131,13 @@ def _onednn_ready() -> bool:
         )
         return False
     return True
+
+
+def cpu_bf16(conv_impl: str) -> bool:
+    """Whether ``compute_dtype="auto"`` picks bfloat16 on the CPU backend: with the CPU path
+    (``conv_impl="auto"``) where oneDNN runs bf16 convolutions on AMX, measured faster than
+    float32 there (bench/README.md); float32 on every other CPU."""
+    return conv_impl == "auto" and _onednn_ready() and onednn.amx_bf16()
 
 
 def _cpu_conv(x, kernel, stride, padding):
@@ -350,7 +358,7 @@ class FastResNet34(nnx.Module):
 
     def __call__(self, feats, mask=None):
         check_encoder_input(feats, mask, self.n_mels)
-        dtype = layers_lib.compute_dtype(self.compute_dtype)
+        dtype = layers_lib.compute_dtype(self.compute_dtype, cpu_bf16=cpu_bf16(self.conv_impl))
         x = apply_mask(feats.astype(dtype), mask)[..., None]
         p = self.stem_kernel // 2
         x = conv(x, self.stem.kernel[...], (1, 2), [(p, p), (p, p)], impl=self.conv_impl)

@@ -29,6 +29,8 @@ def tiny_config(data_dir, method="simclr", **method_kw):
     cfg.model.channels = (8, 16, 16, 16)
     cfg.model.blocks = (1, 1, 1, 1)
     cfg.model.embed_dim = 32
+    # float32 for the exact comparisons ("auto" is bfloat16 on a CPU with AMX)
+    cfg.model.compute_dtype = "float32"
     cfg.train.batch_size = 16
     cfg.train.num_steps = 4
     cfg.train.log_every = 1
@@ -78,6 +80,7 @@ def embed_case():
     cfg.model.channels = (8, 16, 16, 16)
     cfg.model.blocks = (1, 1, 1, 1)
     cfg.model.embed_dim = 32
+    cfg.model.compute_dtype = "float32"  # exact comparisons ("auto": bfloat16 with AMX)
     cfg.eval.batch_size = 8
     rng = np.random.default_rng(3)
     sr = cfg.data.sample_rate
@@ -132,6 +135,7 @@ def tiny_main_overrides(data_dir):
         "--config.train.batch_size=8",
         "--config.train.num_steps=2",
         "--config.train.progress_bar=False",
+        "--config.model.compute_dtype=float32",
     ]
 
 
