@@ -9,7 +9,8 @@ the recipe's own). For each compute dtype (``model.compute_dtype``) it prints th
 step's time (augmentation + front-end + encoder fwd/bwd + loss + Adam) and views/s, peak device
 memory, XLA's cost analysis of the step (FLOPs and bytes accessed) and the model FLOPs
 utilisation against the device's peak rates: a table of dense bf16 / TF32 / fp32 peaks for
-known GPUs and TPUs, the 4096^2 matmul rate measured in the same run on a CPU. FLOPs are
+known GPUs and TPUs; on a CPU the faster of XLA's matmul and oneDNN's 1x1 convolution at
+4096^2 x 2048 scale, measured in the same run (XLA's bf16 dot does not use AMX). FLOPs are
 counted on the same step with plain XLA convolutions before XLA's optimisations, since the
 compiled step's cost analysis cannot see inside the oneDNN or cuDNN calls. Then the time of
 each part jitted on its own (``--no_parts`` skips them): augmentation + front-end, encoder
@@ -105,19 +106,29 @@ def timed(fn, *args, n=ARGS.steps):
 
 
 def device_peaks():
-    """{precision: peak TFLOP/s} of device 0: the table above for accelerators, the 4096^2
-    matmul rate measured now for a CPU (fp32 and bf16)."""
+    """{precision: peak TFLOP/s} of device 0: the table above for accelerators; for a CPU the
+    faster, measured now, of XLA's 4096^2 matmul and oneDNN's 1x1 convolution of the same
+    size (8192 pixels x 2048 -> 2048 channels; oneDNN's bf16 runs on AMX where XLA's dot does
+    not), for fp32 and bf16."""
     dev = jax.devices()[0]
     if dev.platform != "cpu":
         for name, peaks in PEAKS.items():
             if name.lower() in dev.device_kind.lower():
                 return peaks
         return {}
+    from ssv_jax.kernels import onednn
+
+    rng = np.random.default_rng(0)
     out = {}
     for name, dtype in (("fp32", jnp.float32), ("bf16", jnp.bfloat16)):
-        a = jnp.asarray(np.random.default_rng(0).normal(size=(4096, 4096)), dtype)
-        t = timed(jax.jit(lambda x: x @ x), a, n=5)
-        out[name] = 2 * 4096**3 / t / 1e12
+        a = jnp.asarray(rng.normal(size=(4096, 4096)), dtype)
+        rates = [2 * 4096**3 / timed(jax.jit(lambda x: x @ x), a, n=5)]
+        if onednn.available(dtype):
+            x = jnp.asarray(rng.normal(size=(1, 128, 64, 2048)), dtype)
+            w = jnp.asarray(rng.normal(size=(1, 1, 2048, 2048)) / 45.0, jnp.float32)
+            conv = jax.jit(lambda x, w: onednn.conv2d(x, w, (1, 1), [(0, 0), (0, 0)]))
+            rates.append(2 * 8192 * 2048**2 / timed(conv, x, w, n=5))
+        out[name] = max(rates) / 1e12
     return out
 
 
