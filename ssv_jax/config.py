@@ -20,6 +20,8 @@ Fields:
   method.projector     add the 512-2048-2048-128 projector head for the loss
                        (docs/method.md#projector)
   method.projector_hidden / projector_out
+  method.drop_nearest  leave each anchor's k most similar negatives out of its loss (0: the
+                       paper's loss; in a small set they are often its own speaker)
   method.momentum      MoCo: EMA momentum of the key encoder (0.999)
   method.queue_size    MoCo: entries per view queue (65536); a multiple of the batch size
   optim.name           "adam" | "adamw" | "sgd"
@@ -105,6 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
             projector_out=128,
             momentum=0.999,
             queue_size=65536,
+            drop_nearest=0,
         )
     )
     cfg.optim = ml_collections.ConfigDict(

@@ -78,7 +78,21 @@ def _mean_over_devices(x: jax.Array, axis_name):
     return x if axis_name is None else lax.pmean(x, axis_name)
 
 
-def _margin_contrastive(z1, z2, *, scale, margin, symmetric, axis_name, margin_fn):
+def _drop_nearest(rel: jax.Array, k: int, n_negatives: int) -> jax.Array:
+    """Mask (-inf) each row's ``k`` largest entries: an anchor's k nearest negatives, whose
+    logits rank as their cosines (masked positives and self are already -inf)."""
+    if k < 0 or k >= n_negatives:
+        raise ValueError(
+            f"drop_nearest must be in [0, {n_negatives - 1}]: each anchor has {n_negatives} "
+            f"negatives and needs at least one left; got {k}."
+        )
+    if k == 0:
+        return rel
+    cols = lax.top_k(lax.stop_gradient(rel), k)[1]  # [rows, k]
+    return rel.at[jnp.arange(rel.shape[0])[:, None], cols].set(-jnp.inf)
+
+
+def _margin_contrastive(z1, z2, *, scale, margin, symmetric, axis_name, margin_fn, drop_nearest=0):
     z1 = jnp.asarray(z1)
     z2 = jnp.asarray(z2)
     _check_pair(z1, z2)
@@ -120,11 +134,13 @@ def _margin_contrastive(z1, z2, *, scale, margin, symmetric, axis_name, margin_f
     rel = rel.at[r, pos_col].set(-jnp.inf)
     if self_col is not None:
         rel = rel.at[r, self_col].set(-jnp.inf)
+    n_neg = 2 * (n_global - 1) if symmetric else n_global - 1
+    rel = _drop_nearest(rel, drop_nearest, n_neg)
     per_anchor = jax.nn.softplus(jax.nn.logsumexp(rel, axis=1))
     return _mean_over_devices(jnp.mean(per_anchor), axis_name)
 
 
-def nt_xent_am(z1, z2, *, scale, margin, symmetric=True, axis_name=None):
+def nt_xent_am(z1, z2, *, scale, margin, symmetric=True, axis_name=None, drop_nearest=0):
     """NT-Xent with an additive (cosine) margin m on the positive logit.
 
     loss = -log(e^{s(cos_p - m)} / (e^{s(cos_p - m)} + sum_n e^{s cos_n})),
@@ -138,6 +154,8 @@ def nt_xent_am(z1, z2, *, scale, margin, symmetric=True, axis_name=None):
         views of every other utterance); otherwise only view-1 anchors against
         view 2 of the other utterances.
       axis_name: mesh axis to gather negatives over (inside ``jax.shard_map``).
+      drop_nearest: leave each anchor's k most similar negatives out of its loss (in a
+        small set they are often the same speaker); 0 = the loss above.
     Returns:
       scalar float32 loss.
     """
@@ -149,10 +167,11 @@ def nt_xent_am(z1, z2, *, scale, margin, symmetric=True, axis_name=None):
         symmetric=symmetric,
         axis_name=axis_name,
         margin_fn=additive_margin,
+        drop_nearest=drop_nearest,
     )
 
 
-def nt_xent_aam(z1, z2, *, scale, margin, symmetric=True, axis_name=None):
+def nt_xent_aam(z1, z2, *, scale, margin, symmetric=True, axis_name=None, drop_nearest=0):
     """NT-Xent with an additive angular margin: positive logit s * cos(theta_p + m).
 
     Same arguments as :func:`nt_xent_am`.
@@ -165,10 +184,11 @@ def nt_xent_aam(z1, z2, *, scale, margin, symmetric=True, axis_name=None):
         symmetric=symmetric,
         axis_name=axis_name,
         margin_fn=additive_angular_margin,
+        drop_nearest=drop_nearest,
     )
 
 
-def _moco(q, k, queue, *, scale, margin, axis_name, margin_fn):
+def _moco(q, k, queue, *, scale, margin, axis_name, margin_fn, drop_nearest=0):
     q = jnp.asarray(q)
     k = jnp.asarray(k)
     queue = jnp.asarray(queue)
@@ -184,11 +204,12 @@ def _moco(q, k, queue, *, scale, margin, axis_name, margin_fn):
     cos_pos = jnp.sum(q * k, axis=1)  # [N]
     cos_neg = q @ queue.T  # [N, K]
     pos = scale * margin_fn(cos_pos, margin)
-    per_query = jax.nn.softplus(jax.nn.logsumexp(scale * cos_neg - pos[:, None], axis=1))
+    rel = _drop_nearest(scale * cos_neg - pos[:, None], drop_nearest, queue.shape[0])
+    per_query = jax.nn.softplus(jax.nn.logsumexp(rel, axis=1))
     return _mean_over_devices(jnp.mean(per_query), axis_name)
 
 
-def moco_am(q, k, queue, *, scale, margin, axis_name=None):
+def moco_am(q, k, queue, *, scale, margin, axis_name=None, drop_nearest=0):
     """MoCo InfoNCE with an additive margin on the query-key positive.
 
     For each query q_i the positive is its key k_i (cos - m) and the negatives
@@ -199,15 +220,23 @@ def moco_am(q, k, queue, *, scale, margin, axis_name=None):
       q, k: [N, D] query and key embeddings (normalised inside).
       queue: [K, D] past keys (normalised inside).
       axis_name: optional mesh axis; the loss is then averaged over all devices.
+      drop_nearest: leave each query's k most similar queue entries out of its loss.
     Returns:
       scalar float32 loss.
     """
     return _moco(
-        q, k, queue, scale=scale, margin=margin, axis_name=axis_name, margin_fn=additive_margin
+        q,
+        k,
+        queue,
+        scale=scale,
+        margin=margin,
+        axis_name=axis_name,
+        margin_fn=additive_margin,
+        drop_nearest=drop_nearest,
     )
 
 
-def moco_aam(q, k, queue, *, scale, margin, axis_name=None):
+def moco_aam(q, k, queue, *, scale, margin, axis_name=None, drop_nearest=0):
     """MoCo InfoNCE with an additive angular margin: positive logit s * cos(theta_p + m).
 
     Same arguments as :func:`moco_am`.
@@ -220,6 +249,7 @@ def moco_aam(q, k, queue, *, scale, margin, axis_name=None):
         margin=margin,
         axis_name=axis_name,
         margin_fn=additive_angular_margin,
+        drop_nearest=drop_nearest,
     )
 
 

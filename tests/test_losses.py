@@ -30,8 +30,9 @@ def _pos_logit(c, s, m, angular):
     return s * (c - m * math.sin(m))
 
 
-def ref_loss(z1, z2, s, m, symmetric, angular=False):
-    """Per-anchor loop, float64: -log(e^pos / (e^pos + sum_neg e^{s cos}))."""
+def ref_loss(z1, z2, s, m, symmetric, angular=False, drop=0):
+    """Per-anchor loop, float64: -log(e^pos / (e^pos + sum_neg e^{s cos})), without each
+    anchor's ``drop`` largest negative logits."""
     a, b = _norm(z1), _norm(z2)
     n = a.shape[0]
     views = [a, b]
@@ -48,6 +49,7 @@ def ref_loss(z1, z2, s, m, symmetric, angular=False):
                 negs.append(s * float(x @ views[1 - v][j]))
                 if symmetric:
                     negs.append(s * float(x @ views[v][j]))
+            negs = sorted(negs)[: len(negs) - drop]
             all_logits = np.array([pos] + negs)
             mx = all_logits.max()
             terms.append(-(pos - mx - math.log(np.exp(all_logits - mx).sum())))
@@ -66,12 +68,13 @@ def ref_simclr_ntxent(z1, z2, tau):
     return float(-logp[np.arange(2 * n), labels].mean())
 
 
-def ref_moco(q, k, queue, s, m, angular=False):
+def ref_moco(q, k, queue, s, m, angular=False, drop=0):
     q, k, queue = _norm(q), _norm(k), _norm(queue)
     out = []
     for i in range(q.shape[0]):
         pos = _pos_logit(float(q[i] @ k[i]), s, m, angular)
-        logits = np.concatenate([[pos], s * (queue @ q[i])])
+        negs = np.sort(s * (queue @ q[i]))[: queue.shape[0] - drop]
+        logits = np.concatenate([[pos], negs])
         mx = logits.max()
         out.append(-(logits[0] - mx - np.log(np.exp(logits - mx).sum())))
     return float(np.mean(out))
@@ -114,6 +117,24 @@ def test_matches_float64_reference(n, d, s, m, sym, angular):
     fn = _JITTED[angular]  # scale and margin traced: one compile per shape
     got = float(fn(z1, z2, scale=s, margin=m, symmetric=sym))
     assert got == pytest.approx(ref_loss(z1, z2, s, m, sym, angular), rel=1e-5)
+
+
+@pytest.mark.parametrize("drop", [1, 3])
+@pytest.mark.parametrize("sym", [True, False])
+@pytest.mark.parametrize("angular", [False, True])
+def test_drop_nearest_leaves_out_each_anchors_most_similar_negatives(drop, sym, angular):
+    rng = np.random.default_rng(11)
+    z1 = rng.normal(size=(7, 16)).astype(np.float32)
+    z2 = (z1 + 0.7 * rng.normal(size=(7, 16))).astype(np.float32)
+    fn = losses.nt_xent_aam if angular else losses.nt_xent_am
+    got = float(fn(z1, z2, scale=30.0, margin=0.1, symmetric=sym, drop_nearest=drop))
+    want = ref_loss(z1, z2, 30.0, 0.1, sym, angular, drop=drop)
+    assert got == pytest.approx(want, rel=1e-5)
+    assert want < ref_loss(z1, z2, 30.0, 0.1, sym, angular) - 1e-3  # it changes the loss
+    q, k, queue = z1, z2, rng.normal(size=(20, 16)).astype(np.float32)
+    moco = losses.moco_aam if angular else losses.moco_am
+    got = float(moco(q, k, queue, scale=30.0, margin=0.1, drop_nearest=drop))
+    assert got == pytest.approx(ref_moco(q, k, queue, 30.0, 0.1, angular, drop=drop), rel=1e-5)
 
 
 def test_aam_uses_fallback_beyond_pi():
@@ -200,20 +221,20 @@ def _sharded(fn, mesh, n_in, **kw):
 
 
 @pytest.mark.parametrize("fn", [losses.nt_xent_am, losses.nt_xent_aam])
-@pytest.mark.parametrize("sym", [True, False])
-def test_sharded_loss_and_grads_equal_single_device(fn, sym):
+@pytest.mark.parametrize("sym,drop", [(True, 0), (False, 0), (True, 2)])
+def test_sharded_loss_and_grads_equal_single_device(fn, sym, drop):
     mesh = data_mesh()
     assert mesh.size == 8
     rng = np.random.default_rng(7)
     z1 = rng.normal(size=(32, 24)).astype(np.float32)
     z2 = (z1 + rng.normal(size=(32, 24))).astype(np.float32)
-    kw = dict(scale=30.0, margin=0.1, symmetric=sym)
+    kw = dict(scale=30.0, margin=0.1, symmetric=sym, drop_nearest=drop)
     single = jax.jit(jax.value_and_grad(lambda a, b: fn(a, b, **kw), (0, 1)))
     multi = jax.jit(jax.value_and_grad(_sharded(fn, mesh, 2, **kw), (0, 1)))
     (l1, g1), (l8, g8) = single(z1, z2), multi(z1, z2)
     assert float(l8) == pytest.approx(float(l1), rel=1e-5)
     assert float(l1) == pytest.approx(
-        ref_loss(z1, z2, 30.0, 0.1, sym, fn is losses.nt_xent_aam), rel=1e-5
+        ref_loss(z1, z2, 30.0, 0.1, sym, fn is losses.nt_xent_aam, drop), rel=1e-5
     )
     for a, b in zip(g1, g8):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
@@ -303,3 +324,10 @@ def test_bad_inputs_raise_clear_errors():
         losses.nt_xent_aam(Z1[:0], Z2[:0], scale=30, margin=0.1)
     with pytest.raises(ValueError, match="queue must be"):
         losses.moco_am(Z1, Z2, np.zeros((5, 4), np.float32), scale=30, margin=0.1)
+    # 4 utterances: 6 negatives per symmetric anchor, 3 per one-sided anchor, 5 queue keys
+    with pytest.raises(ValueError, match=r"drop_nearest must be in \[0, 5\].*6 negatives"):
+        losses.nt_xent_am(Z1, Z2, scale=30, margin=0.1, drop_nearest=6)
+    with pytest.raises(ValueError, match=r"drop_nearest must be in \[0, 2\]"):
+        losses.nt_xent_am(Z1, Z2, scale=30, margin=0.1, symmetric=False, drop_nearest=3)
+    with pytest.raises(ValueError, match=r"drop_nearest must be in \[0, 4\]"):
+        losses.moco_am(Z1, Z2, np.ones((5, 3), np.float32), scale=30, margin=0.1, drop_nearest=5)

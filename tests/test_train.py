@@ -36,9 +36,9 @@ def _initial(cfg):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["simclr", "moco"])
-def test_sharded_step_equals_single_device(data_dir, method):
-    cfg = tiny_config(data_dir, method)
+@pytest.mark.parametrize("method,drop", [("simclr", 0), ("moco", 0), ("moco", 2)])
+def test_sharded_step_equals_single_device(data_dir, method, drop):
+    cfg = tiny_config(data_dir, method, drop_nearest=drop)
     # SGD: Adam's g / sqrt(v) turns float32 rounding in near-zero gradients into lr-sized
     # differences, which would hide what this test checks (the gradients themselves).
     cfg.optim.name, cfg.optim.lr = "sgd", 0.05
@@ -54,6 +54,23 @@ def test_sharded_step_equals_single_device(data_dir, method):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     init = jax.tree.leaves(_initial(cfg).params)
     assert any(not np.allclose(a, b) for a, b in zip(leaves8, init)), "parameters did not move"
+
+
+def test_simclr_loss_leaves_out_the_configured_nearest_negatives():
+    from ssv_jax import losses
+    from ssv_jax.methods import simclr
+
+    cfg = config_lib.recipe("demo", name="simclr")
+    rng = np.random.default_rng(3)
+    z1 = rng.normal(size=(16, 8)).astype(np.float32)
+    z2 = (z1 + rng.normal(size=(16, 8))).astype(np.float32)
+    kw = dict(scale=30.0, margin=0.1, symmetric=True)
+    for drop in (0, 2):
+        cfg.method.drop_nearest = drop
+        got = float(simclr.contrastive_loss(cfg, data_mesh(), z1, z2, 0.1)[0])
+        want = float(losses.nt_xent_am(z1, z2, drop_nearest=drop, **kw))
+        assert got == pytest.approx(want, rel=1e-5)
+    assert want < float(losses.nt_xent_am(z1, z2, **kw)) - 1e-3
 
 
 @pytest.mark.slow

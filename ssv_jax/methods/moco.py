@@ -53,7 +53,7 @@ def loss_and_updates(cfg, mesh, apply, params, batch_stats, method_state, feats,
     q, new_stats = apply(params, batch_stats, flat)
     q = q.reshape(b, 2, -1)
     fn = losses.moco_aam if cfg.method.loss == "nt_xent_aam" else losses.moco_am
-    kw = dict(scale=cfg.method.scale, margin=margin)
+    kw = dict(scale=cfg.method.scale, margin=margin, drop_nearest=cfg.method.drop_nearest)
     loss = 0.5 * (
         fn(q[:, 0], k[:, 1], st["queue2"], **kw) + fn(q[:, 1], k[:, 0], st["queue1"], **kw)
     )

@@ -29,6 +29,7 @@ def contrastive_loss(cfg, mesh, z1, z2, margin):
             margin=m,
             symmetric=cfg.method.symmetric,
             axis_name=DATA_AXIS,
+            drop_nearest=cfg.method.drop_nearest,
         )
         pos, neg = losses.similarity_stats(a, b, axis_name=DATA_AXIS)
         return loss, pos, neg
