@@ -1,24 +1,27 @@
 """Where the small-data recipe's gain comes from: arms x seeds through main.py, then a table.
 
     python bench/bench_ablation.py --root=DIR [--data_name=NAME --data_dir=DATA]
-        [--arms=small,scratch,m0,noaug] [--seeds=0,1,2] [--average_last=N] [--summarize]
+        [--arms=small,scratch,m0,noaug,allneg] [--seeds=0,1,2] [--average_last=N] [--summarize]
 
 Each arm is the small-data recipe with one thing changed (all other settings equal):
 
   small    configs/simclr_am.py:small (pretrained on the embedded corpus, m = 0.1, per-view
-           channel augmentation: random EQ and band limits; 1,080 steps, the average of the
-           last four checkpoints evaluated)
+           channel augmentation: random EQ and band limits, each anchor's two nearest
+           negatives left out of its loss; 1,080 steps, the average of the last four
+           checkpoints evaluated)
   scratch  the same from random weights (``--config.train.init_from=``: no network to load)
   m0       margin 0 (plain symmetric NT-Xent)
   noaug    no per-view channel augmentation (data.augment.eq_prob = lowpass_prob = 0)
+  allneg   every negative in the loss (method.drop_nearest = 0, the paper's loss)
 
-Without ``--data_name`` the runs train and evaluate on the embedded corpus, where pretraining on
-the embedded corpus is what ``scratch`` trains (so only scratch, m0 and noaug are run, each
-from random weights). ``--average_last=0`` evaluates every arm's last checkpoint instead
-(1: the same). Each run is ``ROOT/<dataset>_<arm>_s<seed>``, seeding the model and the
-data order with the same seed; a run with results.json is not run again. ``--summarize`` only
-prints the table: per arm, EER and minDCF (p = 0.01) over the seeds (mean, sample standard
-deviation, each seed's value) and the mean wall time of a run. Runs one at a time.
+Without ``--data_name`` the runs train and evaluate on the embedded corpus, where pretraining
+on the embedded corpus is what ``scratch`` trains (so only scratch, m0 and noaug are run, each
+from random weights, with the demo's loss, which keeps every negative). ``--average_last=0``
+evaluates every arm's last checkpoint instead (1: the same). Each run is
+``ROOT/<dataset>_<arm>_s<seed>``, seeding the model and the data order with the same seed; a
+run with results.json is not run again. ``--summarize`` only prints the table: per arm, EER and
+minDCF (p = 0.01) over the seeds (mean, sample standard deviation, each seed's value) and the
+mean wall time of a run. Runs one at a time.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ def arm_args(arm: str, folder: bool) -> list[str]:
         "scratch": ["--config.train.init_from="],
         "m0": ["--config.method.margin=0.0"],
         "noaug": NO_CHANNEL_AUG,
+        "allneg": ["--config.method.drop_nearest=0"],
     }
     if arm not in changes:
         raise SystemExit(f"unknown arm {arm!r}: choose from {', '.join(changes)}")
@@ -116,7 +120,9 @@ def main():
     folder = a.data_name is not None
     if folder and not a.data_dir:
         p.error("--data_name needs --data_dir")
-    arms = (a.arms or ("small,scratch,m0,noaug" if folder else "scratch,m0,noaug")).split(",")
+    arms = (a.arms or ("small,scratch,m0,noaug,allneg" if folder else "scratch,m0,noaug")).split(
+        ","
+    )
     seeds = [int(s) for s in a.seeds.split(",")]
     prefix = a.data_name or "embedded"
     data = (
