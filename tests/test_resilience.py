@@ -353,9 +353,13 @@ def test_two_processes_stop_together_and_resume_equal_to_one(data_dir, tmp_path)
     cfg = checkpoints.read_config(str(work))
     _, ref, _ = train_lib.train(cfg, str(tmp_path / "one"))
     two = _final_state(work, 6)
-    _assert_same(jax.device_get(ref.params), two.params, rtol=1e-5, atol=1e-5)
+    # Across processes the gradients' all-reduce adds the devices' parts in another order, and
+    # six SGD steps at lr 0.05 amplify that float32 rounding: up to 5.5e-5 in the first
+    # convolution's weights on an AMD EPYC (Zen 5) CPU, below 1e-5 on an Intel Xeon.
+    tol = dict(rtol=1e-4, atol=2e-4)
+    _assert_same(jax.device_get(ref.params), two.params, **tol)
     for q in ("queue1", "queue2"):
-        _assert_same(ref.method_state[q], two.method_state[q], rtol=1e-5, atol=1e-5)
+        _assert_same(ref.method_state[q], two.method_state[q], **tol)
     one = train_lib.evaluate(cfg, str(tmp_path / "one"))
     results = json.loads((work / "results.json").read_text())
     assert results.keys() == one.keys() and results["synthetic_test"]["n_trials"] > 20
