@@ -120,9 +120,8 @@ def main():
     folder = a.data_name is not None
     if folder and not a.data_dir:
         p.error("--data_name needs --data_dir")
-    arms = (a.arms or ("small,scratch,m0,noaug,allneg" if folder else "scratch,m0,noaug")).split(
-        ","
-    )
+    default_arms = "small,scratch,m0,noaug,allneg" if folder else "scratch,m0,noaug"
+    arms = (a.arms or default_arms).split(",")
     seeds = [int(s) for s in a.seeds.split(",")]
     prefix = a.data_name or "embedded"
     data = (
