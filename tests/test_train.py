@@ -228,6 +228,14 @@ def test_recipes_hold_the_papers_values():
     assert _recipe("simclr_am", "demo,fast_resnet34").model.to_dict() == demo.model.to_dict()
     with pytest.raises(ValueError, match="'resnet'.*ecapa"):
         _recipe("simclr_am", "demo,resnet")
+    demo.method.drop_nearest = 62  # a batch of 32 gives each anchor 2 x 31 negatives
+    with pytest.raises(ValueError, match=r"drop_nearest must be in \[0, 61\].*62 negatives"):
+        config_lib.validate(demo)
+    demo.method.symmetric = False
+    with pytest.raises(ValueError, match=r"drop_nearest must be in \[0, 30\]"):
+        config_lib.validate(demo)
+    demo.method.drop_nearest, demo.method.symmetric = 61, True
+    config_lib.validate(demo)
     demo.method.queue_size = 100
     demo.method.name = "moco"
     with pytest.raises(ValueError, match="multiple of train.batch_size"):
