@@ -21,7 +21,6 @@ import argparse
 import os
 import sys
 
-import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,17 +48,15 @@ def write_folder(out, speakers, sessions, utterances, n_trials, seed):
 
 
 def baselines(data_dir, name):
-    from bench_data import mean_logmel_scores  # this script's folder is on sys.path
+    from bench_data import mean_logmel_baseline  # this script's folder is on sys.path
 
     from ssv_jax import data
-    from ssv_jax.metrics import eer
 
     cfg = data.default_data_config()
     cfg.name, cfg.data_dir, cfg.augment.enabled = name, data_dir, False
     for label, with_std in (("mean", False), ("mean+std", True)):
-        for trials, (t, s) in mean_logmel_scores(cfg, with_std).items():
-            e = float(eer(np.asarray(s), np.asarray(t.labels)))
-            print(f"{trials}: {label} log-mel cosine baseline EER {e:.2f}%")
+        for trials, (e, n) in mean_logmel_baseline(cfg, with_std).items():
+            print(f"{trials}: {label} log-mel cosine baseline EER {e:.2f}% ({n} trials)")
 
 
 def main():
