@@ -260,15 +260,18 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             f"method.queue_size ({cfg.method.queue_size}) must be a multiple of train.batch_size "
             f"({cfg.train.batch_size}) so whole batches of keys are enqueued."
         )
+    from ssv_jax.losses import contrastive_negatives
+
     m = cfg.method
-    n_neg = (
-        m.queue_size if m.name == "moco" else (2 if m.symmetric else 1) * (cfg.train.batch_size - 1)
-    )
+    if m.name == "moco":
+        n_neg, source = m.queue_size, f"method.queue_size {m.queue_size}"
+    else:
+        n_neg = contrastive_negatives(cfg.train.batch_size, m.symmetric)
+        source = f"train.batch_size {cfg.train.batch_size}"
     if not 0 <= m.drop_nearest < n_neg:
         raise ConfigError(
             f"method.drop_nearest must be in [0, {n_neg - 1}]: each anchor has {n_neg} negatives "
-            f"(train.batch_size {cfg.train.batch_size}) and needs at least one left; "
-            f"got {m.drop_nearest}."
+            f"({source}) and needs at least one left; got {m.drop_nearest}."
         )
     if cfg.optim.name not in ("adam", "adamw", "sgd"):
         raise ConfigError(f"optim.name {cfg.optim.name!r} is not one of ('adam', 'adamw', 'sgd').")

@@ -78,6 +78,12 @@ def _mean_over_devices(x: jax.Array, axis_name):
     return x if axis_name is None else lax.pmean(x, axis_name)
 
 
+def contrastive_negatives(global_batch: int, symmetric: bool) -> int:
+    """Negatives per anchor of NT-Xent over a global batch: both views of every other utterance
+    (symmetric), or the other utterances' second views."""
+    return 2 * (global_batch - 1) if symmetric else global_batch - 1
+
+
 def _drop_nearest(rel: jax.Array, k: int, n_negatives: int) -> jax.Array:
     """Mask (-inf) each row's ``k`` largest entries: an anchor's k nearest negatives, whose
     logits rank as their cosines (masked positives and self are already -inf)."""
@@ -134,8 +140,7 @@ def _margin_contrastive(z1, z2, *, scale, margin, symmetric, axis_name, margin_f
     rel = rel.at[r, pos_col].set(-jnp.inf)
     if self_col is not None:
         rel = rel.at[r, self_col].set(-jnp.inf)
-    n_neg = 2 * (n_global - 1) if symmetric else n_global - 1
-    rel = _drop_nearest(rel, drop_nearest, n_neg)
+    rel = _drop_nearest(rel, drop_nearest, contrastive_negatives(n_global, symmetric))
     per_anchor = jax.nn.softplus(jax.nn.logsumexp(rel, axis=1))
     return _mean_over_devices(jnp.mean(per_anchor), axis_name)
 

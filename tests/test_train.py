@@ -236,6 +236,10 @@ def test_recipes_hold_the_papers_values():
         config_lib.validate(demo)
     demo.method.drop_nearest, demo.method.symmetric = 61, True
     config_lib.validate(demo)
+    demo.method.name, demo.method.queue_size, demo.method.drop_nearest = "moco", 64, 64
+    with pytest.raises(ValueError, match=r"\[0, 63\].*64 negatives \(method.queue_size 64\)"):
+        config_lib.validate(demo)
+    demo.method.name, demo.method.queue_size, demo.method.drop_nearest = "simclr", 65536, 0
     demo.method.queue_size = 100
     demo.method.name = "moco"
     with pytest.raises(ValueError, match="multiple of train.batch_size"):
