@@ -66,6 +66,7 @@ import ml_collections
 
 from ssv_jax.data import default_data_config
 from ssv_jax.errors import UserError
+from ssv_jax.frontend import NORMS as FRONTEND_NORMS
 from ssv_jax.frontend import default_frontend_config
 from ssv_jax.models import default_model_config
 
@@ -251,6 +252,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"eval.protocol {cfg.eval.protocol!r} is not 'full' or 'segments'.")
     if cfg.eval.score_norm not in NORMS:
         raise ConfigError(f"eval.score_norm {cfg.eval.score_norm!r} is not one of {NORMS}.")
+    if cfg.frontend.norm not in FRONTEND_NORMS:
+        raise ConfigError(f"frontend.norm {cfg.frontend.norm!r} is not one of {FRONTEND_NORMS}.")
     if cfg.method.scale <= 0:
         raise ConfigError(f"method.scale must be > 0; got {cfg.method.scale}.")
     if cfg.train.batch_size < 2:

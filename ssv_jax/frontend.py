@@ -4,8 +4,11 @@ Pipeline (docs/method.md#front-end): 16 kHz waveform -> centred frames (reflect 
 n_fft // 2, so an utterance of T samples has ``1 + T // hop_length`` frames) -> window of
 ``win_length`` samples (periodic Hamming or Hann) zero-padded to ``n_fft`` at the centre ->
 power spectrum -> HTK mel filterbank (no area normalisation) -> ``log(x + log_eps)`` ->
-``instance_norm`` (per utterance, per band, over time). Everything is jittable and runs on any
-backend.
+a per-utterance normalisation (``norm``): ``instance_norm`` (per band, over time: the paper's,
+which removes each band's mean level, hence the channel's and the voice's long-term spectral
+envelope) or ``utterance_norm`` (one mean and one standard deviation over all the utterance's
+frames and bands: removes its level and keeps that envelope). Everything is jittable and runs on
+any backend.
 
 Output layout is ``[B, frames, n_mels]`` (time-major; torchaudio returns ``[B, n_mels, frames]``).
 
@@ -25,11 +28,12 @@ import ml_collections
 import numpy as np
 
 WINDOWS = ("hamming", "hann")
+NORMS = ("instance", "utterance")
 
 
 def default_frontend_config() -> ml_collections.ConfigDict:
-    """ConfigDict holding every keyword of ``log_mel`` (plus ``instance_norm_eps``) at its
-    default."""
+    """ConfigDict holding every keyword of ``log_mel`` at its default, plus the normalisation:
+    ``norm`` (``"instance"`` or ``"utterance"``, see ``NORMS``) and its ``instance_norm_eps``."""
     return ml_collections.ConfigDict(
         dict(
             sample_rate=16000,
@@ -43,6 +47,7 @@ def default_frontend_config() -> ml_collections.ConfigDict:
             log_eps=1e-6,
             dft="auto",
             instance_norm_eps=1e-5,
+            norm="instance",
         )
     )
 
@@ -265,8 +270,30 @@ def instance_norm(feats, mask=None, eps: float = 1e-5) -> jax.Array:
     return (feats - mean) * jax.lax.rsqrt(var + eps) * m
 
 
+def utterance_norm(feats, mask=None, eps: float = 1e-5) -> jax.Array:
+    """Per-utterance normalisation over all frames and bands at once: one mean and one (biased)
+    variance per utterance, so the level goes and the spectral envelope stays.
+
+    feats ``[B, frames, n_mels]``; with ``mask`` ``[B, frames]`` (True = valid), statistics use
+    valid frames only and invalid frames are set to 0.
+    """
+    feats = jnp.asarray(feats, jnp.float32)
+    if feats.ndim != 3:
+        raise ValueError(f"feats must be [B, frames, n_mels], got shape {feats.shape}.")
+    if mask is None:
+        mean = jnp.mean(feats, axis=(1, 2), keepdims=True)
+        var = jnp.mean(jnp.square(feats - mean), axis=(1, 2), keepdims=True)
+        return (feats - mean) * jax.lax.rsqrt(var + eps)
+    m = jnp.asarray(mask, jnp.float32)[:, :, None]
+    count = jnp.maximum(jnp.sum(m, axis=(1, 2), keepdims=True) * feats.shape[2], 1.0)
+    mean = jnp.sum(feats * m, axis=(1, 2), keepdims=True) / count
+    var = jnp.sum(jnp.square(feats - mean) * m, axis=(1, 2), keepdims=True) / count
+    return (feats - mean) * jax.lax.rsqrt(var + eps) * m
+
+
 def features(wave, frontend_cfg=None, lengths=None):
-    """``log_mel`` + ``instance_norm`` in one call -> (feats ``[B, frames, n_mels]``, mask or None).
+    """``log_mel`` + the ``norm`` normalisation in one call -> (feats ``[B, frames, n_mels]``,
+    mask or None).
 
     ``wave``: ``[B, T]`` (a single utterance needs ``wave[None]``).
 
@@ -286,9 +313,12 @@ def features(wave, frontend_cfg=None, lengths=None):
             f"features needs wave [B, T], got shape {jnp.shape(wave)}; "
             "use wave[None] for one utterance."
         )
-    kw = {k: v for k, v in cfg.items() if k != "instance_norm_eps"}
+    if cfg.norm not in NORMS:
+        raise ValueError(f"frontend.norm={cfg.norm!r} is not one of {NORMS}.")
+    kw = {k: v for k, v in cfg.items() if k not in ("instance_norm_eps", "norm")}
     logmel = log_mel(wave, lengths=lengths, **kw)
     mask = None
     if lengths is not None:
         mask = frame_mask(lengths, logmel.shape[-2], cfg.hop_length)
-    return instance_norm(logmel, mask, eps=cfg.instance_norm_eps), mask
+    norm = instance_norm if cfg.norm == "instance" else utterance_norm
+    return norm(logmel, mask, eps=cfg.instance_norm_eps), mask

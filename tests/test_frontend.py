@@ -132,6 +132,43 @@ def test_instance_norm_and_mask():
         assert np.all(outm[b, n:] == 0)
 
 
+def test_utterance_norm_and_mask():
+    rng = np.random.default_rng(4)
+    # Bands at different levels: the envelope utterance_norm keeps and instance_norm removes.
+    f = rng.standard_normal((3, 50, 8)).astype(np.float32) + np.arange(8, dtype=np.float32) * 2
+    out = np.asarray(frontend.utterance_norm(jnp.asarray(f)))
+    f64 = f.astype(np.float64)
+    ref = (f64 - f64.mean((1, 2), keepdims=True)) / np.sqrt(f64.var((1, 2), keepdims=True) + 1e-5)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    assert np.all(np.diff(out.mean(1), axis=1) > 0.3)  # band means still rise
+    lens = np.array([50, 20, 33])
+    mask = np.arange(50)[None] < lens[:, None]
+    outm = np.asarray(frontend.utterance_norm(jnp.asarray(f), jnp.asarray(mask)))
+    for b, n in enumerate(lens):
+        alone = np.asarray(frontend.utterance_norm(jnp.asarray(f[b : b + 1, :n])))[0]
+        np.testing.assert_allclose(outm[b, :n], alone, atol=1e-5)
+        assert np.all(outm[b, n:] == 0)
+
+
+def test_features_norm_choice():
+    rng = np.random.default_rng(5)
+    x = np.stack([_signal(rng, 4000), 3.0 * _signal(rng, 4000)]).astype(np.float32)
+    cfg = frontend.default_frontend_config()
+    assert cfg.norm == "instance"
+    logmel = frontend.log_mel(jnp.asarray(x))
+    inst, _ = frontend.features(jnp.asarray(x), cfg)
+    np.testing.assert_array_equal(inst, frontend.instance_norm(logmel))
+    cfg.norm = "utterance"
+    utt, _ = frontend.features(jnp.asarray(x), cfg)
+    np.testing.assert_array_equal(utt, frontend.utterance_norm(logmel))
+    # Level-free: the same signal 3x louder gives the same features (up to log_eps).
+    same, _ = frontend.features(jnp.asarray(x[:1] * 3.0), cfg)
+    np.testing.assert_allclose(same[0], utt[0], atol=1e-3)
+    cfg.norm = "batch"
+    with pytest.raises(ValueError, match=r"frontend.norm='batch' is not one of \('instance'"):
+        frontend.features(jnp.asarray(x), cfg)
+
+
 @pytest.mark.slow
 def test_padded_batch_features_equal_each_alone():
     rng = np.random.default_rng(2)

@@ -199,6 +199,23 @@ def test_resume_refuses_another_network_and_names_the_fields(data_dir, tmp_path)
     assert (work / "config.json").read_text() == stored
 
 
+def test_a_run_from_before_the_front_end_norm_field_reads_as_instance_norm(data_dir, tmp_path):
+    """config.json of a run written before ``frontend.norm`` existed: the run used per-band
+    instance norm, so the default config continues it and ``utterance`` is refused."""
+    work = tmp_path / "run"
+    _stored_run(data_dir, work)
+    old = json.loads((work / "config.json").read_text())
+    del old["frontend"]["norm"]
+    (work / "config.json").write_text(json.dumps(old))
+    assert checkpoints.read_config(str(work)).frontend.norm == "instance"
+    workdir_lib.prepare(tiny_config(data_dir), str(work), mode="train")
+    other = tiny_config(data_dir)
+    other.frontend.norm = "utterance"
+    shown = "frontend.norm: 'instance' there, 'utterance' here"
+    with pytest.raises(workdir_lib.WorkdirError, match=shown.replace(".", r"\.")):
+        workdir_lib.prepare(other, str(work), mode="train")
+
+
 def test_unwritable_or_full_workdir_fails_before_training(tmp_path, monkeypatch):
     blocker = tmp_path / "a_file"
     blocker.write_text("")

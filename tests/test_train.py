@@ -244,6 +244,9 @@ def test_recipes_hold_the_papers_values():
     demo.method.name = "moco"
     with pytest.raises(ValueError, match="multiple of train.batch_size"):
         config_lib.validate(demo)
+    demo.method.name, demo.frontend.norm = "simclr", "batch"
+    with pytest.raises(ValueError, match=r"frontend.norm 'batch' is not one of \('instance'"):
+        config_lib.validate(demo)
 
 
 @pytest.mark.slow
