@@ -250,45 +250,38 @@ def log_mel(
     return jnp.log(mel + log_eps)
 
 
+def _normalise(feats, mask, eps: float, axes: tuple[int, ...]) -> jax.Array:
+    """Subtract the mean and divide by sqrt(biased variance + eps), both over ``axes`` of
+    ``[B, frames, n_mels]`` features; with ``mask`` ``[B, frames]`` (True = valid) over valid
+    frames only, invalid frames set to 0."""
+    feats = jnp.asarray(feats, jnp.float32)
+    if feats.ndim != 3:
+        raise ValueError(f"feats must be [B, frames, n_mels], got shape {feats.shape}.")
+    if mask is None:
+        mean = jnp.mean(feats, axis=axes, keepdims=True)
+        var = jnp.mean(jnp.square(feats - mean), axis=axes, keepdims=True)
+        return (feats - mean) * jax.lax.rsqrt(var + eps)
+    m = jnp.broadcast_to(jnp.asarray(mask, jnp.float32)[:, :, None], feats.shape)
+    count = jnp.maximum(jnp.sum(m, axis=axes, keepdims=True), 1.0)
+    mean = jnp.sum(feats * m, axis=axes, keepdims=True) / count
+    var = jnp.sum(jnp.square(feats - mean) * m, axis=axes, keepdims=True) / count
+    return (feats - mean) * jax.lax.rsqrt(var + eps) * m
+
+
 def instance_norm(feats, mask=None, eps: float = 1e-5) -> jax.Array:
     """Per-utterance, per-band normalisation over time (``torch.nn.InstanceNorm1d``, no affine).
 
     feats ``[B, frames, n_mels]``; biased variance. With ``mask`` ``[B, frames]`` (True = valid),
     statistics use valid frames only and invalid frames are set to 0.
     """
-    feats = jnp.asarray(feats, jnp.float32)
-    if feats.ndim != 3:
-        raise ValueError(f"feats must be [B, frames, n_mels], got shape {feats.shape}.")
-    if mask is None:
-        mean = jnp.mean(feats, axis=1, keepdims=True)
-        var = jnp.mean(jnp.square(feats - mean), axis=1, keepdims=True)
-        return (feats - mean) * jax.lax.rsqrt(var + eps)
-    m = jnp.asarray(mask, jnp.float32)[:, :, None]
-    count = jnp.maximum(jnp.sum(m, axis=1, keepdims=True), 1.0)
-    mean = jnp.sum(feats * m, axis=1, keepdims=True) / count
-    var = jnp.sum(jnp.square(feats - mean) * m, axis=1, keepdims=True) / count
-    return (feats - mean) * jax.lax.rsqrt(var + eps) * m
+    return _normalise(feats, mask, eps, (1,))
 
 
 def utterance_norm(feats, mask=None, eps: float = 1e-5) -> jax.Array:
     """Per-utterance normalisation over all frames and bands at once: one mean and one (biased)
-    variance per utterance, so the level goes and the spectral envelope stays.
-
-    feats ``[B, frames, n_mels]``; with ``mask`` ``[B, frames]`` (True = valid), statistics use
-    valid frames only and invalid frames are set to 0.
-    """
-    feats = jnp.asarray(feats, jnp.float32)
-    if feats.ndim != 3:
-        raise ValueError(f"feats must be [B, frames, n_mels], got shape {feats.shape}.")
-    if mask is None:
-        mean = jnp.mean(feats, axis=(1, 2), keepdims=True)
-        var = jnp.mean(jnp.square(feats - mean), axis=(1, 2), keepdims=True)
-        return (feats - mean) * jax.lax.rsqrt(var + eps)
-    m = jnp.asarray(mask, jnp.float32)[:, :, None]
-    count = jnp.maximum(jnp.sum(m, axis=(1, 2), keepdims=True) * feats.shape[2], 1.0)
-    mean = jnp.sum(feats * m, axis=(1, 2), keepdims=True) / count
-    var = jnp.sum(jnp.square(feats - mean) * m, axis=(1, 2), keepdims=True) / count
-    return (feats - mean) * jax.lax.rsqrt(var + eps) * m
+    variance per utterance, so the level goes and the spectral envelope stays. ``mask`` as for
+    ``instance_norm``."""
+    return _normalise(feats, mask, eps, (1, 2))
 
 
 def features(wave, frontend_cfg=None, lengths=None):
