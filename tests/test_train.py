@@ -211,7 +211,8 @@ def test_recipes_hold_the_papers_values():
     assert small.method.name == "moco" and small.train.batch_size == 32
     assert small.train.average_last == 4 and small.train.checkpoint_every == 30
     assert small.method.drop_nearest == 2 and paper.method.drop_nearest == 0
-    assert small.frontend.norm == "utterance"
+    assert small.frontend.norm == "instance"  # MoCo keeps per-band normalisation
+    assert _recipe("simclr_am", "small").frontend.norm == "utterance"
     assert paper.frontend.norm == "instance" and demo.frontend.norm == "instance"
     assert demo.method.drop_nearest == 0
     # A fixed length sized for the CPU budget, whatever the folder's size.
