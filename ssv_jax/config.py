@@ -200,7 +200,7 @@ def apply_small(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     those real voices the pooled EER fell by 3.6 points in each of three seeds and the
     within-source EER stayed the same; on the synthetic folder, whose sessions differ in channel
     by design, it rose (``--config.frontend.norm=instance`` for recordings like those). MoCo
-    keeps per-band normalisation: per utterance its EER on the real voices rose (one seed),
+    keeps per-band normalisation: per utterance its EER on the real voices rose (two seeds),
     its queue holding every utterance of the set, and so many of the query's own speaker."""
     apply_demo(cfg)
     cfg.frontend.norm = "utterance" if cfg.method.name == "simclr" else "instance"
