@@ -28,7 +28,6 @@ import ml_collections
 import numpy as np
 
 WINDOWS = ("hamming", "hann")
-NORMS = ("instance", "utterance")
 
 
 def default_frontend_config() -> ml_collections.ConfigDict:
@@ -284,6 +283,11 @@ def utterance_norm(feats, mask=None, eps: float = 1e-5) -> jax.Array:
     return _normalise(feats, mask, eps, (1, 2))
 
 
+# ``frontend.norm`` -> its normalisation.
+NORM_FNS = {"instance": instance_norm, "utterance": utterance_norm}
+NORMS = tuple(NORM_FNS)
+
+
 def features(wave, frontend_cfg=None, lengths=None):
     """``log_mel`` + the ``norm`` normalisation in one call -> (feats ``[B, frames, n_mels]``,
     mask or None).
@@ -313,5 +317,4 @@ def features(wave, frontend_cfg=None, lengths=None):
     mask = None
     if lengths is not None:
         mask = frame_mask(lengths, logmel.shape[-2], cfg.hop_length)
-    norm = instance_norm if cfg.norm == "instance" else utterance_norm
-    return norm(logmel, mask, eps=cfg.instance_norm_eps), mask
+    return NORM_FNS[cfg.norm](logmel, mask, eps=cfg.instance_norm_eps), mask
