@@ -144,8 +144,8 @@ def load_network(cfg, workdir: str, mesh, state=None):
 RUNTIME_FIELDS = ("conv_impl", "compute_dtype")
 # CPU speed switches of earlier versions, replaced by ``model.conv_impl``; dropped on reading.
 LEGACY_FIELDS = ("s2d", "barrier", "onednn")
-# Front-end fields added later, at the value every run before them used; filled in on reading.
-LATER_FRONTEND_FIELDS = {"norm": "instance"}
+# Fields added later, at the value every run before them used; filled in on reading.
+LATER_FIELDS = {("frontend", "norm"): "instance", ("eval", "neighbours"): 0}
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -160,8 +160,8 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
         cfg = json.load(f)
     for k in LEGACY_FIELDS:
         cfg.get("model", {}).pop(k, None)
-    for k, v in LATER_FRONTEND_FIELDS.items():
-        cfg.get("frontend", {}).setdefault(k, v)
+    for (section, k), v in LATER_FIELDS.items():
+        cfg.get(section, {}).setdefault(k, v)
     return ml_collections.ConfigDict(cfg)
 
 

@@ -58,6 +58,9 @@ Fields:
                        also holds "LIST/<score_norm>" entries (ssv_jax/scoring.py)
   eval.cohort_size     cohort utterances taken from the training split (300), evenly spaced
   eval.asnorm_top_n    AS-norm: each side's statistics over its top-N cohort cosines (100)
+  eval.neighbours      K > 0: results.json also holds "LIST/neighbours_K" entries, scored with
+                       each trial utterance's embedding averaged with its K nearest among the
+                       trial lists' utterances (ssv_jax/scoring.py; 0 = off)
 """
 
 from __future__ import annotations
@@ -149,6 +152,7 @@ def base_config() -> ml_collections.ConfigDict:
             score_norm="none",
             cohort_size=300,
             asnorm_top_n=100,
+            neighbours=0,
         )
     )
     return cfg
@@ -201,7 +205,11 @@ def apply_small(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     within-source EER stayed the same; on the synthetic folder, whose sessions differ in channel
     by design, it rose (``--config.frontend.norm=instance`` for recordings like those). MoCo
     keeps per-band normalisation: per utterance its EER on the real voices rose (two seeds),
-    its queue holding every utterance of the set, and so many of the query's own speaker."""
+    its queue holding every utterance of the set, and so many of the query's own speaker.
+    Evaluation also scores the trials with each embedding expanded by its three nearest
+    neighbours in the folder (``eval.neighbours=3``: results.json's ``LIST/neighbours_3``
+    entries, beside the plain cosine ones): with several recordings of each voice in the folder,
+    the neighbours are mostly the same voice's."""
     apply_demo(cfg)
     cfg.frontend.norm = "utterance" if cfg.method.name == "simclr" else "instance"
     cfg.method.drop_nearest = 2
@@ -210,6 +218,7 @@ def apply_small(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     cfg.train.eval_every = 360
     cfg.train.checkpoint_every = 30
     cfg.train.average_last = 4
+    cfg.eval.neighbours = 3
     return cfg
 
 
@@ -259,6 +268,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"eval.protocol {cfg.eval.protocol!r} is not 'full' or 'segments'.")
     if cfg.eval.score_norm not in NORMS:
         raise ConfigError(f"eval.score_norm {cfg.eval.score_norm!r} is not one of {NORMS}.")
+    if cfg.eval.neighbours < 0:
+        raise ConfigError(f"eval.neighbours must be >= 0 (0 = off); got {cfg.eval.neighbours}.")
     if cfg.frontend.norm not in FRONTEND_NORMS:
         raise ConfigError(f"frontend.norm {cfg.frontend.norm!r} is not one of {FRONTEND_NORMS}.")
     if cfg.method.scale <= 0:

@@ -315,13 +315,15 @@ def score_trial_lists(
     mesh,
     max_trials: int = 0,
     embed_fn=None,
-    score_norm: bool = True,
+    back_ends: bool = True,
     cache_path: str | None = None,
 ) -> dict:
     """{trial list name: (Trials, scores)} for the config's trial lists: cosine scores, plus
     ``NAME/<eval.score_norm>`` entries with normalised scores when ``eval.score_norm`` is set
-    (and ``score_norm``: validations during training skip it). ``cache_path``: an embedding
-    cache (``cache_path_for``) read before and extended after extraction."""
+    and ``NAME/neighbours_K`` entries when ``eval.neighbours`` is K > 0, the cosines of the
+    embeddings expanded over the union of the lists' utterances (``back_ends``: validations
+    during training skip both). ``cache_path``: an embedding cache (``cache_path_for``) read
+    before and extended after extraction."""
     all_trials = data_lib.load_trials(cfg.data)
     wanted = {}
     for name in data_lib.trial_lists(cfg.data):
@@ -360,7 +362,7 @@ def score_trial_lists(
         )
     out = {name: (t, score_trials(embeddings, t)) for name, t in wanted.items()}
     method = cfg.eval.score_norm
-    if score_norm and method != "none":
+    if back_ends and method != "none":
         cohort = _embed_shared(
             cfg,
             net,
@@ -379,6 +381,14 @@ def score_trial_lists(
         for name, (t, scores) in list(out.items()):
             normed = scoring.normalize(scores, *trial_rows(pos, t), stats, method)
             out[f"{name}/{method}"] = (t, normed, scores)
+    k = int(cfg.eval.neighbours)
+    if back_ends and k:
+        ids = sorted(needed)
+        expanded = scoring.expand_neighbours(np.stack([embeddings[u] for u in ids]), k)
+        expanded = dict(zip(ids, expanded))
+        log.info("neighbour expansion: %d nearest of %d utterances", k, len(ids))
+        for name, t in wanted.items():
+            out[f"{name}/neighbours_{k}"] = (t, score_trials(expanded, t), out[name][1])
     return out
 
 
@@ -441,7 +451,7 @@ def evaluate_trials(
     """{trial list name: {"eer", "min_dcf", "n_trials"}} on the config's trial lists."""
     return trial_metrics(
         score_trial_lists(
-            cfg, graphdef, params, batch_stats, mesh, max_trials, embed_fn, score_norm=False
+            cfg, graphdef, params, batch_stats, mesh, max_trials, embed_fn, back_ends=False
         )
     )
 

@@ -1,4 +1,5 @@
-"""Score normalisation against a cohort of impostor embeddings: z-, t-, s- and AS-norm.
+"""Score back-ends: normalisation against a cohort of impostor embeddings (z-, t-, s- and
+AS-norm), and neighbour expansion within the evaluated collection.
 
 For a trial (enroll e, test t) with raw cosine score s = e . t and a cohort C (unit embeddings
 of utterances that are not in the trials, one per cohort utterance), each side's statistics
@@ -12,6 +13,13 @@ are the mean and standard deviation of its cosines with the cohort:
 Statistics are computed once per utterance (jitted, in chunks of utterances), not per trial,
 so a million trials cost a gather, never a trials x cohort matrix. Standard deviations are the
 population ones (ddof 0), as the reference toolkits compute them.
+
+Neighbour expansion (``expand_neighbours``; average query expansion, as in image and person
+retrieval) uses the evaluated utterances themselves, unlabeled: each unit embedding, centred on
+the collection's mean, is replaced by the unit mean of itself and its k most similar others.
+Where the collection holds several recordings of each speaker (a folder scored against itself),
+an embedding's nearest neighbours are mostly its own speaker's, so the average keeps the voice
+and loses what belongs to one recording.
 """
 
 from __future__ import annotations
@@ -78,3 +86,36 @@ def normalize(scores, idx_enroll, idx_test, stats, method: str):
     table = jnp.asarray(table)
     e, t = jnp.asarray(idx_enroll), jnp.asarray(idx_test)
     return np.asarray(_normalize(jnp.asarray(scores), table[e], table[t], method))
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _nearest_chunk(part, emb, start, k):
+    cos = part @ emb.T  # [chunk, N]
+    own = (start + jnp.arange(part.shape[0]))[:, None] == jnp.arange(emb.shape[0])[None]
+    return jax.lax.top_k(jnp.where(own, -jnp.inf, cos), k)[1]
+
+
+def _unit(x):
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _EPS)
+
+
+def expand_neighbours(emb, k: int, chunk: int = 4096) -> np.ndarray:
+    """Embeddings ``emb`` [N, D] of a collection, expanded by their neighbours: unit-normalise,
+    subtract the collection's mean, unit-normalise, then replace each by the unit mean of
+    itself and its ``k`` most similar others (cosine). Returns [N, D] float32 unit vectors."""
+    x = np.asarray(emb, np.float32)
+    if x.ndim != 2 or not 1 <= k < x.shape[0]:
+        raise ValueError(
+            f"eval.neighbours={k} needs a collection of more than {k} embeddings; got "
+            f"{x.shape[0] if x.ndim == 2 else x.shape}. Lower eval.neighbours (0 turns it off)."
+        )
+    x = _unit(x)
+    x = _unit(x - x.mean(0))
+    n = x.shape[0]
+    nearest = np.zeros((n, k), np.int64)
+    for a in range(0, n, chunk):
+        part = x[a : a + chunk]
+        pad = np.zeros((chunk - part.shape[0], x.shape[1]), np.float32)  # one compiled shape
+        idx = _nearest_chunk(np.concatenate([part, pad]), x, a, k)
+        nearest[a : a + part.shape[0]] = np.asarray(idx)[: part.shape[0]]
+    return _unit(x + x[nearest].sum(1)).astype(np.float32)

@@ -200,14 +200,16 @@ def test_resume_refuses_another_network_and_names_the_fields(data_dir, tmp_path)
 
 
 def test_a_run_from_before_the_front_end_norm_field_reads_as_instance_norm(data_dir, tmp_path):
-    """config.json of a run written before ``frontend.norm`` existed: the run used per-band
-    instance norm, so the default config continues it and ``utterance`` is refused."""
+    """config.json of a run written before ``frontend.norm`` and ``eval.neighbours`` existed:
+    the run used per-band instance norm and no expansion, so the default config continues it
+    and ``utterance`` is refused."""
     work = tmp_path / "run"
     _stored_run(data_dir, work)
     old = json.loads((work / "config.json").read_text())
-    del old["frontend"]["norm"]
+    del old["frontend"]["norm"], old["eval"]["neighbours"]
     (work / "config.json").write_text(json.dumps(old))
     assert checkpoints.read_config(str(work)).frontend.norm == "instance"
+    assert checkpoints.read_config(str(work)).eval.neighbours == 0
     workdir_lib.prepare(tiny_config(data_dir), str(work), mode="train")
     other = tiny_config(data_dir)
     other.frontend.norm = "utterance"

@@ -66,3 +66,45 @@ def test_bad_inputs_name_the_problem():
         scoring.cohort_stats(emb, np.ones((3, 5), np.float32), top_n=1)
     with pytest.raises(ValueError, match="eval.score_norm"):
         scoring.normalize(np.zeros(1), [0], [0], scoring.cohort_stats(emb, emb, top_n=1), "x")
+
+
+def _expand_reference(emb, k):
+    x = emb.astype(np.float64)
+    x = _unit(x)
+    x = _unit(x - x.mean(0))
+    cos = x @ x.T
+    np.fill_diagonal(cos, -np.inf)
+    out = [x[i] + x[np.argsort(-cos[i])[:k]].sum(0) for i in range(len(x))]
+    return _unit(np.array(out))
+
+
+def test_neighbour_expansion_matches_float64_reference():
+    rng = np.random.default_rng(2)
+    speakers = rng.normal(size=(6, 16))
+    emb = (np.repeat(speakers, 5, 0) + 0.8 * rng.normal(size=(30, 16))).astype(np.float32)
+    emb *= rng.uniform(0.5, 3, (30, 1)).astype(np.float32)  # lengths play no part
+    got = scoring.expand_neighbours(emb, 3)
+    np.testing.assert_allclose(got, _expand_reference(emb, 3), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, rtol=1e-6)
+    # Chunked (several chunks, a padded last one): the same neighbours, so the same vectors.
+    np.testing.assert_array_equal(scoring.expand_neighbours(emb, 3, chunk=7), got)
+    # An utterance is never its own neighbour: with k = N - 1 every row is the mean of all.
+    everyone = scoring.expand_neighbours(emb, 29)
+    np.testing.assert_allclose(everyone, np.broadcast_to(everyone[0], everyone.shape), atol=1e-6)
+    # On these clusters, expansion widens the gap between same- and other-speaker cosines.
+    lab = np.repeat(np.arange(6), 5)
+    same, other = (lab[:, None] == lab[None]) & ~np.eye(30, dtype=bool), lab[:, None] != lab[None]
+
+    def gap(x):
+        c = x @ x.T
+        return c[same].mean() - c[other].mean()
+
+    assert gap(got) > gap(_unit(_unit(emb) - _unit(emb).mean(0))) + 0.1
+
+
+def test_neighbour_expansion_needs_more_utterances_than_neighbours():
+    emb = _unit(np.random.default_rng(3).normal(size=(4, 8))).astype(np.float32)
+    with pytest.raises(ValueError, match=r"eval.neighbours=4 needs a collection of more than 4"):
+        scoring.expand_neighbours(emb, 4)
+    with pytest.raises(ValueError, match="eval.neighbours=0"):
+        scoring.expand_neighbours(emb, 0)

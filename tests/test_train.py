@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from ssv_jax import checkpoints, metrics
+from ssv_jax import checkpoints, metrics, scoring
 from ssv_jax import config as config_lib
 from ssv_jax import data as data_lib
 from ssv_jax import state as state_lib
@@ -215,6 +215,7 @@ def test_recipes_hold_the_papers_values():
     assert _recipe("simclr_am", "small").frontend.norm == "utterance"
     assert paper.frontend.norm == "instance" and demo.frontend.norm == "instance"
     assert demo.method.drop_nearest == 0
+    assert small.eval.neighbours == 3 and demo.eval.neighbours == paper.eval.neighbours == 0
     # A fixed length sized for the CPU budget, whatever the folder's size.
     assert train_lib.total_steps(small, 726 // 32) == 1080
     assert train_lib.total_steps(small, 1152 // 32) == 1080
@@ -249,6 +250,10 @@ def test_recipes_hold_the_papers_values():
         config_lib.validate(demo)
     demo.method.name, demo.frontend.norm = "simclr", "batch"
     with pytest.raises(ValueError, match=r"frontend.norm 'batch' is not one of \('instance'"):
+        config_lib.validate(demo)
+    demo.frontend.norm = "instance"
+    demo.eval.neighbours = -1
+    with pytest.raises(ValueError, match=r"eval.neighbours must be >= 0 \(0 = off\); got -1"):
         config_lib.validate(demo)
 
 
@@ -484,8 +489,9 @@ def test_init_from_embedded_pretrains_once_and_reuses_the_cache(data_dir, tmp_pa
 
 @pytest.mark.slow
 def test_evaluation_with_score_normalisation(data_dir, tmp_path):
-    """eval.score_norm adds "LIST/<norm>" entries (cohort from the training split) beside the
-    raw list, with every metric; a cohort larger than the training split is refused by name."""
+    """eval.score_norm adds "LIST/<norm>" entries (cohort from the training split) and
+    eval.neighbours "LIST/neighbours_K" entries beside the raw list, with every metric; a
+    cohort larger than the training split is refused by name."""
     cfg = tiny_config(data_dir)
     workdir = str(tmp_path / "run")
     train_lib.train(cfg, workdir, max_steps=2)
@@ -522,10 +528,26 @@ def test_evaluation_with_score_normalisation(data_dir, tmp_path):
         {u for u in data_lib.load_trials(cfg.data)["synthetic_test"].utterances}
     )
     cfg.eval.score_norm, cfg.eval.cohort_size, cfg.eval.asnorm_top_n = "as-norm", 20, 5
+    cfg.eval.neighbours = 3
     res = train_lib.evaluate(cfg, workdir)
-    assert list(res) == ["synthetic_test", "synthetic_test/as-norm"]
-    raw, norm = res["synthetic_test"], res["synthetic_test/as-norm"]
-    for r in (raw, norm):
+    assert list(res) == [
+        "synthetic_test",
+        "synthetic_test/as-norm",
+        "synthetic_test/neighbours_3",
+    ]
+    raw, norm, nb = (res[k] for k in res)
+    # Neighbour expansion: the cosines of the cached trial embeddings, expanded over the union
+    # of the trial utterances, in the written score file.
+    z = np.load(cache)
+    expanded = dict(zip(z["ids"], scoring.expand_neighbours(z["embeddings"], 3)))
+    rows = [
+        line.split()
+        for line in open(os.path.join(workdir, "eval", "synthetic_test_neighbours_3_scores.txt"))
+    ]
+    want = [float(expanded[a] @ expanded[b]) for _, a, b, _ in rows]
+    np.testing.assert_allclose([float(r[3]) for r in rows], want, atol=2e-6)
+    assert nb["mean_target_cosine"] == raw["mean_target_cosine"]
+    for r in (raw, norm, nb):
         assert r["n_target"] + r["n_nontarget"] == r["n_trials"] > 20
         assert r["fn_at_eer"] <= r["n_target"] and r["fp_at_eer"] <= r["n_nontarget"]
         assert 0 <= r["min_dcf"] and 0 <= r["min_dcf_0.05"]

@@ -18,9 +18,11 @@ except ImportError:  # in a worker, this script's folder is on sys.path
 
 
 def eval_config(data_dir):
-    """The tiny config, with AS-norm against a cohort of 8 and 3 segments of 0.5 s."""
+    """The tiny config, with AS-norm against a cohort of 8, neighbour expansion by 3 and 3
+    segments of 0.5 s."""
     cfg = tiny_config(data_dir)
     cfg.eval.score_norm, cfg.eval.cohort_size, cfg.eval.asnorm_top_n = "as-norm", 8, 4
+    cfg.eval.neighbours = 3
     cfg.eval.num_frames, cfg.eval.frame_seconds = 3, 0.5
     return cfg
 
