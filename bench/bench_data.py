@@ -39,10 +39,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 
-def mean_logmel_scores(cfg, with_std: bool = False) -> dict:
+def mean_logmel_scores(cfg, with_std: bool = False, neighbours: int = 0) -> dict:
     """Cosine scores of per-utterance mean log-mel vectors (numpy STFT, librosa mel filters),
-    with the per-band standard deviation appended when ``with_std``: {trial list: Trials,
-    scores}."""
+    with the per-band standard deviation appended when ``with_std``, and expanded by their
+    ``neighbours`` nearest among the trial utterances as evaluation's ``eval.neighbours`` does
+    when > 0: {trial list: Trials, scores}."""
     import librosa
 
     from ssv_jax import data
@@ -55,8 +56,14 @@ def mean_logmel_scores(cfg, with_std: bool = False) -> dict:
         fr = w[np.arange(400)[None] + 160 * np.arange(n)[:, None]] * win
         lm = np.log(np.abs(np.fft.rfft(fr, 512)) ** 2 @ mel.T + 1e-6)
         emb[u] = np.concatenate([lm.mean(0), lm.std(0)]) if with_std else lm.mean(0)
+    lists = data.load_trials(cfg)
+    if neighbours:  # over the trial utterances, as evaluation
+        from ssv_jax.scoring import expand_neighbours
+
+        ids = sorted({u for t in lists.values() for u in t.utterances})
+        emb = dict(zip(ids, expand_neighbours(np.stack([emb[u] for u in ids]), neighbours)))
     out = {}
-    for name, t in data.load_trials(cfg).items():
+    for name, t in lists.items():
         E = np.stack([emb[u] for u in t.enroll])
         T = np.stack([emb[u] for u in t.test])
         out[name] = t, np.sum(E * T, 1) / np.linalg.norm(E, axis=1) / np.linalg.norm(T, axis=1)

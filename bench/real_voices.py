@@ -186,15 +186,20 @@ def by_source(enroll, scores, labels) -> str:
 
 
 def baselines(data_dir, name="real_voices"):
-    """EER of cosine scoring of per-utterance mean (and mean+std) log-mel vectors."""
+    """EER of cosine scoring of per-utterance mean (and mean+std) log-mel vectors, plain and
+    expanded by their 3 nearest neighbours (as ``eval.neighbours=3``)."""
     from bench_data import mean_logmel_scores  # this script's folder is on sys.path
 
     from ssv_jax import data
 
     cfg = data.default_data_config()
     cfg.name, cfg.data_dir, cfg.augment.enabled = name, data_dir, False
-    for label, with_std in (("mean", False), ("mean+std", True)):
-        for trials, (t, s) in mean_logmel_scores(cfg, with_std).items():
+    for label, with_std, k in (
+        ("mean", False, 0),
+        ("mean+std", True, 0),
+        ("mean+std, 3 neighbours", True, 3),
+    ):
+        for trials, (t, s) in mean_logmel_scores(cfg, with_std, k).items():
             print(
                 f"{trials}: {label} log-mel cosine baseline EER {by_source(t.enroll, s, t.labels)}"
             )

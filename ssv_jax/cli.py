@@ -1,6 +1,6 @@
 """``ssv-jax``: console commands for a trained workdir (one written by ``main.py``).
 
-    ssv-jax embed  --workdir=DIR --out=emb.npz PATH [PATH ...]   # audio files or folders
+    ssv-jax embed  --workdir=DIR --out=emb.npz [--neighbours=K] PATH [PATH ...]  # files, folders
     ssv-jax verify --workdir=DIR ENROLL.wav TEST.wav [--threshold=T]
     ssv-jax export --workdir=DIR --out=FOLDER    # jax.export artifact + TF SavedModel
 
@@ -8,7 +8,8 @@ All load DIR/config.json and the network evaluation uses (the average of the las
 ``train.average_last`` checkpoints, else the latest); none opens a training dataset. ``embed``
 and ``verify`` embed utterances exactly as evaluation does (``eval.protocol``; 16 kHz mono,
 eval-mode BatchNorm). ``export``: see ``ssv_jax/export.py``. ``embed`` writes an .npz
-with ``ids`` (the paths as given, or relative to a folder given) and ``embeddings`` [N, D];
+with ``ids`` (the paths as given, or relative to a folder given) and ``embeddings`` [N, D]
+(with ``--neighbours=K``, expanded over the files embedded together: ssv_jax/scoring.py);
 unreadable files are skipped with a warning and counted. ``verify`` prints the cosine score and
 the decision at ``--threshold``, by default the EER threshold of the first trial list that
 evaluation stored in DIR/eval/thresholds.json.
@@ -103,9 +104,20 @@ def cmd_embed(args) -> int:
         raise SystemExit(f"ssv-jax: none of the {len(files)} file(s) could be read.")
     emb = embed(items)
     ids = [uid for uid, _ in items]
-    np.savez(args.out, ids=np.asarray(ids), embeddings=np.stack([emb[u] for u in ids]))
+    vectors = np.stack([emb[u] for u in ids])
+    if args.neighbours:
+        from ssv_jax.scoring import expand_neighbours
+
+        if not 0 < args.neighbours < len(ids):
+            raise SystemExit(
+                f"ssv-jax: --neighbours={args.neighbours} needs more than that many files "
+                f"embedded together and at least 1; {len(ids)} were read."
+            )
+        vectors = expand_neighbours(vectors, args.neighbours)
+    np.savez(args.out, ids=np.asarray(ids), embeddings=vectors)
     print(
-        f"{len(ids)} embedding(s) of size {emb[ids[0]].shape[0]} written to {args.out}"
+        f"{len(ids)} embedding(s) of size {vectors.shape[1]} written to {args.out}"
+        + (f", each expanded by its {args.neighbours} nearest" if args.neighbours else "")
         + (f"; {skipped} unreadable file(s) skipped" if skipped else "")
     )
     return 0
@@ -165,6 +177,13 @@ def main(argv=None) -> int:
     e = sub.add_parser("embed", help="speaker embeddings of audio files or folders -> .npz")
     e.add_argument("--workdir", required=True)
     e.add_argument("--out", required=True, help="output .npz (ids, embeddings)")
+    e.add_argument(
+        "--neighbours",
+        type=int,
+        default=0,
+        help="K > 0: replace each embedding by its mean with its K nearest among the files "
+        "embedded together (as evaluation's eval.neighbours; 0: the network's own)",
+    )
     e.add_argument("paths", nargs="+", help="audio files and/or folders (searched recursively)")
     v = sub.add_parser("verify", help="same speaker or not: cosine score of two recordings")
     v.add_argument("--workdir", required=True)

@@ -384,6 +384,11 @@ def score_trial_lists(
     k = int(cfg.eval.neighbours)
     if back_ends and k:
         ids = sorted(needed)
+        if k >= len(ids):
+            raise ValueError(
+                f"eval.neighbours={k}, but the trial lists name only {len(ids)} utterances: "
+                f"set it below that (0 turns it off)."
+            )
         expanded = scoring.expand_neighbours(np.stack([embeddings[u] for u in ids]), k)
         expanded = dict(zip(ids, expanded))
         log.info("neighbour expansion: %d nearest of %d utterances", k, len(ids))

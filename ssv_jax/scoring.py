@@ -106,8 +106,7 @@ def expand_neighbours(emb, k: int, chunk: int = 4096) -> np.ndarray:
     x = np.asarray(emb, np.float32)
     if x.ndim != 2 or not 1 <= k < x.shape[0]:
         raise ValueError(
-            f"eval.neighbours={k} needs a collection of more than {k} embeddings; got "
-            f"{x.shape[0] if x.ndim == 2 else x.shape}. Lower eval.neighbours (0 turns it off)."
+            f"expanding by {k} neighbours needs k >= 1 and [N > {k}, D] embeddings; got {x.shape}."
         )
     x = _unit(x)
     x = _unit(x - x.mean(0))

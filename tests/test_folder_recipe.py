@@ -141,8 +141,9 @@ def test_readme_folder_recipe_end_to_end(tmp_path):
             assert f"starting from checkpoint 1 of {cached}" in proc.stderr, proc.stderr[-4000:]
 
     results = json.loads((work / "results.json").read_text())
-    assert set(results) == {"my_trials"}, results
-    assert results["my_trials"]["n_trials"] == len(trials)
-    assert 0 <= results["my_trials"]["eer"] <= 100
+    # The stored trial list, plain and with :small's neighbour expansion.
+    assert set(results) == {"my_trials", "my_trials/neighbours_3"}, results
+    for r in results.values():
+        assert r["n_trials"] == len(trials) and 0 <= r["eer"] <= 100
     stored = json.loads((work / "config.json").read_text())["data"]
     assert stored["name"] == "my_voices" and stored["trials"] is None

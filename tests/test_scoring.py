@@ -104,7 +104,7 @@ def test_neighbour_expansion_matches_float64_reference():
 
 def test_neighbour_expansion_needs_more_utterances_than_neighbours():
     emb = _unit(np.random.default_rng(3).normal(size=(4, 8))).astype(np.float32)
-    with pytest.raises(ValueError, match=r"eval.neighbours=4 needs a collection of more than 4"):
+    with pytest.raises(ValueError, match=r"by 4 neighbours needs k >= 1 and \[N > 4, D\]"):
         scoring.expand_neighbours(emb, 4)
-    with pytest.raises(ValueError, match="eval.neighbours=0"):
+    with pytest.raises(ValueError, match="by 0 neighbours"):
         scoring.expand_neighbours(emb, 0)

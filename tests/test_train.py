@@ -390,6 +390,23 @@ def test_console_embed_and_verify(main_run, tmp_path):
     assert ids == ["b.wav", "spk/a.wav", "spk/a_copy.flac"] and emb.shape == (3, 32)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(emb[1], emb[2], atol=1e-4)  # same audio, wav vs flac
+    # --neighbours=K: the same embeddings, expanded over the files embedded together (a
+    # fourth voice, so that no two centred embeddings are opposite).
+    from ssv_jax import cli
+
+    c = (0.1 * np.sin(np.arange(20000) * 0.013) * rng.standard_normal(20000)).astype(np.float32)
+    sf.write(tmp_path / "c.wav", c, 16000)
+    plain, near = tmp_path / "plain.npz", tmp_path / "near.npz"
+    for out_, k in ((plain, 0), (near, 1)):
+        argv = ["embed", f"--workdir={main_run}", f"--out={out_}", f"--neighbours={k}"]
+        assert cli.main([*argv, str(audio), str(tmp_path / "c.wav")]) == 0
+    np.testing.assert_allclose(
+        np.load(near)["embeddings"], scoring.expand_neighbours(np.load(plain)["embeddings"], 1)
+    )
+    with pytest.raises(
+        SystemExit, match="--neighbours=3 needs more than that many files.*3 were read"
+    ):
+        cli.main(["embed", f"--workdir={main_run}", f"--out={near}", "--neighbours=3", str(audio)])
     # verify: the workdir's EER threshold by default; the score is embed's cosine.
     thr = json.loads((main_run / "eval" / "thresholds.json").read_text())
     thr = thr["synthetic_test"]["eer_threshold"]
@@ -554,6 +571,10 @@ def test_evaluation_with_score_normalisation(data_dir, tmp_path):
     assert norm["mean_target_cosine"] == raw["mean_target_cosine"]  # the embeddings' cosines
     assert norm["eer_threshold"] != raw["eer_threshold"]
     assert os.path.exists(os.path.join(workdir, "eval", "synthetic_test_as-norm_scores.txt"))
+    cfg.eval.neighbours = 10_000
+    with pytest.raises(ValueError, match="eval.neighbours=10000, but the trial lists name only"):
+        train_lib.evaluate(cfg, workdir)
+    cfg.eval.neighbours = 0
     cfg.eval.cohort_size = 10_000
     with pytest.raises(ValueError, match="eval.cohort_size=10000 is larger"):
         train_lib.evaluate(cfg, workdir)
