@@ -3,6 +3,7 @@ MoCo queue/EMA, config overrides, NaN handling, main.py."""
 
 import importlib.util
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -505,7 +506,7 @@ def test_init_from_embedded_pretrains_once_and_reuses_the_cache(data_dir, tmp_pa
 
 
 @pytest.mark.slow
-def test_evaluation_with_score_normalisation(data_dir, tmp_path):
+def test_evaluation_with_score_normalisation(data_dir, tmp_path, caplog):
     """eval.score_norm adds "LIST/<norm>" entries (cohort from the training split) and
     eval.neighbours "LIST/neighbours_K" entries beside the raw list, with every metric; a
     cohort larger than the training split is refused by name."""
@@ -571,10 +572,18 @@ def test_evaluation_with_score_normalisation(data_dir, tmp_path):
     assert norm["mean_target_cosine"] == raw["mean_target_cosine"]  # the embeddings' cosines
     assert norm["eer_threshold"] != raw["eer_threshold"]
     assert os.path.exists(os.path.join(workdir, "eval", "synthetic_test_as-norm_scores.txt"))
-    cfg.eval.neighbours = 10_000
-    with pytest.raises(ValueError, match="eval.neighbours=10000, but the trial lists name only"):
-        train_lib.evaluate(cfg, workdir)
-    cfg.eval.neighbours = 0
+    # More neighbours than the trial lists have utterances: as many as there are, said so.
+    n = len(np.load(cache)["ids"])
+    cfg.eval.neighbours, cfg.eval.score_norm = 10_000, "none"
+    logger = logging.getLogger("ssv_jax")  # it does not propagate to the root logger
+    logger.addHandler(caplog.handler)
+    try:
+        res = train_lib.evaluate(cfg, workdir)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert list(res) == ["synthetic_test", f"synthetic_test/neighbours_{n - 1}"]
+    assert f"eval.neighbours=10000, but the trial lists name only {n} utterances" in caplog.text
+    cfg.eval.neighbours, cfg.eval.score_norm = 0, "as-norm"
     cfg.eval.cohort_size = 10_000
     with pytest.raises(ValueError, match="eval.cohort_size=10000 is larger"):
         train_lib.evaluate(cfg, workdir)
