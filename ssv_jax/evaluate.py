@@ -381,21 +381,23 @@ def score_trial_lists(
         for name, (t, scores) in list(out.items()):
             normed = scoring.normalize(scores, *trial_rows(pos, t), stats, method)
             out[f"{name}/{method}"] = (t, normed, scores)
-    ids, k = sorted(needed), int(cfg.eval.neighbours)
-    if back_ends and k >= len(ids):
-        log.warning(
-            "eval.neighbours=%d, but the trial lists name only %d utterances: expanding by %d",
-            k,
-            len(ids),
-            len(ids) - 1,
-        )
-        k = len(ids) - 1
-    if back_ends and k > 0:
-        expanded = scoring.expand_neighbours(np.stack([embeddings[u] for u in ids]), k)
-        expanded = dict(zip(ids, expanded))
-        log.info("neighbour expansion: %d nearest of %d utterances", k, len(ids))
-        for name, t in wanted.items():
-            out[f"{name}/neighbours_{k}"] = (t, score_trials(expanded, t), out[name][1])
+    k = int(cfg.eval.neighbours)
+    if back_ends and k:
+        ids = sorted(needed)
+        if k >= len(ids):
+            log.warning(
+                "eval.neighbours=%d, but the trial lists name only %d utterances: expanding by %d",
+                k,
+                len(ids),
+                len(ids) - 1,
+            )
+            k = len(ids) - 1
+        if k:
+            expanded = scoring.expand_neighbours(np.stack([embeddings[u] for u in ids]), k)
+            expanded = dict(zip(ids, expanded))
+            log.info("neighbour expansion: %d nearest of %d utterances", k, len(ids))
+            for name, t in wanted.items():
+                out[f"{name}/neighbours_{k}"] = (t, score_trials(expanded, t), out[name][1])
     return out
 
 

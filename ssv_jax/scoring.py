@@ -34,6 +34,16 @@ METHODS = ("none", "z-norm", "t-norm", "s-norm", "as-norm")
 _EPS = 1e-8
 
 
+def _row_chunks(x, chunk: int):
+    """(start, rows, block) for each block of ``chunk`` rows of ``x`` (fewer when ``x`` has
+    fewer), the last padded with zero rows: one compiled shape for every block."""
+    size = max(1, min(chunk, x.shape[0]))
+    for a in range(0, x.shape[0], size):
+        part = x[a : a + size]
+        pad = np.zeros((size - part.shape[0],) + x.shape[1:], x.dtype)
+        yield a, part.shape[0], np.concatenate([part, pad])
+
+
 @functools.partial(jax.jit, static_argnames=("top_n",))
 def _stats_chunk(emb, cohort, top_n):
     cos = emb @ cohort.T  # [chunk, Nc]
@@ -55,12 +65,10 @@ def cohort_stats(emb, cohort, *, top_n: int, chunk: int = 4096):
         raise ValueError(f"top_n must be in [1, {cohort.shape[0]}] (the cohort size); got {top_n}.")
     n = emb.shape[0]
     full, top = np.zeros((n, 2), np.float32), np.zeros((n, 2), np.float32)
-    for a in range(0, n, chunk):
-        part = emb[a : a + chunk]
-        pad = np.zeros((chunk - part.shape[0], emb.shape[1]), np.float32)  # one compiled shape
-        f, t = _stats_chunk(np.concatenate([part, pad]), cohort, top_n)
-        full[a : a + part.shape[0]] = np.asarray(f)[: part.shape[0]]
-        top[a : a + part.shape[0]] = np.asarray(t)[: part.shape[0]]
+    for a, rows, block in _row_chunks(emb, chunk):
+        f, t = _stats_chunk(block, cohort, top_n)
+        full[a : a + rows] = np.asarray(f)[:rows]
+        top[a : a + rows] = np.asarray(t)[:rows]
     return full, top
 
 
@@ -110,11 +118,7 @@ def expand_neighbours(emb, k: int, chunk: int = 4096) -> np.ndarray:
         )
     x = _unit(x)
     x = _unit(x - x.mean(0))
-    n = x.shape[0]
-    nearest = np.zeros((n, k), np.int64)
-    for a in range(0, n, chunk):
-        part = x[a : a + chunk]
-        pad = np.zeros((chunk - part.shape[0], x.shape[1]), np.float32)  # one compiled shape
-        idx = _nearest_chunk(np.concatenate([part, pad]), x, a, k)
-        nearest[a : a + part.shape[0]] = np.asarray(idx)[: part.shape[0]]
+    nearest = np.zeros((x.shape[0], k), np.int64)
+    for a, rows, block in _row_chunks(x, chunk):
+        nearest[a : a + rows] = np.asarray(_nearest_chunk(block, x, a, k))[:rows]
     return _unit(x + x[nearest].sum(1)).astype(np.float32)
