@@ -111,14 +111,18 @@ def expand_neighbours(emb, k: int, chunk: int = 4096) -> np.ndarray:
     """Embeddings ``emb`` [N, D] of a collection, expanded by their neighbours: unit-normalise,
     subtract the collection's mean, unit-normalise, then replace each by the unit mean of
     itself and its ``k`` most similar others (cosine). Returns [N, D] float32 unit vectors."""
-    x = np.asarray(emb, np.float32)
+    x = np.asarray(emb, np.float64)
     if x.ndim != 2 or not 1 <= k < x.shape[0]:
         raise ValueError(
             f"expanding by {k} neighbours needs k >= 1 and [N > {k}, D] embeddings; got {x.shape}."
         )
+    # Centring in float64: embeddings of one network can be nearly parallel (cosines of 0.999
+    # early in training), and subtracting their mean then cancels most of float32's digits, so
+    # a float32 mean would make the result depend on the order of the rows.
     x = _unit(x)
     x = _unit(x - x.mean(0))
+    x32 = x.astype(np.float32)
     nearest = np.zeros((x.shape[0], k), np.int64)
-    for a, rows, block in _row_chunks(x, chunk):
-        nearest[a : a + rows] = np.asarray(_nearest_chunk(block, x, a, k))[:rows]
+    for a, rows, block in _row_chunks(x32, chunk):
+        nearest[a : a + rows] = np.asarray(_nearest_chunk(block, x32, a, k))[:rows]
     return _unit(x + x[nearest].sum(1)).astype(np.float32)
