@@ -382,7 +382,7 @@ def test_records_read_the_audio_tfds_decodes(syn_dir):
             assert a.dtype == np.int16
             np.testing.assert_array_equal(a, src[i]["audio"])
     with pytest.raises(KeyError):
-        pipeline.example_audio(b"\n\x00")  # an Example without features
+        records.example_audio(b"\n\x00")  # an Example without features
 
 
 def test_bank_cache_changes_nothing(syn_dir, monkeypatch):

@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from math import gcd
 from typing import NamedTuple
 
 import numpy as np
+import soundfile as sf
 
 AUDIO_EXTENSIONS = (
     ".wav",
@@ -41,13 +43,11 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     if sr_in == sr_out:
         return x
     try:
-        import soxr
+        import soxr  # optional: the fallback below works without it
 
         return soxr.resample(x, sr_in, sr_out, quality="HQ").astype(np.float32)
     except ImportError:  # pragma: no cover - soxr is a librosa dependency
-        from math import gcd
-
-        from scipy.signal import resample_poly
+        from scipy.signal import resample_poly  # only here: scipy.signal is slow to import
 
         g = gcd(sr_in, sr_out)
         return resample_poly(x, sr_out // g, sr_in // g).astype(np.float32)
@@ -85,7 +85,7 @@ def _read_ffmpeg(path: str, sample_rate: int) -> np.ndarray:
     """Decode any format ffmpeg reads (m4a/AAC) to mono float32 at ``sample_rate`` (PyAV, else the
     ffmpeg command)."""
     try:
-        import av  # PyAV bundles ffmpeg's libraries
+        import av  # optional (PyAV bundles ffmpeg's libraries), else the ffmpeg command
     except ImportError:
         av = None
     if av is not None:
@@ -130,7 +130,7 @@ def check_decoder_for(paths) -> None:
     if not need:
         return
     try:
-        import av  # noqa: F401
+        import av  # noqa: F401  (optional: as in _read_ffmpeg)
 
         return
     except ImportError:
@@ -145,8 +145,6 @@ def check_decoder_for(paths) -> None:
 
 def read_audio(path: str, sample_rate: int = 16000) -> np.ndarray:
     """Read ``path`` as mono float32 in [-1, 1] at ``sample_rate`` (raises on failure)."""
-    import soundfile as sf
-
     ext = os.path.splitext(path)[1].lower()
     if ext in FFMPEG_EXTENSIONS:
         return _read_ffmpeg(path, sample_rate)

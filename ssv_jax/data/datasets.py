@@ -11,7 +11,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ssv_jax.data import records, synthetic
+from ssv_jax.data import builder, records, synthetic, writer
 from ssv_jax.data.trials import Trials, parse_trials, resolve_ids
 from ssv_jax.data.workers import WorkerError, parallel_map
 from ssv_jax.errors import UserError
@@ -68,7 +68,7 @@ def build_synthetic(
     num_workers: int = 2,
     overwrite: bool = True,
     names=(SYNTHETIC, SYNTHETIC_NOISE, SYNTHETIC_RIRS),
-) -> list[records.BuildSummary]:
+) -> list[builder.BuildSummary]:
     """Build the embedded corpus (train/test + trials) and/or its noise and RIR banks.
 
     Each dataset records ``size`` (``_SIZE_FILE``) and replaces its old build only once
@@ -85,7 +85,7 @@ def build_synthetic(
             )
 
         summaries.append(
-            records.write_dataset(
+            writer.write_dataset(
                 SYNTHETIC,
                 data_dir,
                 {s: split_fn(s) for s in plans},
@@ -105,7 +105,7 @@ def build_synthetic(
             )
 
         summaries.append(
-            records.write_dataset(
+            writer.write_dataset(
                 SYNTHETIC_NOISE,
                 data_dir,
                 {c: bank_fn(c) for c in counts},
@@ -117,7 +117,7 @@ def build_synthetic(
         )
     if SYNTHETIC_RIRS in names:
         summaries.append(
-            records.write_dataset(
+            writer.write_dataset(
                 SYNTHETIC_RIRS,
                 data_dir,
                 {

@@ -19,18 +19,11 @@ of an uninterrupted run, with nothing to skip or restore:
 
 Workers: ``num_workers`` = 0 builds each batch in the calling thread when it is
 asked for. ``num_workers`` = W > 0 builds them ahead in W worker subprocesses
-(``ssv_jax.data.workers.WorkerPool``; processes, not threads: the builder is
-Python and numpy code that holds the GIL, so threads ran one at a time). Worker w
-builds steps start+w, start+w+W, ... straight into shared memory, at most
-max(prefetch, W) steps ahead, and batches come out in step order, zero-copy
-(``_parallel_batches``). Batches are the same whatever W (each is a pure
+(``prefetch``; each runs ``_batch_worker``). Batches are the same whatever W (each is a pure
 function of (seed, k)). The workers read the array_record files directly,
-without TensorFlow (``Records``), so they start in a fraction of a second.
+without TensorFlow (``records.Records``), so they start in a fraction of a second.
 
-Crops: ``overlap=True`` draws the two offsets independently (utterances
-shorter than one crop are wrap-padded, i.e. repeated cyclically).
-``overlap=False`` (paper era) wrap-pads to at least two crops and draws a
-pair of non-overlapping crops uniformly over all such pairs, in random order.
+Crops: two views per utterance, overlapping or not (``crops``).
 
 Augmentation inputs per view (consumed by ssv_jax.augment on the device):
 a noise crop of the view's length from a category drawn uniformly
@@ -50,15 +43,18 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import mmap
 import os
 import threading
 import time
-import weakref
 from typing import Iterator
 
 import numpy as np
 
 from ssv_jax.data import batch as batch_spec
+from ssv_jax.data.crops import _pcm, crop_pair, wrap_pad
+from ssv_jax.data.prefetch import _parallel_batches, _slot_arrays
+from ssv_jax.data.records import Records
 
 log = logging.getLogger("ssv_jax.data")
 
@@ -82,7 +78,9 @@ def _check_batch(global_batch: int, process_count: int) -> int:
 
 def steps_per_epoch(data_cfg, global_batch: int) -> int:
     """Full global batches in one epoch of the training split (the remainder is dropped)."""
-    from ssv_jax.data import datasets  # not at import: worker processes need no TFDS
+    # Not at import: the worker processes import this module to build batches, and need none of
+    # the dataset finding and building (it loads scipy and the corpus generator).
+    from ssv_jax.data import datasets
 
     ds = datasets.open_dataset(data_cfg, data_cfg.name)
     split = datasets.train_split(data_cfg)
@@ -93,129 +91,6 @@ def steps_per_epoch(data_cfg, global_batch: int) -> int:
             f"batch of {global_batch}; lower the batch size or use a bigger dataset."
         )
     return n // global_batch
-
-
-def wrap_pad(x: np.ndarray, length: int) -> np.ndarray:
-    """Repeat ``x`` cyclically up to at least ``length`` samples (unchanged if already long
-    enough)."""
-    if x.size >= length:
-        return x
-    if x.size == 0:
-        return np.zeros(length, x.dtype)
-    return np.resize(x, length)
-
-
-def crop_pair(n: int, T: int, overlap: bool, rng: np.random.Generator) -> tuple[int, int]:
-    """Start offsets of the two views in an utterance of ``n`` samples (already wrap-padded)."""
-    if overlap:
-        a, b = rng.integers(0, n - T + 1, size=2)
-        return int(a), int(b)
-    free = n - 2 * T
-    u = np.sort(rng.integers(0, free + 1, size=2))
-    a, b = int(u[0]), int(u[1]) + T
-    return (a, b) if rng.random() < 0.5 else (b, a)
-
-
-def _pcm(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """int16 PCM -> float32 in [-1, 1), into ``out`` if given: x / 32768 exactly (the product
-    with 2**-15 only shifts the exponent, and numpy's multiply loop is faster than its divide).
-    Elementwise, so converting a crop equals cropping the converted clip, bit for bit."""
-    return np.multiply(x, np.float32(2.0**-15), out=out, dtype=np.float32)
-
-
-# ----------------------------------------------------------------------------- records
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    out = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        out |= (b & 0x7F) << shift
-        if b < 0x80:
-            return out, pos
-        shift += 7
-
-
-def _fields(buf: bytes, start: int, end: int):
-    """(field number, start, end) of the length-delimited fields of the protobuf message
-    ``buf[start:end]`` (other wire types are skipped)."""
-    pos = start
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        wire = key & 7
-        if wire == 2:
-            n, pos = _varint(buf, pos)
-            yield key >> 3, pos, pos + n
-            pos += n
-        elif wire == 0:
-            _, pos = _varint(buf, pos)
-        elif wire == 5:
-            pos += 4
-        elif wire == 1:
-            pos += 8
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-    if pos != end:
-        raise ValueError("truncated protobuf message")
-
-
-def example_audio(buf: bytes) -> np.ndarray:
-    """The int16 ``audio`` of one serialized record (a tf.train.Example whose ``audio`` feature is
-    one bytes value, as ``records.features()`` stores it), read from the protobuf wire format
-    without TensorFlow: Example.features (1) -> map entry (1) {key (1), Feature (2)} ->
-    bytes_list (1) -> value (1). A read-only view of ``buf``; the same array as TFDS's decode."""
-    for f, a, b in _fields(buf, 0, len(buf)):
-        if f != 1:
-            continue
-        for f2, a2, b2 in _fields(buf, a, b):
-            if f2 != 1:
-                continue
-            key = val = None
-            for f3, a3, b3 in _fields(buf, a2, b2):
-                if f3 == 1:
-                    key = buf[a3:b3]
-                elif f3 == 2:
-                    val = (a3, b3)
-            if key != b"audio" or val is None:
-                continue
-            for f4, a4, b4 in _fields(buf, *val):
-                if f4 == 1:  # bytes_list
-                    for f5, a5, b5 in _fields(buf, a4, b4):
-                        if f5 == 1:
-                            return np.frombuffer(buf, np.int16, (b5 - a5) // 2, a5)
-                    return np.zeros(0, np.int16)
-            raise ValueError("the record's audio feature is not a bytes list")
-    raise KeyError("the record has no audio feature")
-
-
-class Records:
-    """Random access to the int16 audio of one split (or 'a+b'), read straight from its
-    array_record files: no TensorFlow, no TFDS decoding (only the audio is parsed), so a worker
-    process opens it in milliseconds. Pickles as its file list; readers open on first use."""
-
-    def __init__(self, ds, split: str):
-        info = ds.builder.info.splits[split]
-        self.files = tuple(
-            (str(fi.filename), int(fi.skip), int(fi.skip) + int(fi.take))
-            for fi in info.file_instructions
-        )
-        self.n = sum(b - a for _, a, b in self.files)
-        self.name = f"{ds.name}/{split}"
-        self._src = None
-
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_src"} | {"_src": None}
-
-    def __len__(self) -> int:
-        return self.n
-
-    def audio(self, i: int) -> np.ndarray:
-        if self._src is None:
-            from array_record.python.array_record_data_source import ArrayRecordDataSource
-
-            self._src = ArrayRecordDataSource([f"{f}[{a}:{b}]" for f, a, b in self.files])
-        return example_audio(self._src[int(i)])
 
 
 # ----------------------------------------------------------------------------- the builder
@@ -265,7 +140,7 @@ class TrainStream:
             raise ValueError(f"process_index {pi} is not in [0, {pc}).")
         G = int(global_batch)
         B = _check_batch(G, pc)
-        from ssv_jax.data import datasets
+        from ssv_jax.data import datasets  # not at import (see steps_per_epoch)
 
         dsets = datasets.ensure_dataset(data_cfg)
         ds = dsets[data_cfg.name]
@@ -475,32 +350,12 @@ class TrainStream:
         return out
 
 
-# ----------------------------------------------------------------------------- worker processes
-
-
-def _slot_layout(B: int, T: int, L: int) -> tuple[dict, int]:
-    """{field: (byte offset, shape, dtype)} of one batch in a shared-memory slot, and the slot's
-    size (fields 64-byte aligned)."""
-    layout, off = {}, 0
-    for k, shape in batch_spec.shapes(B, T, L).items():
-        dt = np.dtype(batch_spec.SPEC[k].dtype)
-        layout[k] = (off, shape, dt)
-        off += -(-int(np.prod(shape, dtype=np.int64)) * dt.itemsize // 64) * 64
-    return layout, off
-
-
-def _slot_arrays(buf, slot: int, layout: dict, slot_bytes: int) -> dict:
-    return {
-        k: np.ndarray(shape, dt, buffer=buf, offset=slot * slot_bytes + off)
-        for k, (off, shape, dt) in layout.items()
-    }
+# ----------------------------------------------------------------- worker processes, the iterator
 
 
 def _batch_worker(init):
     """Worker process setup (``WorkerPool``): a TrainStream from its spec, mapped onto the shared
     slots; each message (step, slot) builds that batch into that slot and answers the step."""
-    import mmap
-
     spec, fd, size, layout, slot_bytes = init
     stream = TrainStream.from_spec(spec)
     buf = mmap.mmap(fd, size)
@@ -515,73 +370,6 @@ def _batch_worker(init):
         return step
 
     return build
-
-
-def _lease(buf, slot: int, layout: dict, slot_bytes: int, free) -> dict:
-    """Batch arrays that ARE shared-memory slot ``slot`` (no copy); the slot goes back to
-    ``free`` once none of them (nor any view of them) is referenced any more."""
-    base = np.frombuffer(buf, np.uint8, slot_bytes, slot * slot_bytes)
-    weakref.finalize(base, free.append, slot)
-    return {
-        k: np.ndarray(shape, dt, buffer=base, offset=off) for k, (off, shape, dt) in layout.items()
-    }
-
-
-def _parallel_batches(stream: TrainStream, start: int, stop: int, workers: int, prefetch: int):
-    """Batches start..stop-1 built by ``workers`` subprocesses, in step order.
-
-    Step s goes to worker (s - start) % W, which builds it into a free shared-memory slot; at
-    most ``ahead`` = max(prefetch, W) steps are submitted beyond the one being read. A finished
-    batch is handed out zero-copy (its arrays are the slot, returned to the pool when the
-    consumer drops them) while another slot is free for the builders; otherwise (the consumer
-    keeps many batches) it is copied out and its slot freed at once. There are ahead + 2 slots:
-    enough for a consumer that holds the previous batch while asking for the next one never to
-    wait for a copy."""
-    from ssv_jax.data import workers as workers_lib
-
-    W = int(workers)
-    ahead = max(int(prefetch), W)
-    n_slots = ahead + 2
-    layout, slot_bytes = _slot_layout(stream.B, stream.T, stream.L)
-    size = n_slots * slot_bytes
-    fd, buf = workers_lib.shared_memory(size)
-    free = collections.deque(range(n_slots))  # appended to by lease finalizers (any thread)
-    pending = collections.deque()  # (step, slot) submitted, in step order
-    nxt = start
-    pool = None
-
-    def submit():
-        nonlocal nxt
-        while nxt < stop and len(pending) < ahead and free:
-            slot = free.popleft()
-            pool.submit((nxt - start) % W, (nxt, slot))
-            pending.append((nxt, slot))
-            nxt += 1
-
-    try:
-        init = (stream.spec, fd, size, layout, slot_bytes)
-        pool = workers_lib.WorkerPool("ssv_jax.data.pipeline:_batch_worker", [init] * W, fd)
-        for s in range(start, stop):
-            submit()
-            step, slot = pending.popleft()
-            got = pool.result((s - start) % W)
-            if isinstance(got, workers_lib.WorkerError) or got != s or step != s:
-                raise RuntimeError(f"data worker {(s - start) % W} failed to build step {s}: {got}")
-            if free:
-                out = _lease(buf, slot, layout, slot_bytes, free)
-            else:
-                out = {k: v.copy() for k, v in _slot_arrays(buf, slot, layout, slot_bytes).items()}
-                free.append(slot)
-            submit()
-            yield out
-    finally:
-        if pool is not None:
-            pool.close()
-        try:
-            buf.close()
-        except BufferError:  # batches handed out zero-copy are still alive: they keep the map
-            pass
-        os.close(fd)
 
 
 def train_batches(
@@ -602,7 +390,7 @@ def train_batches(
     batch s+i of one started at 0, whatever ``data_cfg.num_workers``.
     ``num_steps``: stop after this many batches (default: endless, epoch after epoch).
     """
-    import jax
+    import jax  # not at import: the worker processes import this module and must not load JAX
 
     pi = jax.process_index() if process_index is None else int(process_index)
     pc = jax.process_count() if process_count is None else int(process_count)

@@ -1,4 +1,4 @@
-"""Converters behind data_prep/: audio files on disk -> TFDS datasets (records.write_dataset).
+"""Converters behind data_prep/: audio files on disk -> TFDS datasets (writer.write_dataset).
 
 Layouts:
   speaker folder   AUDIO_DIR/speaker/session/utterance.{wav,flac,m4a,...}; utterance id
@@ -23,8 +23,8 @@ import logging
 import os
 import re
 
-from ssv_jax.data import audio, records
-from ssv_jax.data.records import Skip
+from ssv_jax.data import audio, builder, records, writer
+from ssv_jax.data.builder import Skip
 from ssv_jax.data.trials import TrialListError, parse_trials
 from ssv_jax.data.workers import WorkerError, parallel_map
 
@@ -106,7 +106,7 @@ def build_folder(
     min_seconds: float = 0.1,
     num_workers: int = 2,
     overwrite: bool = False,
-) -> records.BuildSummary:
+) -> builder.BuildSummary:
     """Any speaker/session/utterance folder -> dataset ``name``.
 
     Without ``trials``: one split "train" with everything. With ``trials``: the
@@ -122,7 +122,7 @@ def build_folder(
             if misplaced
             else ""
         )
-        raise records.DatasetBuildError(
+        raise builder.DatasetBuildError(
             f"no audio files found at {audio_dir}/speaker/session/*{where}; expected extensions "
             f"{', '.join(audio.AUDIO_EXTENSIONS)}. Nothing was written."
         )
@@ -172,7 +172,7 @@ def build_folder(
 
         return gen
 
-    return records.write_dataset(
+    return writer.write_dataset(
         name,
         data_dir,
         {s: split_fn(s) for s in splits},
@@ -260,7 +260,7 @@ def build_voxceleb(
     min_seconds: float = 0.1,
     num_workers: int = 2,
     overwrite: bool = False,
-) -> list[records.BuildSummary]:
+) -> list[builder.BuildSummary]:
     """Build "voxceleb1" (dev, test + cleaned O/E/H trial lists) and/or "voxceleb2" (dev [,
     test])."""
     out = []
@@ -302,7 +302,7 @@ def build_voxceleb(
             return gen
 
         out.append(
-            records.write_dataset(
+            writer.write_dataset(
                 name,
                 data_dir,
                 {s: split_fn(s) for s in splits},
@@ -338,7 +338,7 @@ def build_musan(
     sample_rate: int = 16000,
     num_workers: int = 2,
     overwrite: bool = False,
-) -> records.BuildSummary:
+) -> builder.BuildSummary:
     """MUSAN -> splits noise, speech, music; long files cut into chunks of at most
     ``chunk_seconds``."""
     d = os.path.expanduser(musan_dir)
@@ -374,7 +374,7 @@ def build_musan(
 
         return gen
 
-    return records.write_dataset(
+    return writer.write_dataset(
         name,
         data_dir,
         {c: split_fn(c) for c in cats},
@@ -393,7 +393,7 @@ def build_rirs(
     sample_rate: int = 16000,
     num_workers: int = 2,
     overwrite: bool = False,
-) -> records.BuildSummary:
+) -> builder.BuildSummary:
     """OpenSLR 28 simulated RIRs (RIRS_NOISES/simulated_rirs or any folder of RIR files) -> split
     train."""
     d = os.path.expanduser(rirs_dir)
@@ -421,7 +421,7 @@ def build_rirs(
             category="rir",
         )
 
-    return records.write_dataset(
+    return writer.write_dataset(
         name,
         data_dir,
         {"train": gen},

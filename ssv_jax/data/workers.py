@@ -24,12 +24,15 @@ import importlib
 import mmap
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import traceback
 from typing import Any, Iterable, Iterator, Sequence
+
+import ssv_jax
 
 
 class WorkerError:
@@ -55,8 +58,6 @@ def _call(fn, item):
 
 
 def _worker_env() -> dict:
-    import ssv_jax
-
     root = os.path.dirname(os.path.dirname(os.path.abspath(ssv_jax.__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -211,8 +212,6 @@ class WorkerPool:
 
 
 def _serve(setup_path: str):
-    import signal
-
     # Ctrl-C and a preemption notice are the parent's: it finishes its step, then ends the
     # workers (or, if it dies, their input closes and they return).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
