@@ -114,47 +114,20 @@ def main(argv):
         distributed.initialize(*detected)
     import jax
 
+    from ssv_jax import run as run_lib
     from ssv_jax.distributed import Interrupted
     from ssv_jax.errors import UserError
     from ssv_jax.writers import setup_console_logging
 
     setup_console_logging(process_index=jax.process_index())
     try:
-        run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+        run_lib.run(_CONFIG.value, _WORKDIR.value, _MODE.value)
     except UserError as err:
         _fail(str(err))
     except Interrupted as err:
         if jax.process_index() == 0:
             logging.getLogger("ssv_jax").warning("%s", err)
         sys.exit(128 + err.signum)
-
-
-def run(cfg, workdir: str, mode: str):
-    import jax
-
-    from ssv_jax import config as config_lib
-    from ssv_jax import train as train_lib
-    from ssv_jax import workdir as workdir_lib
-
-    config_lib.validate(cfg)
-    workdir = workdir_lib.resolve(workdir)
-    workdir_lib.prepare(cfg, workdir, mode=mode)
-    if jax.process_index() == 0:
-        print(
-            f"ssv_jax: {jax.device_count()} {jax.devices()[0].platform} device(s), "
-            f"{jax.process_count()} process(es); workdir {workdir}",
-            flush=True,
-        )
-    graphdef = state = mesh = None
-    if mode in ("train_and_evaluate", "train"):
-        graphdef, state, mesh = train_lib.train(cfg, workdir)
-    if mode in ("train_and_evaluate", "evaluate"):
-        results = train_lib.evaluate(cfg, workdir, mesh=mesh, graphdef=graphdef, state=state)
-        if jax.process_index() == 0:
-            from ssv_jax.evaluate import summary_table
-
-            print(f"results ({os.path.join(workdir, 'results.json')}):")
-            print(summary_table(results), flush=True)
 
 
 if __name__ == "__main__":

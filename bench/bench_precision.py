@@ -24,10 +24,11 @@ cpu.configure()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ssv_jax import checkpoints  # noqa: E402
+from ssv_jax import checkpoints, evaluate  # noqa: E402
 from ssv_jax import config as config_lib  # noqa: E402
 from ssv_jax import data as data_lib  # noqa: E402
 from ssv_jax import train as train_lib  # noqa: E402
+from ssv_jax import workdir as workdir_lib  # noqa: E402
 from ssv_jax.evaluate import embed_utterances, score_trials  # noqa: E402
 from ssv_jax.metrics import eer  # noqa: E402
 from ssv_jax.sharding import data_mesh  # noqa: E402
@@ -39,7 +40,7 @@ args = ap.parse_args()
 
 
 def trained_network():
-    cfg = checkpoints.read_config(args.workdir)
+    cfg = workdir_lib.read_config(args.workdir)
     mesh = data_mesh()
     data_lib.ensure_eval_dataset(cfg.data)
     utts = list(data_lib.eval_utterances(cfg.data))
@@ -94,7 +95,7 @@ def short_runs():
             t0 = time.perf_counter()
             train_lib.train(cfg, os.path.join(d, dtype))
             times[dtype] = (time.perf_counter() - t0) / args.steps
-            res = train_lib.evaluate(cfg, os.path.join(d, dtype))
+            res = evaluate.evaluate_workdir(cfg, os.path.join(d, dtype))
             eers[dtype] = {k: v["eer"] for k, v in res.items()}
             curves[dtype] = [(s, r["loss"]) for s, r in cap.rows if "loss" in r]
     print(f"\ndemo recipe, {args.steps} steps from the same initial weights and batches:")

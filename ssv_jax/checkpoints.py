@@ -7,16 +7,13 @@ comes from ``state.create``, so nothing here opens a dataset.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import orbax.checkpoint as ocp
 
 from ssv_jax import state as state_lib
-from ssv_jax.config import ConfigError
 from ssv_jax.errors import UserError
 from ssv_jax.optim import lr_schedule, make_optimizer
 from ssv_jax.sharding import replicated
@@ -138,86 +135,3 @@ def load_network(cfg, workdir: str, mesh, state=None):
         )
     restored = restore(mgr, latest, target)
     return graphdef, restored.params, restored.batch_stats, f"checkpoint {latest}"
-
-
-# Model fields that choose how the network is computed, not what it computes.
-RUNTIME_FIELDS = ("conv_impl", "compute_dtype")
-# CPU speed switches of earlier versions, replaced by ``model.conv_impl``; dropped on reading.
-LEGACY_FIELDS = ("s2d", "barrier", "onednn")
-# Fields added later, at the value every run before them used; filled in on reading.
-LATER_FIELDS = {("frontend", "norm"): "instance", ("eval", "neighbours"): 0}
-
-
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-    """The resolved config that ``main.py`` wrote to ``workdir/config.json``."""
-    path = os.path.join(os.path.expanduser(workdir), "config.json")
-    if not os.path.isfile(path):
-        raise RunNotFoundError(
-            f"{path} not found: {workdir} is not a directory that `python main.py "
-            "--workdir=...` trained."
-        )
-    with open(path) as f:
-        cfg = json.load(f)
-    for k in LEGACY_FIELDS:
-        cfg.get("model", {}).pop(k, None)
-    for (section, k), v in LATER_FIELDS.items():
-        cfg.get(section, {}).setdefault(k, v)
-    return ml_collections.ConfigDict(cfg)
-
-
-def architecture(cfg) -> dict:
-    """{field: value} of the config fields that fix the trained network: its parameters and
-    what it computes from audio (encoder, front-end, projector)."""
-    fields = {f"model.{k}": v for k, v in cfg.model.items() if k not in RUNTIME_FIELDS}
-    fields.update({f"frontend.{k}": v for k, v in cfg.frontend.items()})
-    fields["method.projector"] = cfg.method.projector
-    if cfg.method.projector:
-        fields["method.projector_hidden"] = cfg.method.projector_hidden
-        fields["method.projector_out"] = cfg.method.projector_out
-    return json.loads(json.dumps(fields))  # tuples and lists alike
-
-
-def fields(cfg) -> dict:
-    """{"section.field": value} of every field of ``cfg`` (tuples as lists, as config.json)."""
-
-    def flat(d, prefix):
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    return flat(json.loads(cfg.to_json_best_effort()), "")
-
-
-def differences(theirs: dict, mine: dict) -> dict:
-    """{key: (their value, my value)} of the keys whose values differ (or are on one side)."""
-    keys = sorted(theirs.keys() | mine.keys())
-    return {k: (theirs.get(k), mine.get(k)) for k in keys if theirs.get(k) != mine.get(k)}
-
-
-def describe(diff: dict) -> str:
-    """``differences`` as "key: X there, Y here; ..."."""
-    return "; ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in diff.items())
-
-
-def pretrained_network(cfg, mesh):
-    """(params, batch_stats, description) of the run ``cfg.train.init_from`` names: the network
-    its evaluation uses (``load_network``); "embedded": the cached network pretrained on the
-    embedded corpus (``ssv_jax.pretrained``, trained first if missing). Refused when its
-    architecture differs from ``cfg``'s, naming the fields."""
-    if cfg.train.init_from == "embedded":
-        from ssv_jax import pretrained
-
-        src = pretrained.ensure(cfg)
-    else:
-        src = os.path.abspath(os.path.expanduser(cfg.train.init_from))
-    other = read_config(src)
-    diff = differences(architecture(other), architecture(cfg))
-    if diff:
-        raise ConfigError(
-            f"train.init_from={src} trained another network than this config's "
-            f"({describe(diff)}). "
-            "Use the same encoder, front-end and projector settings, or start from scratch."
-        )
-    _, params, batch_stats, what = load_network(other, src, mesh)
-    return params, batch_stats, f"{what} of {src}"

@@ -29,11 +29,12 @@ log = logging.getLogger("ssv_jax")
 def load_workdir(workdir: str):
     """(cfg, embed) for a trained workdir; ``embed([(id, wave), ...])`` -> {id: embedding}."""
     from ssv_jax import checkpoints, evaluate
+    from ssv_jax import workdir as workdir_lib
     from ssv_jax.errors import UserError
     from ssv_jax.sharding import data_mesh
 
     try:
-        cfg = checkpoints.read_config(workdir)
+        cfg = workdir_lib.read_config(workdir)
     except FileNotFoundError as err:
         raise SystemExit(f"ssv-jax: {err} Point --workdir at one.") from None
     mesh = data_mesh()

@@ -21,11 +21,12 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from ssv_jax import checkpoints, metrics, plots, scoring
 from ssv_jax import data as data_lib
-from ssv_jax import metrics, scoring
 from ssv_jax.frontend import features
 from ssv_jax.losses import l2_normalize
 from ssv_jax.sharding import batch_sharding, data_mesh, replicated
+from ssv_jax.writers import create_writer
 
 log = logging.getLogger("ssv_jax")
 
@@ -479,8 +480,6 @@ def write_scores(workdir: str, scored: dict, results: dict) -> str:
     histograms), one ``det.png`` with every list's DET curve, and ``thresholds.json``
     ({name: {"eer_threshold": t}}: accept score >= t; ``ssv-jax verify`` reads it).
     ``results``: ``trial_metrics(scored)`` (its EER thresholds and EERs are used)."""
-    from ssv_jax import plots
-
     out = os.path.join(workdir, "eval")
     if jax.process_index() != 0:
         return out
@@ -502,3 +501,29 @@ def write_scores(workdir: str, scored: dict, results: dict) -> str:
     with open(os.path.join(out, "thresholds.json"), "w") as f:
         json.dump(thresholds, f, indent=2)
     return out
+
+
+def evaluate_workdir(cfg, workdir: str, *, mesh=None, graphdef=None, state=None) -> dict:
+    """Evaluate the trained network (see ``load_network``) on the config's trial lists; write
+    ``workdir/results.json`` and the scores, DET curve and score histograms under
+    ``workdir/eval/`` (``write_scores``)."""
+    mesh = mesh or data_mesh()
+    data_lib.ensure_eval_dataset(cfg.data)
+    g, params, batch_stats, what = checkpoints.load_network(cfg, workdir, mesh, state)
+    graphdef = graphdef or g
+    log.info("evaluating %s", what)
+    cache = cache_path_for(workdir, cfg, what)
+    scored = score_trial_lists(cfg, graphdef, params, batch_stats, mesh, cache_path=cache)
+    results = trial_metrics(scored)
+    path = write_results(workdir, results)
+    write_scores(workdir, scored, results)
+    writer = create_writer(workdir)
+    step = int(checkpoints.manager(workdir, cfg).latest_step() or 0)
+    writer.write_scalars(
+        step,
+        {f"eer/{k}": v["eer"] for k, v in results.items()}
+        | {f"min_dcf/{k}": v["min_dcf"] for k, v in results.items()},
+    )
+    writer.flush()
+    log.info("results written to %s", path)
+    return results

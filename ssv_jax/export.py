@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from ssv_jax import checkpoints
+from ssv_jax import workdir as workdir_lib
 from ssv_jax.frontend import features
 from ssv_jax.losses import l2_normalize
 from ssv_jax.sharding import data_mesh
@@ -54,7 +55,7 @@ def export(workdir: str, out: str) -> dict:
     import tensorflow as tf
     from jax.experimental import jax2tf
 
-    cfg = checkpoints.read_config(workdir)
+    cfg = workdir_lib.read_config(workdir)
     for k, v in PORTABLE.items():
         if k in cfg.model:
             cfg.model[k] = v

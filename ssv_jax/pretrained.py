@@ -18,6 +18,8 @@ import os
 
 from ssv_jax import checkpoints
 from ssv_jax import config as config_lib
+from ssv_jax import train as train_lib
+from ssv_jax import workdir as workdir_lib
 
 EMBEDDED = "embedded"
 RECIPE_VERSION = 1  # bump when pretrain_config changes what it trains
@@ -51,7 +53,7 @@ def pretrain_config(cfg):
 
 def cache_dir(cfg) -> str:
     key = json.dumps(
-        {"architecture": checkpoints.architecture(cfg), "version": RECIPE_VERSION}, sort_keys=True
+        {"architecture": workdir_lib.architecture(cfg), "version": RECIPE_VERSION}, sort_keys=True
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return os.path.join(cache_root(), f"{cfg.model.name}-{digest}")
@@ -59,8 +61,6 @@ def cache_dir(cfg) -> str:
 
 def ensure(cfg) -> str:
     """The cached pretrained workdir for ``cfg``'s architecture, trained here if missing."""
-    from ssv_jax import train as train_lib
-
     final = cache_dir(cfg)
     if os.path.isfile(os.path.join(final, _DONE)):
         return final
@@ -80,3 +80,24 @@ def ensure(cfg) -> str:
         json.dump({"steps": int(pre.train.num_steps), "version": RECIPE_VERSION}, f)
     os.replace(work, final)
     return final
+
+
+def init_network(cfg, mesh):
+    """(params, batch_stats, description) of the run ``cfg.train.init_from`` names: the network
+    its evaluation uses (``checkpoints.load_network``); "embedded": the cached network
+    pretrained on the embedded corpus (trained first if missing). Refused when its
+    architecture differs from ``cfg``'s, naming the fields."""
+    if cfg.train.init_from == EMBEDDED:
+        src = ensure(cfg)
+    else:
+        src = os.path.abspath(os.path.expanduser(cfg.train.init_from))
+    other = workdir_lib.read_config(src)
+    diff = workdir_lib.differences(workdir_lib.architecture(other), workdir_lib.architecture(cfg))
+    if diff:
+        raise config_lib.ConfigError(
+            f"train.init_from={src} trained another network than this config's "
+            f"({workdir_lib.describe(diff)}). "
+            "Use the same encoder, front-end and projector settings, or start from scratch."
+        )
+    _, params, batch_stats, what = checkpoints.load_network(other, src, mesh)
+    return params, batch_stats, f"{what} of {src}"

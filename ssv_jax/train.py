@@ -21,15 +21,7 @@ from ssv_jax import step as step_lib
 from ssv_jax import workdir as workdir_lib
 from ssv_jax.data.batch import device_part
 from ssv_jax.errors import UserError
-from ssv_jax.evaluate import (
-    cache_path_for,
-    evaluate_trials,
-    make_embed_fn,
-    score_trial_lists,
-    trial_metrics,
-    write_results,
-    write_scores,
-)
+from ssv_jax.evaluate import evaluate_trials, make_embed_fn
 from ssv_jax.optim import lr_schedule, make_optimizer
 from ssv_jax.sharding import data_mesh, global_batch, replicated
 from ssv_jax.writers import create_writer
@@ -70,10 +62,12 @@ class _Progress:
             self.bar.close()
 
 
-def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
+def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None, init=None):
     """Train (resuming from the latest checkpoint in ``workdir``); returns (graphdef, state, mesh).
 
-    ``max_steps``: stop after this many steps of this call (tests: interrupted runs).
+    ``init``: (params, batch_stats, description) of the network a fresh run starts from, what
+    ``train.init_from`` names (``ssv_jax.run.train`` resolves it); ignored once the run has a
+    checkpoint. ``max_steps``: stop after this many steps of this call (tests: interrupted runs).
     """
     config_lib.validate(cfg)
     data_lib.ensure_dataset(cfg.data)
@@ -87,9 +81,13 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
     mgr = checkpoints.manager(workdir, cfg)
     start = mgr.latest_step()
     network = None
-    if cfg.train.init_from and start is None:
-        params, batch_stats, what = checkpoints.pretrained_network(cfg, mesh)
-        network = (params, batch_stats)
+    if start is None and cfg.train.init_from:
+        if init is None:
+            raise ValueError(
+                f"train.init_from={cfg.train.init_from!r}: start the run with ssv_jax.run.train "
+                "(main.py does), which resolves it."
+            )
+        network, what = init[:2], init[2]
         log.info("starting from %s", what)
     graphdef, state = state_lib.create(cfg, tx, network)
     repl = replicated(mesh)
@@ -107,7 +105,7 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
         writer.write_hparams(
             {
                 k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                for k, v in checkpoints.fields(cfg).items()
+                for k, v in workdir_lib.fields(cfg).items()
             }
         )
     stop = n_total if max_steps is None else min(n_total, start + max_steps)
@@ -222,29 +220,3 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None):
         mgr.wait_until_finished()
         writer.flush()
     return graphdef, state, mesh
-
-
-def evaluate(cfg, workdir: str, *, mesh=None, graphdef=None, state=None) -> dict:
-    """Evaluate the trained network (see ``load_network``) on the config's trial lists; write
-    ``workdir/results.json`` and the scores, DET curve and score histograms under
-    ``workdir/eval/`` (``evaluate.write_scores``)."""
-    mesh = mesh or data_mesh()
-    data_lib.ensure_eval_dataset(cfg.data)
-    g, params, batch_stats, what = checkpoints.load_network(cfg, workdir, mesh, state)
-    graphdef = graphdef or g
-    log.info("evaluating %s", what)
-    cache = cache_path_for(workdir, cfg, what)
-    scored = score_trial_lists(cfg, graphdef, params, batch_stats, mesh, cache_path=cache)
-    results = trial_metrics(scored)
-    path = write_results(workdir, results)
-    write_scores(workdir, scored, results)
-    writer = create_writer(workdir)
-    step = int(checkpoints.manager(workdir, cfg).latest_step() or 0)
-    writer.write_scalars(
-        step,
-        {f"eer/{k}": v["eer"] for k, v in results.items()}
-        | {f"min_dcf/{k}": v["min_dcf"] for k, v in results.items()},
-    )
-    writer.flush()
-    log.info("results written to %s", path)
-    return results

@@ -1,16 +1,20 @@
 """The run directory: checked before anything runs, ``config.json`` written when a run starts
-fresh and compared with the run's config when it resumes."""
+fresh, read back (older runs' files migrated to today's fields) and compared with the run's
+config when it resumes."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import socket
 
 import jax
+import ml_collections
 
 from ssv_jax import checkpoints
+from ssv_jax.checkpoints import RunNotFoundError
 from ssv_jax.errors import UserError
 
 log = logging.getLogger("ssv_jax")
@@ -63,6 +67,66 @@ def check_space(workdir: str, state, keep: int) -> None:
         )
 
 
+# Model fields that choose how the network is computed, not what it computes.
+RUNTIME_FIELDS = ("conv_impl", "compute_dtype")
+# CPU speed switches of earlier versions, replaced by ``model.conv_impl``; dropped on reading.
+LEGACY_FIELDS = ("s2d", "barrier", "onednn")
+# Fields added later, at the value every run before them used; filled in on reading.
+LATER_FIELDS = {("frontend", "norm"): "instance", ("eval", "neighbours"): 0}
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The resolved config that ``main.py`` wrote to ``workdir/config.json``."""
+    path = os.path.join(os.path.expanduser(workdir), "config.json")
+    if not os.path.isfile(path):
+        raise RunNotFoundError(
+            f"{path} not found: {workdir} is not a directory that `python main.py "
+            "--workdir=...` trained."
+        )
+    with open(path) as f:
+        cfg = json.load(f)
+    for k in LEGACY_FIELDS:
+        cfg.get("model", {}).pop(k, None)
+    for (section, k), v in LATER_FIELDS.items():
+        cfg.get(section, {}).setdefault(k, v)
+    return ml_collections.ConfigDict(cfg)
+
+
+def architecture(cfg) -> dict:
+    """{field: value} of the config fields that fix the trained network: its parameters and
+    what it computes from audio (encoder, front-end, projector)."""
+    fields = {f"model.{k}": v for k, v in cfg.model.items() if k not in RUNTIME_FIELDS}
+    fields.update({f"frontend.{k}": v for k, v in cfg.frontend.items()})
+    fields["method.projector"] = cfg.method.projector
+    if cfg.method.projector:
+        fields["method.projector_hidden"] = cfg.method.projector_hidden
+        fields["method.projector_out"] = cfg.method.projector_out
+    return json.loads(json.dumps(fields))  # tuples and lists alike
+
+
+def fields(cfg) -> dict:
+    """{"section.field": value} of every field of ``cfg`` (tuples as lists, as config.json)."""
+
+    def flat(d, prefix):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    return flat(json.loads(cfg.to_json_best_effort()), "")
+
+
+def differences(theirs: dict, mine: dict) -> dict:
+    """{key: (their value, my value)} of the keys whose values differ (or are on one side)."""
+    keys = sorted(theirs.keys() | mine.keys())
+    return {k: (theirs.get(k), mine.get(k)) for k in keys if theirs.get(k) != mine.get(k)}
+
+
+def describe(diff: dict) -> str:
+    """``differences`` as "key: X there, Y here; ..."."""
+    return "; ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in diff.items())
+
+
 def prepare(cfg, workdir: str, *, mode: str) -> None:
     """Before a run: the workdir is writable; a fresh run (no checkpoint) writes
     ``config.json``; a run that continues one (resume, or ``mode="evaluate"``) is compared with
@@ -80,14 +144,12 @@ def prepare(cfg, workdir: str, *, mode: str) -> None:
         return
     if not os.path.isfile(path):
         return  # nothing to compare with (a checkpoint from a bare train.train call)
-    diff = checkpoints.differences(
-        checkpoints.fields(checkpoints.read_config(workdir)), checkpoints.fields(cfg)
-    )
+    diff = differences(fields(read_config(workdir)), fields(cfg))
     if not diff:
         return
-    fixed = set(checkpoints.architecture(cfg)) | set(FIXED)
+    fixed = set(architecture(cfg)) | set(FIXED)
     refused = {k: v for k, v in diff.items() if k in fixed}
-    shown = checkpoints.describe(refused or diff)
+    shown = describe(refused or diff)
     what = "evaluates" if mode == "evaluate" else "resumes"
     if refused:
         raise WorkdirError(

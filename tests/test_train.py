@@ -16,8 +16,10 @@ import pytest
 from ssv_jax import checkpoints, evaluate, metrics, scoring
 from ssv_jax import config as config_lib
 from ssv_jax import data as data_lib
+from ssv_jax import run as run_lib
 from ssv_jax import state as state_lib
 from ssv_jax import train as train_lib
+from ssv_jax import workdir as workdir_lib
 from ssv_jax.optim import lr_schedule, make_optimizer
 from ssv_jax.sharding import data_mesh
 from tests.helpers.cases import TINY_RESNET, run_main, run_steps, tiny_config, tiny_main_overrides
@@ -436,11 +438,11 @@ def test_init_from_starts_from_another_runs_network(data_dir, tmp_path):
     """train.init_from: the other run's network, fresh optimiser, step 0, fresh method state
     (MoCo's key network copies the loaded one); another architecture is refused by field."""
     cfg = tiny_config(data_dir, "moco")
-    _, src, _ = train_lib.train(cfg, str(tmp_path / "src"), max_steps=2)
+    _, src, _ = run_lib.train(cfg, str(tmp_path / "src"), max_steps=2)
     (tmp_path / "src" / "config.json").write_text(cfg.to_json_best_effort())
     new = tiny_config(data_dir, "moco")
     new.seed, new.train.init_from = 1, str(tmp_path / "src")
-    _, state, _ = train_lib.train(new, str(tmp_path / "new"), max_steps=0)
+    _, state, _ = run_lib.train(new, str(tmp_path / "new"), max_steps=0)
     assert int(state.step) == 0
     for a, b in zip(
         jax.tree.leaves((src.params, src.batch_stats)),
@@ -454,19 +456,19 @@ def test_init_from_starts_from_another_runs_network(data_dir, tmp_path):
     np.testing.assert_array_equal(state.method_state["queue1"], fresh.method_state["queue1"])
     assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(state.opt_state))  # Adam: zeros
     # It trains on from there, and a resumed run ignores init_from (its own checkpoint wins).
-    _, trained, _ = train_lib.train(new, str(tmp_path / "new"), max_steps=2)
+    _, trained, _ = run_lib.train(new, str(tmp_path / "new"), max_steps=2)
     assert int(trained.step) == 2
-    _, resumed, _ = train_lib.train(new, str(tmp_path / "new"), max_steps=0)
+    _, resumed, _ = run_lib.train(new, str(tmp_path / "new"), max_steps=0)
     for a, b in zip(jax.tree.leaves(trained.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # Another architecture: refused, naming the fields.
     other = tiny_config(data_dir, "moco")
     other.model.embed_dim, other.train.init_from = 16, str(tmp_path / "src")
     with pytest.raises(ValueError, match=r"model\.embed_dim: 32 there, 16 here"):
-        train_lib.train(other, str(tmp_path / "other"), max_steps=0)
+        run_lib.train(other, str(tmp_path / "other"), max_steps=0)
     other.train.init_from = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="config.json not found"):
-        train_lib.train(other, str(tmp_path / "other"), max_steps=0)
+        run_lib.train(other, str(tmp_path / "other"), max_steps=0)
 
 
 @pytest.mark.slow
@@ -487,17 +489,17 @@ def test_init_from_embedded_pretrains_once_and_reuses_the_cache(data_dir, tmp_pa
     monkeypatch.setattr(pretrained, "pretrain_config", tiny_pretraining)
     cfg = tiny_config(data_dir, "moco")
     cfg.train.init_from = "embedded"
-    _, first, _ = train_lib.train(cfg, str(tmp_path / "a"), max_steps=0)
+    _, first, _ = run_lib.train(cfg, str(tmp_path / "a"), max_steps=0)
     cached = pretrained.cache_dir(cfg)
     assert os.path.isfile(os.path.join(cached, "pretrained.json")) and calls == [32]
     _, params, stats, _ = checkpoints.load_network(
-        checkpoints.read_config(cached), cached, data_mesh()
+        workdir_lib.read_config(cached), cached, data_mesh()
     )
     for a, b in zip(
         jax.tree.leaves((params, stats)), jax.tree.leaves((first.params, first.batch_stats))
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    _, second, _ = train_lib.train(cfg, str(tmp_path / "b"), max_steps=0)
+    _, second, _ = run_lib.train(cfg, str(tmp_path / "b"), max_steps=0)
     assert calls == [32]  # reused, not trained again
     for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(second.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -530,7 +532,7 @@ def test_evaluation_with_score_normalisation(data_dir, tmp_path, caplog):
     sf.write(wav, (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(records.Dataset, "source", no_training_split)
-        plain = train_lib.evaluate(cfg, workdir)
+        plain = evaluate.evaluate_workdir(cfg, workdir)
         assert (
             cli.main(["embed", f"--workdir={workdir}", f"--out={tmp_path / 'e.npz'}", str(wav)])
             == 0
@@ -541,13 +543,13 @@ def test_evaluation_with_score_normalisation(data_dir, tmp_path, caplog):
     (cache,) = list((tmp_path / "run" / "eval" / "embeddings").iterdir())
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train_lib.data_lib, "eval_utterances", lambda *a, **k: 1 / 0)
-        assert train_lib.evaluate(cfg, workdir) == plain
+        assert evaluate.evaluate_workdir(cfg, workdir) == plain
     assert len(np.load(cache)["ids"]) == len(
         {u for u in data_lib.load_trials(cfg.data)["synthetic_test"].utterances}
     )
     cfg.eval.score_norm, cfg.eval.cohort_size, cfg.eval.asnorm_top_n = "as-norm", 20, 5
     cfg.eval.neighbours = 3
-    res = train_lib.evaluate(cfg, workdir)
+    res = evaluate.evaluate_workdir(cfg, workdir)
     assert list(res) == [
         "synthetic_test",
         "synthetic_test/as-norm",
@@ -581,7 +583,7 @@ def test_evaluation_with_score_normalisation(data_dir, tmp_path, caplog):
     logger = logging.getLogger("ssv_jax")  # it does not propagate to the root logger
     logger.addHandler(caplog.handler)
     try:
-        res = train_lib.evaluate(cfg, workdir)
+        res = evaluate.evaluate_workdir(cfg, workdir)
     finally:
         logger.removeHandler(caplog.handler)
     assert list(res) == ["synthetic_test", f"synthetic_test/neighbours_{n - 1}"]
@@ -589,7 +591,7 @@ def test_evaluation_with_score_normalisation(data_dir, tmp_path, caplog):
     cfg.eval.neighbours, cfg.eval.score_norm = 0, "as-norm"
     cfg.eval.cohort_size = 10_000
     with pytest.raises(ValueError, match="eval.cohort_size=10000 is larger"):
-        train_lib.evaluate(cfg, workdir)
+        evaluate.evaluate_workdir(cfg, workdir)
 
 
 @pytest.mark.slow

@@ -77,7 +77,7 @@ def default_model_config(name: str = "fast_resnet34") -> ml_collections.ConfigDi
     channels, embed_dim, mfa_channels, kernel_sizes, dilations, res2net_scale, se_channels,
     attention_channels, global_context, dense_residual, compute_dtype, bn_momentum, bn_eps.
     ``conv_impl`` and ``compute_dtype`` are how it runs, not what it is
-    (``checkpoints.RUNTIME_FIELDS``): a checkpoint restores under any value of them.
+    (``workdir.RUNTIME_FIELDS``): a checkpoint restores under any value of them.
     """
     if name not in _DEFAULTS:
         raise ValueError(f"unknown encoder {name!r}; use one of {sorted(_DEFAULTS)}.")
