@@ -601,7 +601,8 @@ def test_export_round_trip(main_run, tmp_path):
     import tensorflow as tf
 
     from ssv_jax import evaluate, export
-    from ssv_jax.checkpoints import load_network, read_config
+    from ssv_jax.checkpoints import load_network
+    from ssv_jax.workdir import read_config
 
     out = tmp_path / "exported"
     proc = _ssv_jax("export", f"--workdir={main_run}", f"--out={out}")
