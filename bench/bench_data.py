@@ -58,7 +58,7 @@ def mean_logmel_scores(cfg, with_std: bool = False, neighbours: int = 0) -> dict
         emb[u] = np.concatenate([lm.mean(0), lm.std(0)]) if with_std else lm.mean(0)
     lists = data.load_trials(cfg)
     if neighbours:  # over the trial utterances, as evaluation
-        from ssv_jax.scoring import expand_neighbours
+        from ssv_jax.backends.neighbours import expand_neighbours
 
         ids = sorted({u for t in lists.values() for u in t.utterances})
         emb = dict(zip(ids, expand_neighbours(np.stack([emb[u] for u in ids]), neighbours)))

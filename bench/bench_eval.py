@@ -27,8 +27,9 @@ cpu.configure()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ssv_jax import evaluate, metrics, scoring  # noqa: E402
+from ssv_jax import backends, embedding, metrics  # noqa: E402
 from ssv_jax import state as state_lib  # noqa: E402
+from ssv_jax.backends.score_norm import cohort_stats, normalize  # noqa: E402
 from ssv_jax.optim import lr_schedule, make_optimizer  # noqa: E402
 from ssv_jax.sharding import data_mesh, replicated  # noqa: E402
 
@@ -71,8 +72,8 @@ def main():
     hours = a.utterances * a.seconds / 3600
     for protocol in ("full", "segments"):
         cfg.eval.protocol = protocol
-        fn = evaluate.make_embed_fn(cfg, net[0], mesh)
-        dt = best_of(lambda: evaluate.embed_utterances(cfg, *net, mesh, utts, embed_fn=fn), 1)
+        fn = embedding.make_embed_fn(cfg, net[0], mesh)
+        dt = best_of(lambda: embedding.embed_utterances(cfg, *net, mesh, utts, embed_fn=fn), 1)
         print(
             f"extraction, protocol {protocol:8s}: {a.utterances} x {a.seconds:g} s in "
             f"{dt:.2f} s = {hours / dt:.4f} h of audio per second ({mesh.size} device(s))"
@@ -86,13 +87,13 @@ def main():
     ie = rng.integers(0, n_utts, n_trials).astype(np.int32)
     it = rng.integers(0, n_utts, n_trials).astype(np.int32)
     labels = (rng.random(n_trials) < 0.5).astype(np.int32)
-    scores = np.asarray(evaluate.cosine_scores(emb, ie, it))
-    stats = scoring.cohort_stats(emb, cohort, top_n=100)
-    normed = scoring.normalize(scores, ie, it, stats, "as-norm")
+    scores = np.asarray(backends.base.cosine_scores(emb, ie, it))
+    stats = cohort_stats(emb, cohort, top_n=100)
+    normed = normalize(scores, ie, it, stats, "as-norm")
     parts = {
-        "cosine scores": lambda: np.asarray(evaluate.cosine_scores(emb, ie, it)),
-        "AS-norm cohort statistics": lambda: scoring.cohort_stats(emb, cohort, top_n=100),
-        "AS-norm of the trials": lambda: scoring.normalize(scores, ie, it, stats, "as-norm"),
+        "cosine scores": lambda: np.asarray(backends.base.cosine_scores(emb, ie, it)),
+        "AS-norm cohort statistics": lambda: cohort_stats(emb, cohort, top_n=100),
+        "AS-norm of the trials": lambda: normalize(scores, ie, it, stats, "as-norm"),
         "EER + minDCF 0.01/0.05": lambda: metrics.verification_metrics(normed, labels),
     }
     total = 0.0

@@ -29,7 +29,8 @@ from ssv_jax import config as config_lib  # noqa: E402
 from ssv_jax import data as data_lib  # noqa: E402
 from ssv_jax import train as train_lib  # noqa: E402
 from ssv_jax import workdir as workdir_lib  # noqa: E402
-from ssv_jax.evaluate import embed_utterances, score_trials  # noqa: E402
+from ssv_jax.embedding import embed_utterances  # noqa: E402
+from ssv_jax.evaluate import score_trials  # noqa: E402
 from ssv_jax.metrics import eer  # noqa: E402
 from ssv_jax.sharding import data_mesh  # noqa: E402
 

@@ -9,7 +9,8 @@ All load DIR/config.json and the network evaluation uses (the average of the las
 and ``verify`` embed utterances exactly as evaluation does (``eval.protocol``; 16 kHz mono,
 eval-mode BatchNorm). ``export``: see ``ssv_jax/export.py``. ``embed`` writes an .npz
 with ``ids`` (the paths as given, or relative to a folder given) and ``embeddings`` [N, D]
-(with ``--neighbours=K``, expanded over the files embedded together: ssv_jax/scoring.py);
+(with ``--neighbours=K``, expanded over the files embedded together:
+``ssv_jax.backends.neighbours``);
 unreadable files are skipped with a warning and counted. ``verify`` prints the cosine score and
 the decision at ``--threshold``, by default the EER threshold of the first trial list that
 evaluation stored in DIR/eval/thresholds.json.
@@ -28,7 +29,7 @@ log = logging.getLogger("ssv_jax")
 
 def load_workdir(workdir: str):
     """(cfg, embed) for a trained workdir; ``embed([(id, wave), ...])`` -> {id: embedding}."""
-    from ssv_jax import checkpoints, evaluate
+    from ssv_jax import checkpoints, embedding
     from ssv_jax import workdir as workdir_lib
     from ssv_jax.errors import UserError
     from ssv_jax.sharding import data_mesh
@@ -43,10 +44,10 @@ def load_workdir(workdir: str):
     except UserError as err:
         raise SystemExit(f"ssv-jax: {err}") from None
     log.info("using %s of %s", what, workdir)
-    fn = evaluate.make_embed_fn(cfg, graphdef, mesh)
+    fn = embedding.make_embed_fn(cfg, graphdef, mesh)
 
     def embed(items):
-        return evaluate.embed_utterances(
+        return embedding.embed_utterances(
             cfg, graphdef, params, batch_stats, mesh, items, embed_fn=fn
         )
 
@@ -107,7 +108,7 @@ def cmd_embed(args) -> int:
     ids = [uid for uid, _ in items]
     vectors = np.stack([emb[u] for u in ids])
     if args.neighbours:
-        from ssv_jax.scoring import expand_neighbours
+        from ssv_jax.backends.neighbours import expand_neighbours
 
         if not 0 < args.neighbours < len(ids):
             raise SystemExit(

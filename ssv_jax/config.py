@@ -55,22 +55,24 @@ Fields:
                        of the whole utterance)
   eval.num_frames / frame_seconds   10 / 4.0
   eval.score_norm      "none" | "z-norm" | "t-norm" | "s-norm" | "as-norm": results.json then
-                       also holds "LIST/<score_norm>" entries (ssv_jax/scoring.py)
+                       also holds "LIST/<score_norm>" entries (ssv_jax/backends/score_norm.py)
   eval.cohort_size     cohort utterances taken from the training split (300), evenly spaced
   eval.asnorm_top_n    AS-norm: each side's statistics over its top-N cohort cosines (100)
   eval.neighbours      K > 0: results.json also holds "LIST/neighbours_K" entries, scored with
                        each trial utterance's embedding averaged with its K nearest among the
-                       trial lists' utterances (ssv_jax/scoring.py; 0 = off)
+                       trial lists' utterances (ssv_jax/backends/neighbours.py; 0 = off)
 """
 
 from __future__ import annotations
 
 import ml_collections
 
+from ssv_jax.backends.score_norm import METHODS as NORMS
 from ssv_jax.data import default_data_config
 from ssv_jax.errors import UserError
 from ssv_jax.frontend import NORMS as FRONTEND_NORMS
 from ssv_jax.frontend import default_frontend_config
+from ssv_jax.losses import contrastive_negatives
 from ssv_jax.models import default_model_config
 
 METHODS = ("simclr", "moco")
@@ -262,8 +264,6 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"method.name {cfg.method.name!r} is not one of {METHODS}.")
     if cfg.method.loss not in LOSSES:
         raise ConfigError(f"method.loss {cfg.method.loss!r} is not one of {LOSSES}.")
-    from ssv_jax.scoring import METHODS as NORMS
-
     if cfg.eval.protocol not in ("full", "segments"):
         raise ConfigError(f"eval.protocol {cfg.eval.protocol!r} is not 'full' or 'segments'.")
     if cfg.eval.score_norm not in NORMS:
@@ -281,8 +281,6 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             f"method.queue_size ({cfg.method.queue_size}) must be a multiple of train.batch_size "
             f"({cfg.train.batch_size}) so whole batches of keys are enqueued."
         )
-    from ssv_jax.losses import contrastive_negatives
-
     m = cfg.method
     if m.name == "moco":
         n_neg, source = m.queue_size, f"method.queue_size {m.queue_size}"

@@ -20,8 +20,9 @@ from ssv_jax import state as state_lib
 from ssv_jax import step as step_lib
 from ssv_jax import workdir as workdir_lib
 from ssv_jax.data.batch import device_part
+from ssv_jax.embedding import make_embed_fn
 from ssv_jax.errors import UserError
-from ssv_jax.evaluate import evaluate_trials, make_embed_fn
+from ssv_jax.evaluate import evaluate_trials
 from ssv_jax.optim import lr_schedule, make_optimizer
 from ssv_jax.sharding import data_mesh, global_batch, replicated
 from ssv_jax.writers import create_writer

@@ -6,19 +6,19 @@ import jax
 import numpy as np
 import pytest
 
-from ssv_jax import evaluate
+from ssv_jax import embedding
 from ssv_jax.sharding import data_mesh
 from tests.helpers.cases import embed_case, embed_network
 
 
 def test_segment_starts_and_wrap_padding():
     np.testing.assert_array_equal(
-        evaluate.segment_starts(48000, 16000, 5), [0, 8000, 16000, 24000, 32000]
+        embedding.segment_starts(48000, 16000, 5), [0, 8000, 16000, 24000, 32000]
     )
     w = np.arange(10, dtype=np.float32)
-    frames = evaluate.segments(w, 4, 3)  # starts 0, 3, 6
+    frames = embedding.segments(w, 4, 3)  # starts 0, 3, 6
     np.testing.assert_array_equal(frames, [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]])
-    short = evaluate.segments(w[:3], 8, 2)  # wrap-padded: 0 1 2 0 1 2 0 1, both frames at 0
+    short = embedding.segments(w[:3], 8, 2)  # wrap-padded: 0 1 2 0 1 2 0 1, both frames at 0
     np.testing.assert_array_equal(short, [[0, 1, 2, 0, 1, 2, 0, 1]] * 2)
 
 
@@ -33,16 +33,16 @@ def test_segment_score_is_the_mean_of_the_frame_cosine_matrix():
     cfg, utterances = _segments_case()
     mesh = data_mesh()
     net = embed_network(cfg, mesh)
-    emb = evaluate.embed_utterances(cfg, *net, mesh, utterances)
+    emb = embedding.embed_utterances(cfg, *net, mesh, utterances)
     # Reference: every frame embedded alone as a whole utterance, then the K x K cosine mean.
     full = cfg.copy_and_resolve_references()
     full.eval.protocol = "full"
     frame_len = int(cfg.eval.frame_seconds * cfg.data.sample_rate)
     frames = {}
     for u, w in utterances[:4]:
-        for j, f in enumerate(evaluate.segments(w, frame_len, cfg.eval.num_frames)):
+        for j, f in enumerate(embedding.segments(w, frame_len, cfg.eval.num_frames)):
             frames[(u, j)] = f
-    alone = evaluate.embed_utterances(
+    alone = embedding.embed_utterances(
         full, *net, mesh, [(f"{u}|{j}", f) for (u, j), f in frames.items()]
     )
     ids = [u for u, _ in utterances[:4]]
@@ -59,7 +59,7 @@ def test_sharded_extraction_equals_one_device(protocol):
     cfg.eval.protocol = protocol
     out = []
     for mesh in (data_mesh(), data_mesh(jax.devices()[:1])):
-        out.append(evaluate.embed_utterances(cfg, *embed_network(cfg, mesh), mesh, utterances))
+        out.append(embedding.embed_utterances(cfg, *embed_network(cfg, mesh), mesh, utterances))
     assert jax.device_count() == 8 and set(out[0]) == {u for u, _ in utterances}
     for u in out[0]:
         np.testing.assert_allclose(out[0][u], out[1][u], rtol=1e-5, atol=1e-6)
@@ -69,14 +69,14 @@ def test_share_out_is_balanced_and_deterministic():
     rng = np.random.default_rng(0)
     lengths = [int(n) for n in rng.integers(16000, 96000, 101)]
     ids = [f"u{i:03d}" for i in range(101)]
-    parts = evaluate.share_out(ids, lengths, 4)
-    assert parts == evaluate.share_out(ids[::-1], lengths[::-1], 4)  # not the input order
+    parts = embedding.share_out(ids, lengths, 4)
+    assert parts == embedding.share_out(ids[::-1], lengths[::-1], 4)  # not the input order
     assert sorted(u for p in parts for u in p) == ids
     assert {len(p) for p in parts} == {25, 26}
     of = dict(zip(ids, lengths))
     totals = [sum(of[u] for u in p) for p in parts]
     assert max(totals) - min(totals) <= max(lengths)
-    assert evaluate.share_out(ids[:1], lengths[:1], 2) == [["u000"], []]
+    assert embedding.share_out(ids[:1], lengths[:1], 2) == [["u000"], []]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from configs import moco_am, simclr_am
 from ssv_jax import state as state_lib
 from ssv_jax import step as step_lib
 from ssv_jax.data import batch as batch_spec
-from ssv_jax.evaluate import make_embed_fn
+from ssv_jax.embedding import make_embed_fn
 from ssv_jax.kernels import onednn
 from ssv_jax.models import resnet
 from ssv_jax.optim import lr_schedule, make_optimizer

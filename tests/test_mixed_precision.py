@@ -8,7 +8,7 @@ import pytest
 
 from ssv_jax import data as data_lib
 from ssv_jax import state as state_lib
-from ssv_jax.evaluate import embed_utterances
+from ssv_jax.embedding import embed_utterances
 from ssv_jax.optim import lr_schedule, make_optimizer
 from ssv_jax.sharding import data_mesh, replicated
 from tests.helpers.cases import run_steps, tiny_config

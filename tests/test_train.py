@@ -13,13 +13,14 @@ import jax
 import numpy as np
 import pytest
 
-from ssv_jax import checkpoints, evaluate, metrics, scoring
+from ssv_jax import checkpoints, evaluate, metrics
 from ssv_jax import config as config_lib
 from ssv_jax import data as data_lib
 from ssv_jax import run as run_lib
 from ssv_jax import state as state_lib
 from ssv_jax import train as train_lib
 from ssv_jax import workdir as workdir_lib
+from ssv_jax.backends.neighbours import expand_neighbours
 from ssv_jax.optim import lr_schedule, make_optimizer
 from ssv_jax.sharding import data_mesh
 from tests.helpers.cases import TINY_RESNET, run_main, run_steps, tiny_config, tiny_main_overrides
@@ -404,7 +405,7 @@ def test_console_embed_and_verify(main_run, tmp_path):
         argv = ["embed", f"--workdir={main_run}", f"--out={out_}", f"--neighbours={k}"]
         assert cli.main([*argv, str(audio), str(tmp_path / "c.wav")]) == 0
     np.testing.assert_allclose(
-        np.load(near)["embeddings"], scoring.expand_neighbours(np.load(plain)["embeddings"], 1)
+        np.load(near)["embeddings"], expand_neighbours(np.load(plain)["embeddings"], 1)
     )
     with pytest.raises(
         SystemExit, match="--neighbours=3 needs more than that many files.*3 were read"
@@ -560,7 +561,7 @@ def test_evaluation_with_score_normalisation(data_dir, tmp_path, caplog):
     # the union of the trial utterances (in the cache's row order: the result does not depend
     # on it), in the written score file, whose six decimals are the only difference allowed.
     z = np.load(cache)
-    expanded = dict(zip(z["ids"], scoring.expand_neighbours(z["embeddings"], 3)))
+    expanded = dict(zip(z["ids"], expand_neighbours(z["embeddings"], 3)))
     trials = data_lib.load_trials(cfg.data)["synthetic_test"]
     want = evaluate.score_trials(expanded, trials)
     rows = [
@@ -600,7 +601,7 @@ def test_export_round_trip(main_run, tmp_path):
     model code, give the workdir's embeddings (evaluation's own extraction) on two lengths."""
     import tensorflow as tf
 
-    from ssv_jax import evaluate, export
+    from ssv_jax import embedding, export
     from ssv_jax.checkpoints import load_network
     from ssv_jax.workdir import read_config
 
@@ -616,7 +617,7 @@ def test_export_round_trip(main_run, tmp_path):
     jax_fn, saved = export.load(str(out)), tf.saved_model.load(str(out / "saved_model"))
     for n in (16000, 27123):
         waves = (0.1 * rng.standard_normal((2, n))).astype(np.float32)
-        ref = evaluate.embed_utterances(cfg, *net, mesh, [("a", waves[0]), ("b", waves[1])])
+        ref = embedding.embed_utterances(cfg, *net, mesh, [("a", waves[0]), ("b", waves[1])])
         ref = np.stack([ref["a"], ref["b"]])
         np.testing.assert_allclose(jax_fn(waves), ref, atol=1e-5)
         np.testing.assert_allclose(saved.embed(tf.constant(waves)).numpy(), ref, atol=1e-5)

@@ -24,9 +24,12 @@ inside ``jax.grad`` (TraceContextError). Eval: ``model.eval()`` before splitting
 
 from __future__ import annotations
 
+import jax
 import ml_collections
+import numpy as np
 from flax import nnx
 
+from ssv_jax.models import layers, resnet
 from ssv_jax.models.ecapa import ECAPA_PARAM_COUNTS, ECAPATDNN
 from ssv_jax.models.layers import BatchNorm, Linear
 from ssv_jax.models.projector import Projector
@@ -108,17 +111,12 @@ def build_encoder(model_cfg, *, rngs: nnx.Rngs) -> nnx.Module:
 def activation_dtype(model_cfg) -> str:
     """The dtype ``model_cfg.compute_dtype`` resolves to in this process ("float32" or
     "bfloat16"; "auto": see ``layers.compute_dtype``)."""
-    from ssv_jax.models import layers, resnet
-
     cpu_bf16 = model_cfg.name == "fast_resnet34" and resnet.cpu_bf16(model_cfg.conv_impl)
     return layers.compute_dtype(model_cfg.compute_dtype, cpu_bf16=cpu_bf16).name
 
 
 def count_params(model: nnx.Module) -> int:
     """Number of trainable parameters (``nnx.Param`` leaves; running BN statistics excluded)."""
-    import jax
-    import numpy as np
-
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 

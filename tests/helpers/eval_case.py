@@ -7,7 +7,7 @@ import numpy as np
 from flax import nnx
 
 from ssv_jax import data as data_lib
-from ssv_jax import evaluate, methods
+from ssv_jax import embedding, evaluate, methods
 from ssv_jax.data import datasets
 from ssv_jax.sharding import replicated
 
@@ -64,17 +64,17 @@ def evaluations(cfg, net, mesh) -> dict:
     """Per protocol ("full", "segments"): embeddings of in-memory waves (``emb``), the trial
     list's raw and AS-norm scores and EERs, and the dataset utterances decoded here
     (``decoded``: trial utterances and cohort), with ``net`` (graphdef, params, batch_stats)."""
-    fn = evaluate.make_embed_fn(cfg, net[0], mesh)
+    fn = embedding.make_embed_fn(cfg, net[0], mesh)
     utterances = list(data_lib.eval_utterances(cfg.data))[:11]
     out = {}
     for protocol in ("full", "segments"):
         cfg.eval.protocol = protocol
-        emb = evaluate.embed_utterances(cfg, *net, mesh, utterances, embed_fn=fn)
+        emb = embedding.embed_utterances(cfg, *net, mesh, utterances, embed_fn=fn)
         out[f"{protocol}/emb"] = np.stack([emb[u] for u, _ in utterances])
         with counting_decodes() as decoded:
             scored = evaluate.score_trial_lists(cfg, *net, mesh, embed_fn=fn)
         out[f"{protocol}/decoded"] = len(decoded)
         for name, r in evaluate.trial_metrics(scored).items():
-            out[f"{protocol}/{name}/scores"] = scored[name][1]
+            out[f"{protocol}/{name}/scores"] = scored[name].scores
             out[f"{protocol}/{name}/eer"] = r["eer"]
     return out

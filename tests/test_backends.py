@@ -1,9 +1,10 @@
-"""Score normalisation (z / t / s / AS-norm) against a float64 numpy reference."""
+"""Score back-ends: normalisation (z / t / s / AS-norm) and neighbour expansion against float64
+numpy references."""
 
 import numpy as np
 import pytest
 
-from ssv_jax import scoring
+from ssv_jax.backends import neighbours, score_norm
 
 
 def _unit(x):
@@ -32,16 +33,16 @@ def test_matches_float64_reference(method):
     cohort = _unit(rng.normal(size=(40, 16))).astype(np.float32)
     idx_e, idx_t = rng.integers(0, 50, 300), rng.integers(0, 50, 300)
     raw = np.sum(emb[idx_e] * emb[idx_t], 1)
-    stats = scoring.cohort_stats(emb, cohort, top_n=10)
-    got = scoring.normalize(raw, idx_e, idx_t, stats, method)
+    stats = score_norm.cohort_stats(emb, cohort, top_n=10)
+    got = score_norm.normalize(raw, idx_e, idx_t, stats, method)
     np.testing.assert_allclose(
         got, _reference(emb, cohort, idx_e, idx_t, method, 10), rtol=1e-4, atol=1e-4
     )
     # Chunked statistics (several chunks, a padded last one) are the same numbers.
-    chunked = scoring.cohort_stats(emb, cohort, top_n=10, chunk=7)
+    chunked = score_norm.cohort_stats(emb, cohort, top_n=10, chunk=7)
     for a, b in zip(stats, chunked):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(scoring.normalize(raw, idx_e, idx_t, stats, "none"), raw)
+    np.testing.assert_array_equal(score_norm.normalize(raw, idx_e, idx_t, stats, "none"), raw)
 
 
 def test_as_norm_with_the_whole_cohort_is_s_norm():
@@ -50,10 +51,10 @@ def test_as_norm_with_the_whole_cohort_is_s_norm():
     cohort = _unit(rng.normal(size=(12, 8))).astype(np.float32)
     idx = np.arange(20)
     raw = np.sum(emb * emb[::-1], 1)
-    stats = scoring.cohort_stats(emb, cohort, top_n=12)
+    stats = score_norm.cohort_stats(emb, cohort, top_n=12)
     np.testing.assert_allclose(
-        scoring.normalize(raw, idx, idx[::-1], stats, "as-norm"),
-        scoring.normalize(raw, idx, idx[::-1], stats, "s-norm"),
+        score_norm.normalize(raw, idx, idx[::-1], stats, "as-norm"),
+        score_norm.normalize(raw, idx, idx[::-1], stats, "s-norm"),
         rtol=1e-5,
     )
 
@@ -61,11 +62,11 @@ def test_as_norm_with_the_whole_cohort_is_s_norm():
 def test_bad_inputs_name_the_problem():
     emb = _unit(np.ones((3, 4))).astype(np.float32)
     with pytest.raises(ValueError, match="top_n"):
-        scoring.cohort_stats(emb, emb, top_n=4)
+        score_norm.cohort_stats(emb, emb, top_n=4)
     with pytest.raises(ValueError, match="cohort must be"):
-        scoring.cohort_stats(emb, np.ones((3, 5), np.float32), top_n=1)
+        score_norm.cohort_stats(emb, np.ones((3, 5), np.float32), top_n=1)
     with pytest.raises(ValueError, match="eval.score_norm"):
-        scoring.normalize(np.zeros(1), [0], [0], scoring.cohort_stats(emb, emb, top_n=1), "x")
+        score_norm.normalize(np.zeros(1), [0], [0], score_norm.cohort_stats(emb, emb, top_n=1), "x")
 
 
 def _expand_reference(emb, k):
@@ -83,12 +84,12 @@ def test_neighbour_expansion_matches_float64_reference():
     speakers = rng.normal(size=(6, 16))
     emb = (np.repeat(speakers, 5, 0) + 0.8 * rng.normal(size=(30, 16))).astype(np.float32)
     emb *= rng.uniform(0.5, 3, (30, 1)).astype(np.float32)  # lengths play no part
-    got = scoring.expand_neighbours(emb, 3)
+    got = neighbours.expand_neighbours(emb, 3)
     # (The reference never counts an utterance as its own neighbour.)
     np.testing.assert_allclose(got, _expand_reference(emb, 3), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, rtol=1e-6)
     # Chunked (several chunks, a padded last one): the same neighbours, so the same vectors.
-    np.testing.assert_array_equal(scoring.expand_neighbours(emb, 3, chunk=7), got)
+    np.testing.assert_array_equal(neighbours.expand_neighbours(emb, 3, chunk=7), got)
     # On these clusters, expansion widens the gap between same- and other-speaker cosines.
     lab = np.repeat(np.arange(6), 5)
     same, other = (lab[:, None] == lab[None]) & ~np.eye(30, dtype=bool), lab[:, None] != lab[None]
@@ -112,14 +113,14 @@ def test_neighbour_expansion_does_not_depend_on_row_order():
     cos = _unit(emb) @ _unit(emb).T
     assert cos.mean() > 0.99
     perm = rng.permutation(36)
-    got = scoring.expand_neighbours(emb, 3)
-    np.testing.assert_allclose(scoring.expand_neighbours(emb[perm], 3), got[perm], atol=1e-7)
+    got = neighbours.expand_neighbours(emb, 3)
+    np.testing.assert_allclose(neighbours.expand_neighbours(emb[perm], 3), got[perm], atol=1e-7)
     np.testing.assert_allclose(got, _expand_reference(emb, 3), atol=1e-6)
 
 
 def test_neighbour_expansion_needs_more_utterances_than_neighbours():
     emb = _unit(np.random.default_rng(3).normal(size=(4, 8))).astype(np.float32)
     with pytest.raises(ValueError, match=r"by 4 neighbours needs k >= 1 and \[N > 4, D\]"):
-        scoring.expand_neighbours(emb, 4)
+        neighbours.expand_neighbours(emb, 4)
     with pytest.raises(ValueError, match="by 0 neighbours"):
-        scoring.expand_neighbours(emb, 0)
+        neighbours.expand_neighbours(emb, 0)
