@@ -13,6 +13,7 @@ embeddings are then gathered, so every process holds all of them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -164,7 +165,7 @@ def _embed_here(cfg, net, local, bs, utterances) -> dict[str, np.ndarray]:
     return out
 
 
-def embed_shared(cfg, net, local, bs, utterances) -> dict[str, np.ndarray]:
+def _embed_shared(cfg, net, local, bs, utterances) -> dict[str, np.ndarray]:
     """``embed_utterances`` over every process: each embeds its ``share_out`` share (decoding
     only that where ``utterances`` is lazily decoded, e.g. ``data.eval_utterances``), then all
     gather every embedding."""
@@ -212,17 +213,22 @@ def embed_utterances(
     the same utterances; each embeds its share (``share_out``; with ``data.eval_utterances``
     it decodes only that) on its own devices, and every process gets every embedding back.
     """
+    return embedder(cfg, graphdef, params, batch_stats, mesh, embed_fn)(utterances)
+
+
+def embedder(cfg, graphdef, params, batch_stats, mesh, embed_fn=None):
+    """``embed_utterances`` as a function of the utterances alone, with the network copied to
+    this process's devices once, for several calls (the trials, then a cohort)."""
     local = local_mesh(mesh)
     fn = embed_fn or make_embed_fn(cfg, graphdef, mesh)
     net = (fn, *local_copy((params, batch_stats), local))
-    return embed_shared(cfg, net, local, host_batch_size(cfg, mesh), utterances)
+    bs = _batch_size(cfg, mesh)
+    return lambda utterances: _embed_shared(cfg, net, local, bs, utterances)
 
 
 def cache_path_for(workdir: str, cfg, network: str) -> str:
     """WORKDIR/eval/embeddings/<key>.npz: the trial embeddings of one network (e.g.
     "checkpoint 360"), extraction protocol and evaluation dataset."""
-    import hashlib
-
     key = json.dumps(
         {
             "network": network,
@@ -266,7 +272,7 @@ def save_cache(path: str | None, new: dict) -> None:
     os.replace(tmp, path)
 
 
-def host_batch_size(cfg, mesh) -> int:
+def _batch_size(cfg, mesh) -> int:
     """This process's batch: ``eval.batch_size`` over the devices of ``mesh`` (rounded down, at
     least one each), times its own devices."""
     return max(int(cfg.eval.batch_size) // mesh.size, 1) * len(mesh.local_devices)

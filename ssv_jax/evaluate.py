@@ -16,16 +16,7 @@ from ssv_jax import backends, checkpoints, metrics, plots
 from ssv_jax import data as data_lib
 from ssv_jax.backends import score_trials
 from ssv_jax.data.trials import Trials
-from ssv_jax.embedding import (
-    cache_path_for,
-    embed_shared,
-    host_batch_size,
-    load_cached,
-    local_copy,
-    local_mesh,
-    make_embed_fn,
-    save_cache,
-)
+from ssv_jax.embedding import cache_path_for, embedder, load_cached, save_cache
 from ssv_jax.sharding import data_mesh
 from ssv_jax.writers import create_writer
 
@@ -39,11 +30,7 @@ class Scored:
 
     trials: Trials
     scores: np.ndarray
-    cosines: np.ndarray | None = None
-
-    def __post_init__(self):
-        if self.cosines is None:
-            object.__setattr__(self, "cosines", self.scores)
+    cosines: np.ndarray
 
 
 def score_trial_lists(
@@ -84,32 +71,28 @@ def score_trial_lists(
         needed.update(t.utterances)
     embeddings = load_cached(cache_path, needed)
     todo = needed - set(embeddings)
-    local = local_mesh(mesh)
-    bs = host_batch_size(cfg, mesh)
-    net = (
-        embed_fn or make_embed_fn(cfg, graphdef, mesh),
-        *local_copy((params, batch_stats), local),  # once for the trials and the cohort
-    )
+    embed = embedder(cfg, graphdef, params, batch_stats, mesh, embed_fn)  # trials and cohort
     if todo:
-        fresh = embed_shared(cfg, net, local, bs, data_lib.eval_utterances(cfg.data, only=todo))
+        fresh = embed(data_lib.eval_utterances(cfg.data, only=todo))
         embeddings.update(fresh)
         save_cache(cache_path, fresh)
     if cache_path and len(todo) < len(needed):
         log.info(
             "%d of %d trial embeddings from %s", len(needed) - len(todo), len(needed), cache_path
         )
-    out = {name: Scored(t, score_trials(embeddings, t)) for name, t in wanted.items()}
+    out = {}
+    for name, t in wanted.items():
+        cosines = score_trials(embeddings, t)
+        out[name] = Scored(t, cosines, cosines)
     if not back_ends:
         return out
-    collection = backends.Collection(
-        embeddings, lambda utterances: embed_shared(cfg, net, local, bs, utterances)
-    )
+    collection = backends.Collection(embeddings, embed)
     for make in backends.BACK_ENDS:
         back_end = make(cfg, collection)
         if back_end is None:
             continue
         for name, t in wanted.items():
-            cosines = out[name].scores
+            cosines = out[name].cosines
             out[f"{name}/{back_end.name}"] = Scored(t, back_end.score(t, cosines), cosines)
     return out
 

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+EPS = 1e-8  # floor of norms and standard deviations
+
 
 @dataclasses.dataclass(frozen=True)
 class Collection:

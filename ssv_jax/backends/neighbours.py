@@ -16,9 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssv_jax.backends.base import BackEnd, row_chunks, score_trials
-
-_EPS = 1e-8
+from ssv_jax.backends.base import EPS, BackEnd, row_chunks, score_trials
 
 log = logging.getLogger("ssv_jax")
 
@@ -31,7 +29,7 @@ def _nearest_chunk(part, emb, start, k):
 
 
 def _unit(x):
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _EPS)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), EPS)
 
 
 def expand_neighbours(emb, k: int, chunk: int = 4096) -> np.ndarray:
@@ -59,9 +57,9 @@ def make(cfg, collection) -> BackEnd | None:
     """``eval.neighbours`` = K > 0: trials scored with every embedding expanded by its K nearest
     among the trial lists' utterances (all but one of them when there are no more than K)."""
     k = int(cfg.eval.neighbours)
-    ids = sorted(collection.embeddings)
     if not k:
         return None
+    ids = sorted(collection.embeddings)
     if k >= len(ids):
         log.warning(
             "eval.neighbours=%d, but the trial lists name only %d utterances: expanding by %d",

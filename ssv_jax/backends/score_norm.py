@@ -25,11 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssv_jax import data as data_lib
-from ssv_jax.backends.base import BackEnd, row_chunks, trial_rows
+from ssv_jax.backends.base import EPS, BackEnd, row_chunks, trial_rows
 
 METHODS = ("none", "z-norm", "t-norm", "s-norm", "as-norm")
-_EPS = 1e-8
-
 log = logging.getLogger("ssv_jax")
 
 
@@ -63,8 +61,8 @@ def cohort_stats(emb, cohort, *, top_n: int, chunk: int = 4096):
 
 @functools.partial(jax.jit, static_argnames=("method",))
 def _normalize(scores, enroll_stats, test_stats, method):
-    ze = (scores - enroll_stats[:, 0]) / jnp.maximum(enroll_stats[:, 1], _EPS)
-    zt = (scores - test_stats[:, 0]) / jnp.maximum(test_stats[:, 1], _EPS)
+    ze = (scores - enroll_stats[:, 0]) / jnp.maximum(enroll_stats[:, 1], EPS)
+    zt = (scores - test_stats[:, 0]) / jnp.maximum(test_stats[:, 1], EPS)
     if method == "z-norm":
         return ze
     if method == "t-norm":
