@@ -1,6 +1,7 @@
 """Recipe configs: every hyperparameter in one ConfigDict, the paper's values by default.
 
-configs/<recipe>.py calls :func:`recipe`. Its arguments compose, comma-separated: ``demo``
+configs/simclr_am.py states the paper's values on :func:`base_config` and the other recipes
+are short variants of it (:func:`recipe`). Recipe arguments compose, comma-separated: ``demo``
 shrinks any recipe to the embedded synthetic corpus on a laptop CPU (:func:`apply_demo`);
 ``ecapa`` swaps Fast ResNet-34 for ECAPA-TDNN with that encoder's defaults (model fields:
 ``ssv_jax.models.default_model_config``), e.g. ``--config=configs/simclr_am.py:demo,ecapa``.
@@ -187,31 +188,19 @@ def apply_demo(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def apply_small(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """For a folder of one to a few hours of real speech on a CPU: the demo's settings, starting
     from the network pretrained on the embedded corpus (``train.init_from="embedded"``, trained
-    once and cached), for 1,080 steps (about 24 minutes of a 2-core CPU in float32; 48 epochs
-    of 726 utterances, 30 of 1,152), validated every 360 steps, evaluated and embedded with the
-    average of the last four checkpoints (every 30 steps and the last step). Set ``data.name``
-    and ``data.data_dir`` to the folder's dataset. Measured on a development set of real voices
-    of three sources (bench/README.md): the mean EER within the sources was 10.2% after 704 to
-    1,080 steps (six runs) against 12.5% after 16 epochs (five runs), while the EER pooled over the
-    sources, which also depends on how their score ranges line up, rose; with a constant
-    learning rate the last checkpoint's EER varies by several points from seed to seed, and the
-    average of the last four was as good or better in each pretrained run measured. Each
-    anchor's two nearest negatives are left out of its loss (``method.drop_nearest``): with
-    few speakers they are often its own, and leaving them out lowered the EER on those real
-    voices, pooled and within sources, in each of three seeds, and on a folder of 72 new
-    synthetic speakers trained from the pretrained network (on the embedded corpus of 200
-    speakers, from random weights, it raised it). A batch of 16 or 64 for the same number of
-    views did no better. SimCLR's features are normalised per utterance, not per band
-    (``frontend.norm="utterance"``), so the network keeps each voice's spectral envelope: on
-    those real voices the pooled EER fell by 3.6 points in each of three seeds and the
-    within-source EER stayed the same; on the synthetic folder, whose sessions differ in channel
-    by design, it rose (``--config.frontend.norm=instance`` for recordings like those). MoCo
-    keeps per-band normalisation: per utterance its EER on the real voices rose (two seeds),
-    its queue holding every utterance of the set, and so many of the query's own speaker.
-    Evaluation also scores the trials with each embedding expanded by its three nearest
-    neighbours in the folder (``eval.neighbours=3``: results.json's ``LIST/neighbours_3``
-    entries, beside the plain cosine ones): with several recordings of each voice in the folder,
-    the neighbours are mostly the same voice's."""
+    once and cached), then:
+
+    - 1,080 steps, about 11 minutes of a 2-core CPU, validated every 360;
+    - evaluated with the average of the last four checkpoints (one every 30 steps);
+    - each anchor's two nearest negatives left out of its loss (``method.drop_nearest``): with
+      few speakers they are often its own;
+    - SimCLR's features normalised per utterance, not per band (``frontend.norm``), so the
+      network keeps each voice's spectral envelope; MoCo keeps per-band normalisation;
+    - trials also scored with each embedding expanded by its three nearest neighbours in the
+      folder (``eval.neighbours``: results.json's ``LIST/neighbours_3`` entries).
+
+    Set ``data.name`` and ``data.data_dir`` to the folder's dataset. What each choice was measured
+    against: bench/README.md, "The own-folder recipe (:small)"."""
     apply_demo(cfg)
     cfg.frontend.norm = "utterance" if cfg.method.name == "simclr" else "instance"
     cfg.method.drop_nearest = 2
@@ -234,15 +223,21 @@ class ConfigError(UserError, ValueError):
 
 
 def recipe(arg: str | None = None, **method) -> ml_collections.ConfigDict:
-    """base_config() with ``method`` fields overridden, then the comma-separated arguments of
-    ``arg``: ``demo`` (apply_demo), ``small`` (apply_small) and an encoder (``ecapa``:
-    ECAPA-TDNN with its defaults; ``fast_resnet34``, the default). E.g.
-    ``configs/simclr_am.py:demo,ecapa``."""
+    """base_config() with ``method`` fields overridden, then the recipe arguments of ``arg``
+    (:func:`variants`): the short form of a recipe that differs from the paper's in its method,
+    e.g. ``recipe(arg, name="moco")``."""
     cfg = base_config()
     for k, v in method.items():
         if k not in cfg.method:
             raise ConfigError(f"unknown method field {k!r}; known: {sorted(cfg.method.keys())}")
         cfg.method[k] = v
+    return variants(cfg, arg)
+
+
+def variants(cfg: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    """Apply the comma-separated recipe arguments of ``arg`` to ``cfg``, left to right: ``demo``
+    (apply_demo), ``small`` (apply_small) and an encoder (``ecapa``: ECAPA-TDNN with its
+    defaults; ``fast_resnet34``, the default). E.g. ``configs/simclr_am.py:demo,ecapa``."""
     for a in [t.strip() for t in (arg or "").split(",") if t.strip()]:
         if a == "demo":
             apply_demo(cfg)
