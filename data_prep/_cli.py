@@ -41,6 +41,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def setup_logging():
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("ssv_jax.progress").setLevel(logging.INFO)  # where the build stands
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

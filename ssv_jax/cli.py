@@ -24,6 +24,8 @@ import logging
 import os
 import sys
 
+from ssv_jax.progress import track  # no jax: the CPU flags are set first
+
 log = logging.getLogger("ssv_jax")
 
 
@@ -96,7 +98,7 @@ def cmd_embed(args) -> int:
     cfg, embed = load_workdir(args.workdir)
     sr = int(cfg.data.sample_rate)
     items, skipped = [], 0
-    for uid, path in files:
+    for uid, path in track(files, "read", unit="file"):
         try:
             items.append((uid, _read(path, sr)))
         except Exception as err:  # noqa: BLE001  (any decoder failure: skip, warn, count)

@@ -40,7 +40,7 @@ Fields:
   train.average_last   evaluate the average of the last N checkpoints (0/1 = the last one)
   train.eval_every     steps between validation EERs on the eval trials (0 = only at the end)
   train.val_max_trials cap on validation trials (0 = all)
-  train.progress_bar   show a progress bar when attached to a terminal
+  train.progress_bar   progress: a bar on a terminal, else a line with the ETA every 30 s
   train.init_from      a trained workdir to start from: its network (the one its evaluation
                        uses) with a fresh optimiser, step 0 and fresh method state; the
                        architecture must match (None: random initialisation). "embedded": the

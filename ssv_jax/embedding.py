@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 
 from ssv_jax.frontend import features
 from ssv_jax.losses import l2_normalize
+from ssv_jax.progress import Progress, track
 from ssv_jax.sharding import batch_sharding, data_mesh, replicated
 
 log = logging.getLogger("ssv_jax")
@@ -118,6 +119,7 @@ def _embed_segments(cfg, net, local, bs, items) -> dict[str, np.ndarray]:
     rows = [(u, j) for u, _ in items for j in range(k)]
     waves_of = dict(items)
     sums, out = {}, {}
+    progress = Progress("embed", len(rows), unit="frame")
     for start in range(0, len(rows), bs):
         chunk = rows[start : start + bs]
         waves = np.zeros((bs, frame_len), np.float32)
@@ -130,6 +132,8 @@ def _embed_segments(cfg, net, local, bs, items) -> dict[str, np.ndarray]:
         emb = _run(net, local, waves, lengths)
         for i, (u, _) in enumerate(chunk):
             sums[u] = sums.get(u, 0.0) + emb[i].astype(np.float64)
+        progress.update(len(chunk))
+    progress.close()
     for u, _ in items:
         out[u] = (sums[u] / k).astype(np.float32)
     return out
@@ -138,7 +142,7 @@ def _embed_segments(cfg, net, local, bs, items) -> dict[str, np.ndarray]:
 def _embed_here(cfg, net, local, bs, utterances) -> dict[str, np.ndarray]:
     """``embed_utterances`` of ``utterances`` on this process's ``local`` mesh alone
     (``net``: (embed fn, local params, local batch_stats); ``bs``: the batch size)."""
-    items = list(utterances)
+    items = list(track(utterances, "read", unit="utt"))
     if not items:
         return {}
     if cfg.eval.protocol == "segments":
@@ -150,6 +154,7 @@ def _embed_here(cfg, net, local, bs, utterances) -> dict[str, np.ndarray]:
     items.sort(key=lambda x: len(x[1]))
     bucket = max(int(cfg.eval.bucket_seconds * sr), 1)
     out = {}
+    progress = Progress("embed", len(items), unit="utt")
     for start in range(0, len(items), bs):
         chunk = items[start : start + bs]
         longest = max(max(len(w) for _, w in chunk), 1)
@@ -162,6 +167,8 @@ def _embed_here(cfg, net, local, bs, utterances) -> dict[str, np.ndarray]:
         emb = _run(net, local, waves, lengths)
         for i, (u, _) in enumerate(chunk):
             out[u] = emb[i]
+        progress.update(len(chunk))
+    progress.close()
     return out
 
 

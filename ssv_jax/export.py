@@ -29,6 +29,7 @@ from ssv_jax import checkpoints
 from ssv_jax import workdir as workdir_lib
 from ssv_jax.frontend import features
 from ssv_jax.losses import l2_normalize
+from ssv_jax.progress import Progress
 from ssv_jax.sharding import data_mesh
 
 MIN_SAMPLES = 1600  # 0.1 s: the front-end's reflect padding needs more than n_fft / 2
@@ -60,7 +61,9 @@ def export(workdir: str, out: str) -> dict:
         if k in cfg.model:
             cfg.model[k] = v
     mesh = data_mesh(jax.devices()[:1])
+    progress = Progress("export", 3, unit="part", every_s=0)
     graphdef, params, batch_stats, what = checkpoints.load_network(cfg, workdir, mesh)
+    progress.update(1, done="network loaded")
     fn = embedding_fn(cfg, graphdef, params, batch_stats)
     constraint = f"t >= {MIN_SAMPLES}"
     b, t = jax.export.symbolic_shape("b, t", constraints=(constraint,))
@@ -70,6 +73,7 @@ def export(workdir: str, out: str) -> dict:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "embed.jax"), "wb") as f:
         f.write(exported.serialize())
+    progress.update(1, done="embed.jax")
     module = tf.Module()
     module.embed = tf.function(
         jax2tf.convert(
@@ -82,6 +86,8 @@ def export(workdir: str, out: str) -> dict:
         autograph=False,
     )
     tf.saved_model.save(module, os.path.join(out, "saved_model"))
+    progress.update(1, done="saved_model")
+    progress.close()
     dim = int(exported.out_avals[0].shape[1])
     info = {
         "input": f"float32 [batch, samples] waveforms at {cfg.data.sample_rate} Hz, "

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import math
 import signal
-import sys
 import time
 
 import jax
@@ -24,6 +23,7 @@ from ssv_jax.embedding import make_embed_fn
 from ssv_jax.errors import UserError
 from ssv_jax.evaluate import evaluate_trials
 from ssv_jax.optim import lr_schedule, make_optimizer
+from ssv_jax.progress import Progress
 from ssv_jax.sharding import data_mesh, global_batch, replicated
 from ssv_jax.writers import create_writer
 
@@ -40,27 +40,6 @@ def total_steps(cfg, steps_per_epoch: int) -> int:
         if cfg.train.num_steps > 0
         else int(cfg.train.epochs * steps_per_epoch)
     )
-
-
-class _Progress:
-    """tqdm progress bar when attached to a terminal; nothing otherwise."""
-
-    def __init__(self, enabled: bool, total: int, initial: int):
-        self.bar = None
-        if enabled and sys.stderr.isatty() and jax.process_index() == 0:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-
-    def update(self, n: int, **postfix):
-        if self.bar is not None:
-            self.bar.update(n)
-            if postfix:
-                self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
 
 
 def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None, init=None):
@@ -131,7 +110,9 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None, init=No
         cfg.data, global_batch=bsz, seed=cfg.data.seed, start_step=start
     )
     pending, last_good = [], start if mgr.latest_step() is not None else None
-    progress = _Progress(cfg.train.progress_bar, n_total, start)
+    progress = Progress(
+        "train", n_total, unit="step", initial=start, enabled=cfg.train.progress_bar
+    )
     t_last, step = time.perf_counter(), start
     data_wait = 0.0  # seconds since the last flush the device may have idled waiting for input
 

@@ -15,6 +15,7 @@ from ssv_jax.data import builder, records, synthetic, writer
 from ssv_jax.data.trials import Trials, parse_trials, resolve_ids
 from ssv_jax.data.workers import WorkerError, parallel_map
 from ssv_jax.errors import UserError
+from ssv_jax.progress import track
 
 log = logging.getLogger("ssv_jax.data")
 
@@ -53,9 +54,10 @@ def size_from_config(data_cfg) -> synthetic.CorpusSize:
     return synthetic.CorpusSize(**{k: s[k] for k in fields if k in s})
 
 
-def _results(fn_path, items, num_workers):
+def _results(fn_path, items, num_workers, desc):
     """Ordered results of ``fn_path`` over ``items`` in worker subprocesses; worker errors raise."""
-    for r in parallel_map(fn_path, items, num_workers):
+    results = parallel_map(fn_path, items, num_workers)
+    for r in track(results, desc, len(items), unit="file"):
         if isinstance(r, WorkerError):
             raise RuntimeError(f"{fn_path} failed: {r.message}")
         yield r
@@ -81,7 +83,10 @@ def build_synthetic(
 
         def split_fn(split):
             return lambda: _results(
-                _SYN + "render_utterance", [(size, row) for row in plans[split]], num_workers
+                _SYN + "render_utterance",
+                [(size, row) for row in plans[split]],
+                num_workers,
+                f"{SYNTHETIC}/{split}",
             )
 
         summaries.append(
@@ -101,7 +106,10 @@ def build_synthetic(
 
         def bank_fn(cat):
             return lambda: _results(
-                _SYN + "render_noise", [(size, cat, i) for i in range(counts[cat])], num_workers
+                _SYN + "render_noise",
+                [(size, cat, i) for i in range(counts[cat])],
+                num_workers,
+                f"{SYNTHETIC_NOISE}/{cat}",
             )
 
         summaries.append(
@@ -122,7 +130,10 @@ def build_synthetic(
                 data_dir,
                 {
                     "train": lambda: _results(
-                        _SYN + "render_rir", [(size, i) for i in range(size.rirs)], num_workers
+                        _SYN + "render_rir",
+                        [(size, i) for i in range(size.rirs)],
+                        num_workers,
+                        f"{SYNTHETIC_RIRS}/train",
                     )
                 },
                 description="Procedural room impulse responses (RT60 0.15-0.9 s).",

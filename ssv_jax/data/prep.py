@@ -27,6 +27,7 @@ from ssv_jax.data import audio, builder, records, writer
 from ssv_jax.data.builder import Skip
 from ssv_jax.data.trials import TrialListError, parse_trials
 from ssv_jax.data.workers import WorkerError, parallel_map
+from ssv_jax.progress import track
 
 log = logging.getLogger("ssv_jax.data")
 
@@ -65,10 +66,13 @@ def decode_item(args) -> dict | Skip:
     return {"audio": pcm, "speaker": spk, "session": sess, "utterance": utt}
 
 
-def _decoded(rows, *, sample_rate, min_seconds, num_workers, peak=False, category=""):
+def _decoded(rows, desc, *, sample_rate, min_seconds, num_workers, peak=False, category=""):
+    """Records of the audio files ``rows`` (utterance, speaker, session, path), decoded in
+    ``num_workers`` processes, in order; an unreadable file becomes a ``Skip``."""
     audio.check_decoder_for(r[3] for r in rows)
     items = [(u, s, e, p, sample_rate, min_seconds, peak) for u, s, e, p in rows]
-    for row, r in zip(rows, parallel_map("ssv_jax.data.prep:decode_item", items, num_workers)):
+    decoded = parallel_map("ssv_jax.data.prep:decode_item", items, num_workers)
+    for row, r in zip(rows, track(decoded, desc, len(rows), unit="file")):
         if isinstance(r, WorkerError):
             r = Skip(row[3], f"unreadable ({r.message})")
         if isinstance(r, dict) and category:
@@ -165,6 +169,7 @@ def build_folder(
                 yield from extra
             yield from _decoded(
                 splits[split],
+                f"{name}/{split}",
                 sample_rate=sample_rate,
                 min_seconds=min_seconds,
                 num_workers=num_workers,
@@ -288,12 +293,13 @@ def build_voxceleb(
                         tname,
                     )
 
-        def split_fn(split, splits=splits, skips=skips):
+        def split_fn(split, splits=splits, skips=skips, name=name):
             def gen():
                 if split == next(iter(splits)):
                     yield from skips
                 yield from _decoded(
                     splits[split],
+                    f"{name}/{split}",
                     sample_rate=sample_rate,
                     min_seconds=min_seconds,
                     num_workers=num_workers,
@@ -357,6 +363,7 @@ def build_musan(
             ]
             for r in _decoded(
                 rows,
+                f"{name}/{cat}",
                 sample_rate=sample_rate,
                 min_seconds=0.1,
                 num_workers=num_workers,
@@ -414,6 +421,7 @@ def build_rirs(
     def gen():
         return _decoded(
             rows,
+            f"{name}/train",
             sample_rate=sample_rate,
             min_seconds=0.0,
             num_workers=num_workers,  # noqa: E731
