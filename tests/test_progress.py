@@ -1,4 +1,4 @@
-"""Progress reporting: the periodic line (count, rate, ETA), its cadence, and where builds use it."""
+"""Progress reporting: the periodic line (count, rate, ETA), its cadence, builds using it."""
 
 import logging
 import re
