@@ -25,6 +25,24 @@ Fields:
                        paper's loss; in a small set they are often its own speaker)
   method.momentum      MoCo: EMA momentum of the key encoder (0.999)
   method.queue_size    MoCo: entries per view queue (65536); a multiple of the batch size
+  method.ssps.*        positives from other recordings (docs/method.md#ssps; off by default):
+    enabled            replace each anchor's positive from ``start_step`` on (SimCLR: the
+                       second view; MoCo: both keys)
+    start_step         first step with sampled positives; the memories fill just before it
+    refresh_every      steps between k-means refits (0: one pass over the reference memory,
+                       an epoch when ref_size is the training split's size)
+    sampling           "kmeans" (a queue entry of the anchor's cluster or a nearby one) |
+                       "knn" (one of the anchor's nearest queue entries)
+    ref_size           reference embeddings k-means runs on (the paper: the training split)
+    queue_size         positive queue entries (50000), at least the batch size
+    prototypes         k-means clusters K (50000), at most ref_size
+    kmeans_iters       k-means iterations per refit (10)
+    inter_size / inter_prob / inter_lambda   kmeans: 0 = the anchor's own cluster; M > 0 =
+                       one of its M nearest other clusters, drawn "uniform" or "exp"
+                       (probability lambda * exp(-lambda * rank), lambda 0.7)
+    intra_size / intra_prob / intra_lambda   the window of queue entries drawn from, nearest
+                       to the anchor first (kmeans: within the cluster; knn: the queue);
+                       10**7 = all, "uniform" or "exp", lambda 0.7
   optim.name           "adam" | "adamw" | "sgd"
   optim.lr             1e-3
   optim.weight_decay   0 (decoupled for adamw, L2 for adam/sgd)
@@ -117,6 +135,7 @@ def base_config() -> ml_collections.ConfigDict:
             drop_nearest=0,
         )
     )
+    cfg.method.ssps = default_ssps_config()
     cfg.optim = ml_collections.ConfigDict(
         dict(
             name="adam",
@@ -159,6 +178,28 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
     return cfg
+
+
+def default_ssps_config() -> ml_collections.ConfigDict:
+    """SSPS off, with the paper's settings for when it is switched on (docs/method.md#ssps)."""
+    return ml_collections.ConfigDict(
+        dict(
+            enabled=False,
+            start_step=0,
+            refresh_every=0,
+            sampling="kmeans",
+            ref_size=50000,
+            queue_size=50000,
+            prototypes=50000,
+            kmeans_iters=10,
+            inter_size=0,
+            inter_prob="uniform",
+            inter_lambda=0.7,
+            intra_size=10**7,
+            intra_prob="uniform",
+            intra_lambda=0.7,
+        )
+    )
 
 
 def apply_demo(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -210,6 +251,47 @@ def apply_small(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     cfg.train.checkpoint_every = 30
     cfg.train.average_last = 4
     cfg.eval.neighbours = 3
+    return cfg
+
+
+def sibling_recipe(path: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """``get_config(arg)`` of the recipe ``name`` beside the recipe file ``path`` (a recipe
+    that continues another, e.g. configs/simclr_am_ssps.py of configs/simclr_am.py)."""
+    import importlib.util
+    import os
+
+    file = os.path.join(os.path.dirname(os.path.abspath(path)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"ssv_jax_recipe_{name}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+# VoxCeleb2-dev: 1,092,009 utterances, 4,265 steps of 256 per epoch.
+VOX2_STEPS_PER_EPOCH = 4265
+
+
+def with_ssps(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``cfg`` (a recipe, its arguments applied) continued with SSPS as the paper schedules it:
+    the recipe's training, then SSPS switched on. On VoxCeleb2 that is 100 epochs, then 10 more
+    with SSPS; k-means (10 iterations) on every training utterance's reference embedding, once
+    an epoch, into 25,000 prototypes; a queue of 25,000 positives, each anchor's drawn uniformly
+    from its own cluster. ``:demo`` and ``:small`` (a fixed number of steps): SSPS for the
+    second half, on memories of the whole training split (capped at the data), 64 prototypes
+    (docs/method.md#ssps; measured: bench/README.md, "SSPS")."""
+    s = cfg.method.ssps
+    s.enabled, s.sampling, s.kmeans_iters = True, "kmeans", 10
+    s.inter_size, s.inter_prob, s.intra_size, s.intra_prob = 0, "uniform", 10**7, "uniform"
+    s.refresh_every = 0  # once per pass over the reference memory: an epoch
+    if cfg.train.num_steps:
+        s.start_step = cfg.train.num_steps // 2
+        s.ref_size = s.queue_size = 4096
+        s.prototypes = 64
+    else:
+        cfg.train.epochs = 110
+        s.start_step = 100 * VOX2_STEPS_PER_EPOCH
+        s.ref_size = VOX2_STEPS_PER_EPOCH * cfg.train.batch_size
+        s.queue_size = s.prototypes = 25000
     return cfg
 
 
@@ -287,9 +369,45 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             f"method.drop_nearest must be in [0, {n_neg - 1}]: each anchor has {n_neg} negatives "
             f"({source}) and needs at least one left; got {m.drop_nearest}."
         )
+    _validate_ssps(cfg)
     if cfg.optim.name not in ("adam", "adamw", "sgd"):
         raise ConfigError(f"optim.name {cfg.optim.name!r} is not one of ('adam', 'adamw', 'sgd').")
     if cfg.optim.schedule not in ("step", "constant", "cosine"):
         raise ConfigError(
             f"optim.schedule {cfg.optim.schedule!r} is not one of ('step', 'constant', 'cosine')."
         )
+
+
+def _validate_ssps(cfg) -> None:
+    s, bsz = cfg.method.ssps, int(cfg.train.batch_size)
+    if not s.enabled:
+        return
+    if s.sampling not in ("kmeans", "knn"):
+        raise ConfigError(f"method.ssps.sampling {s.sampling!r} is not 'kmeans' or 'knn'.")
+    for k in ("inter_prob", "intra_prob"):
+        if s[k] not in ("uniform", "exp"):
+            raise ConfigError(f"method.ssps.{k} {s[k]!r} is not 'uniform' or 'exp'.")
+    for k in ("ref_size", "queue_size"):
+        if s[k] < bsz:
+            raise ConfigError(
+                f"method.ssps.{k} ({s[k]}) must be at least train.batch_size ({bsz}): each "
+                "step stores the whole global batch."
+            )
+    if not 1 <= s.prototypes <= s.ref_size:
+        raise ConfigError(
+            f"method.ssps.prototypes ({s.prototypes}) must be in [1, method.ssps.ref_size = "
+            f"{s.ref_size}]: k-means needs at least one reference embedding per cluster."
+        )
+    if s.sampling == "kmeans" and not 0 <= s.inter_size < s.prototypes:
+        raise ConfigError(
+            f"method.ssps.inter_size ({s.inter_size}) must be in [0, prototypes - 1 = "
+            f"{s.prototypes - 1}] (0: the anchor's own cluster)."
+        )
+    if s.intra_size < 1 or s.kmeans_iters < 1 or s.start_step < 0 or s.refresh_every < 0:
+        raise ConfigError(
+            "method.ssps.intra_size and kmeans_iters must be >= 1, start_step and "
+            f"refresh_every >= 0; got {s.intra_size}, {s.kmeans_iters}, {s.start_step}, "
+            f"{s.refresh_every}."
+        )
+    if min(s.inter_lambda, s.intra_lambda) <= 0:
+        raise ConfigError("method.ssps.inter_lambda and intra_lambda must be > 0.")

@@ -25,7 +25,7 @@ class TrainState:
     batch_stats:  BatchNorm running statistics (``nnx.BatchStat``)
     opt_state:    the optax optimiser state of ``params``
     method_state: the method's own state (``methods.<name>.init_state``: MoCo's key network and
-                  queues; empty for SimCLR)
+                  queues; empty for SimCLR; plus SSPS's memories under "ssps" when it is on)
     rng:          augmentation key; step k draws from ``fold_in(rng, k)``, so a resumed run
                   draws the same augmentations as an uninterrupted one
     """

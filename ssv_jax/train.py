@@ -78,7 +78,7 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None, init=No
         start = 0
         state = jax.device_put(state, repl)
     workdir_lib.check_space(workdir, state, checkpoints.kept(cfg))
-    step_fn = step_lib.make_train_step(cfg, graphdef, mesh, tx, schedule, n_total)
+    step_fn = step_lib.make_train_step(cfg, graphdef, mesh, tx, schedule, n_total, spe * bsz)
 
     writer = create_writer(workdir)
     if start == 0:

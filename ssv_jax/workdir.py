@@ -14,6 +14,7 @@ import jax
 import ml_collections
 
 from ssv_jax import checkpoints
+from ssv_jax import config as config_lib
 from ssv_jax.checkpoints import RunNotFoundError
 from ssv_jax.errors import UserError
 
@@ -21,7 +22,15 @@ log = logging.getLogger("ssv_jax")
 
 CONFIG_FILE = "config.json"
 # Fields a resumed run may not change: they fix the shapes in the checkpoint or what it means.
-FIXED = ("method.name", "method.queue_size", "train.batch_size")
+FIXED = (
+    "method.name",
+    "method.queue_size",
+    "train.batch_size",
+    "method.ssps.enabled",
+    "method.ssps.ref_size",
+    "method.ssps.queue_size",
+    "method.ssps.prototypes",
+)
 
 
 class WorkdirError(UserError):
@@ -72,7 +81,11 @@ RUNTIME_FIELDS = ("conv_impl", "compute_dtype")
 # CPU speed switches of earlier versions, replaced by ``model.conv_impl``; dropped on reading.
 LEGACY_FIELDS = ("s2d", "barrier", "onednn")
 # Fields added later, at the value every run before them used; filled in on reading.
-LATER_FIELDS = {("frontend", "norm"): "instance", ("eval", "neighbours"): 0}
+LATER_FIELDS = {
+    ("frontend", "norm"): "instance",
+    ("eval", "neighbours"): 0,
+    ("method", "ssps"): config_lib.default_ssps_config().to_dict(),
+}
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

@@ -39,7 +39,7 @@ SPEC: dict[str, Field] = {
     "crop_start": Field(
         ("B", 2), np.int32, False, "offset of each view in the (wrap-padded) utterance"
     ),
-    "index": Field(("B",), np.int32, False, "record index of the utterance in the train split"),
+    "index": Field(("B",), np.int32, True, "record index of the utterance in the train split"),
 }
 
 FIELDS = tuple(SPEC)

@@ -2,13 +2,15 @@
 drives identically:
 
   init_state(cfg, params, batch_stats, rng)          -> method state (pytree) beside the network
-  loss_and_updates(cfg, mesh, apply, params, batch_stats, method_state, feats, margin)
-                                                     -> loss, (new batch_stats, new method
+  loss_and_updates(cfg, mesh, apply, params, batch_stats, method_state, feats, margin,
+                   ssps_ctx=None)                    -> loss, (new batch_stats, new method
                                                         state, aux)
   after_update(cfg, params, method_state, aux)       -> method state after the optimiser step
 
 ``apply(params, batch_stats, feats) -> (embeddings, new batch_stats)`` runs the network in
 train mode; ``aux`` holds the logged ``pos_cos`` / ``neg_cos`` and what ``after_update`` needs.
+With ``method.ssps`` on, ``ssps_ctx`` (``ssps.Context``) replaces the positives, and ``aux`` also
+holds ``stored`` (this batch's positives, for the memories) and ``replaced`` (the fraction).
 """
 
 from ssv_jax.methods import moco, simclr

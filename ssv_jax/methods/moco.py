@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from ssv_jax import losses
 from ssv_jax.losses import l2_normalize
+from ssv_jax.methods import ssps
 
 
 def init_state(cfg, params, batch_stats, rng):
@@ -27,21 +28,28 @@ def init_state(cfg, params, batch_stats, rng):
         cfg.method.queue_size,
         (cfg.method.projector_out if cfg.method.projector else cfg.model.embed_dim),
     )
-    r1, r2 = jax.random.split(rng)
-    return {
+    r1, r2, r3 = jax.random.split(rng, 3)
+    out = {
         "key_params": jax.tree.map(jnp.copy, params),
         "key_batch_stats": jax.tree.map(jnp.copy, batch_stats),
         "queue1": l2_normalize(jax.random.normal(r1, (k, d))),
         "queue2": l2_normalize(jax.random.normal(r2, (k, d))),
         "queue_ptr": jnp.zeros((), jnp.int32),
     }
+    if cfg.method.ssps.enabled:
+        out["ssps"] = ssps.init_memory(cfg, *ssps.embedding_dims(cfg), 2, r3)
+    return out
 
 
 def ema(key_params, params, momentum):
     return jax.tree.map(lambda k, q: momentum * k + (1.0 - momentum) * q, key_params, params)
 
 
-def loss_and_updates(cfg, mesh, apply, params, batch_stats, method_state, feats, margin):
+def loss_and_updates(
+    cfg, mesh, apply, params, batch_stats, method_state, feats, margin, ssps_ctx=None
+):
+    """With SSPS (``ssps_ctx``) both keys of an anchor give way to a sampled recording's keys,
+    which are also what is enqueued."""
     del mesh  # keys of the global batch are a global array; no explicit gather needed
     b = feats.shape[0]
     flat = feats.reshape((2 * b,) + feats.shape[2:])
@@ -52,6 +60,12 @@ def loss_and_updates(cfg, mesh, apply, params, batch_stats, method_state, feats,
     k = jax.lax.stop_gradient(l2_normalize(k)).reshape(b, 2, -1)
     q, new_stats = apply(params, batch_stats, flat)
     q = q.reshape(b, 2, -1)
+    extra = {}
+    if ssps_ctx is not None:
+        stored = [k[:, 0], k[:, 1]]
+        sampled, replaced = ssps_ctx.positives(st["ssps"], stored)
+        k = jnp.stack(sampled, axis=1)
+        extra = {"stored": stored, "replaced": replaced}
     fn = losses.moco_aam if cfg.method.loss == "nt_xent_aam" else losses.moco_am
     kw = dict(scale=cfg.method.scale, margin=margin, drop_nearest=cfg.method.drop_nearest)
     loss = 0.5 * (
@@ -59,7 +73,7 @@ def loss_and_updates(cfg, mesh, apply, params, batch_stats, method_state, feats,
     )
     pos, neg = losses.similarity_stats(q[:, 0], k[:, 1])
     new_state = dict(st, key_params=key_params, key_batch_stats=key_stats)
-    return loss, (new_stats, new_state, {"pos_cos": pos, "neg_cos": neg, "keys": k})
+    return loss, (new_stats, new_state, {"pos_cos": pos, "neg_cos": neg, "keys": k, **extra})
 
 
 def enqueue(queue, ptr, keys):

@@ -7,13 +7,16 @@ import jax
 from jax.sharding import PartitionSpec as P
 
 from ssv_jax import losses
+from ssv_jax.methods import ssps
 from ssv_jax.sharding import DATA_AXIS
 
 
 def init_state(cfg, params, batch_stats, rng):
-    """SimCLR keeps no state beyond the network's."""
-    del cfg, params, batch_stats, rng
-    return {}
+    """SimCLR keeps no state beyond the network's, except SSPS's memories when it is on."""
+    del params, batch_stats
+    if not cfg.method.ssps.enabled:
+        return {}
+    return {"ssps": ssps.init_memory(cfg, *ssps.embedding_dims(cfg), 1, rng)}
 
 
 def contrastive_loss(cfg, mesh, z1, z2, margin):
@@ -39,13 +42,20 @@ def contrastive_loss(cfg, mesh, z1, z2, margin):
     )(z1, z2, margin)
 
 
-def loss_and_updates(cfg, mesh, apply, params, batch_stats, method_state, feats, margin):
-    """feats: [B, 2, frames, n_mels]. Returns loss, (new batch_stats, method_state, aux)."""
+def loss_and_updates(
+    cfg, mesh, apply, params, batch_stats, method_state, feats, margin, ssps_ctx=None
+):
+    """feats: [B, 2, frames, n_mels]. Returns loss, (new batch_stats, method_state, aux).
+    With SSPS (``ssps_ctx``) each anchor's second view gives way to a sampled positive."""
     b = feats.shape[0]
     z, new_stats = apply(params, batch_stats, feats.reshape((2 * b,) + feats.shape[2:]))
     z = z.reshape(b, 2, -1)
-    loss, pos, neg = contrastive_loss(cfg, mesh, z[:, 0], z[:, 1], margin)
-    return loss, (new_stats, method_state, {"pos_cos": pos, "neg_cos": neg})
+    positive, aux = z[:, 1], {}
+    if ssps_ctx is not None:
+        (positive,), replaced = ssps_ctx.positives(method_state["ssps"], [z[:, 1]])
+        aux = {"stored": [z[:, 1]], "replaced": replaced}
+    loss, pos, neg = contrastive_loss(cfg, mesh, z[:, 0], positive, margin)
+    return loss, (new_stats, method_state, {"pos_cos": pos, "neg_cos": neg, **aux})
 
 
 def after_update(cfg, params, method_state, aux):

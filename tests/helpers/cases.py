@@ -67,7 +67,8 @@ def run_steps(cfg, mesh, n_steps=1, total=4):
     tx = make_optimizer(cfg.optim, sched)
     graphdef, state = state_lib.create(cfg, tx)
     state = jax.device_put(state, replicated(mesh))
-    step = step_lib.make_train_step(cfg, graphdef, mesh, tx, sched, total)
+    n_train = spe * cfg.train.batch_size
+    step = step_lib.make_train_step(cfg, graphdef, mesh, tx, sched, total, n_train)
     metrics = []
     for k in range(n_steps):
         state, m = step(state, batch_at(cfg, k, mesh))
