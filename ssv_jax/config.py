@@ -96,6 +96,8 @@ from ssv_jax.models import default_model_config
 
 METHODS = ("simclr", "moco")
 LOSSES = ("nt_xent_am", "nt_xent_aam")
+SSPS_SAMPLING = ("kmeans", "knn")
+SSPS_PROBS = ("uniform", "exp")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -382,11 +384,11 @@ def _validate_ssps(cfg) -> None:
     s, bsz = cfg.method.ssps, int(cfg.train.batch_size)
     if not s.enabled:
         return
-    if s.sampling not in ("kmeans", "knn"):
-        raise ConfigError(f"method.ssps.sampling {s.sampling!r} is not 'kmeans' or 'knn'.")
+    if s.sampling not in SSPS_SAMPLING:
+        raise ConfigError(f"method.ssps.sampling {s.sampling!r} is not one of {SSPS_SAMPLING}.")
     for k in ("inter_prob", "intra_prob"):
-        if s[k] not in ("uniform", "exp"):
-            raise ConfigError(f"method.ssps.{k} {s[k]!r} is not 'uniform' or 'exp'.")
+        if s[k] not in SSPS_PROBS:
+            raise ConfigError(f"method.ssps.{k} {s[k]!r} is not one of {SSPS_PROBS}.")
     for k in ("ref_size", "queue_size"):
         if s[k] < bsz:
             raise ConfigError(

@@ -24,10 +24,7 @@ from ssv_jax.methods import ssps
 
 def init_state(cfg, params, batch_stats, rng):
     """Key network (a copy of the query network) and one queue of random unit keys per view."""
-    k, d = (
-        cfg.method.queue_size,
-        (cfg.method.projector_out if cfg.method.projector else cfg.model.embed_dim),
-    )
+    k, d = cfg.method.queue_size, ssps.embedding_dims(cfg)[1]  # what the loss compares
     r1, r2, r3 = jax.random.split(rng, 3)
     out = {
         "key_params": jax.tree.map(jnp.copy, params),

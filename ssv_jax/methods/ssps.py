@@ -35,8 +35,6 @@ from ssv_jax.losses import l2_normalize
 
 log = logging.getLogger("ssv_jax")
 
-SAMPLING = ("kmeans", "knn")
-PROBS = ("uniform", "exp")
 _CHUNK = 4096  # rows per block of the N x K similarity (keeps it to a few hundred MB)
 KEY_SALT = 0x5505  # SSPS draws from fold_in(step key, KEY_SALT): augmentation's draws unchanged
 
