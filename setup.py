@@ -11,6 +11,7 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint==0.12.8",
     "tensorflow-cpu==2.21.0",
     "tensorflow-datasets==4.9.10",
+    "grain==0.2.18",  # the training input pipeline's worker processes
     "numpy==2.4.6",
     "ml-collections==1.1.0",
     "clu==0.0.12",

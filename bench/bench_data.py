@@ -1,27 +1,24 @@
 """Data benchmarks: build speed (audio hours per minute), pipeline throughput, baseline EER.
 
-    python bench/bench_data.py [--data_dir=DIR] [--batches=40] [--skip_folder]
-    python bench/bench_data.py --pipeline_only [--data_dir=DIR] [--bank_cache_mb=0]
+    python bench/bench_data.py [--data_dir=DIR] [--batches=8] [--skip_folder]
+    python bench/bench_data.py --pipeline_only [--data_dir=DIR] [--global_batch=256]
 
 Prints:
   * embedded corpus build time and audio hours per minute (synthesis + TFDS write);
   * data_prep/folder.py speed on generated wav files (decode + resample + write);
   * the pipeline (crops + noise/babble crops + SNRs + RIRs, the full train_batches
-    output): the bytes per batch sent to the device; the builder's rate per host core
-    (views per CPU second of one process, which other load on the machine barely
-    changes) and where its time goes; views/s with each of --worker_counts (1,2) worker
-    processes (the median of --repeats runs) and per worker; then views/s with
-    --num_workers against what the train step consumes: 64 views per --step_seconds
-    (scaled to the crop length), the time of a Fast ResNet-34 step of 32 utterances x
-    2 views x 2 s (measure it with bench/bench_train.py; the default is an earlier
-    measurement, see bench/README.md);
+    output, --global_batch x 2 views of the data config's 2 s): the bytes per batch sent to
+    the device; the builder's views per CPU second in one process and a profile of where
+    its time goes; per --worker_counts, views/s and views per CPU second of the trainer and
+    its workers together (the median of --repeats runs); views/s with the most workers
+    against what the train step consumes (--step_views_per_s); and the line
+    ``pipeline: N views per host-core second (2.00 s views, noise + RIR)``, N being the
+    views per CPU second of all processes with the most workers;
   * on-device augmentation time for one batch (jit, CPU);
   * the mean-log-mel cosine baseline EER on the default test trials.
 
 --pipeline_only prints the pipeline figures alone, on the datasets in --data_dir (default:
-the data config's, built there if missing). --bank_cache_mb sets
-ssv_jax.data.pipeline.BANK_CACHE_MB (0: every noise clip and RIR read from disk on every
-draw, as for banks too big to cache, e.g. MUSAN).
+the data config's, built there if missing).
 """
 
 from __future__ import annotations
@@ -84,102 +81,108 @@ def _median(xs):
     return float(np.median(np.asarray(xs)))
 
 
-def _views_per_s(cfg, global_batch: int, batches: int, workers: int, start: int) -> float:
-    """Wall-clock views/s of train_batches with ``workers`` worker processes, after a warm-up
-    (worker start, bank caches)."""
+def _cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of process ``pid`` (default: this one) and its live children
+    (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pid = os.getpid() if pid is None else pid
+    total = 0.0
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[-1].split()
+        except (OSError, ValueError):
+            continue
+        if int(d) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _run(cfg, global_batch: int, batches: int, workers: int, start: int) -> tuple[float, float]:
+    """(wall-clock views/s, views per CPU second of the trainer and its workers together) of
+    train_batches with ``workers`` worker processes, after a warm-up (worker start)."""
     from ssv_jax import data
 
     cfg = cfg.copy_and_resolve_references()
     cfg.num_workers = workers
     it = data.train_batches(cfg, global_batch=global_batch, seed=0, start_step=start)
-    for _ in range(6 * max(workers, 1)):
+    for _ in range(2 * max(workers, 1)):
         next(it)
-    t = time.perf_counter()
+    c, t = _cpu_seconds(), time.perf_counter()
     for _ in range(batches):
-        next(it)
-    dt = time.perf_counter() - t
+        b = next(it)
+        del b  # as a training loop drops each batch
+    dt, dc = time.perf_counter() - t, _cpu_seconds() - c
     it.close()
-    return batches * global_batch * 2 / dt
+    views = batches * global_batch * 2
+    return views / dt, views / dc
 
 
 def pipeline_figures(cfg, a):
     """Print the pipeline's figures (see the module docstring); returns a batch."""
-    from ssv_jax import data
+    import cProfile
+    import pstats
+
     from ssv_jax.data import pipeline
     from ssv_jax.data.batch import DEVICE_FIELDS
 
     G = a.global_batch
-    stream = pipeline.TrainStream(cfg, global_batch=G, seed=0, process_index=0, process_count=1)
-    b = stream.batch(0)
+    build = pipeline.builder_for(cfg, global_batch=G, seed=0, process_index=0, process_count=1)
+    b = build(0)
     per_view = sum(b[k].nbytes for k in DEVICE_FIELDS) / (2 * G)
     sizes = ", ".join(f"{k} {b[k].nbytes / (2 * G) / 1024:.1f}" for k in DEVICE_FIELDS)
     print(
         f"host -> device: {per_view * 2 * G / 2**20:.1f} MiB per batch of {G}x2 views "
-        f"({per_view / 1024:.0f} KiB per view: {sizes} KiB; views of {stream.T} samples, RIRs "
-        f"of {stream.L}); {per_view * 512 / 2**20:.0f} MiB per step of 256x2 views"
+        f"({per_view / 1024:.0f} KiB per view: {sizes} KiB; views of {build.T} samples, RIRs "
+        f"of {build.L})"
     )
-    print(
-        f"bank caches (BANK_CACHE_MB={pipeline.BANK_CACHE_MB}): noise "
-        f"{dict(stream.spec.noise_cache)}, RIRs {stream.spec.rir_cache}"
-    )
-    for k in range(1, 6 + 200 // G):  # warm-up: bank caches
-        stream.batch(k)
-    rates, parts = [], {}
+    for k in range(1, 3):  # warm-up: page cache, RIR peaks
+        build(k)
+    rates = []
     for r in range(a.repeats):
-        stream.timings = {}
-        c, t = time.process_time(), time.perf_counter()
+        c = time.process_time()
         for k in range(a.batches):
-            stream.batch(1000 * (r + 1) + k)
+            build(1000 * (r + 1) + k)
         rates.append(a.batches * G * 2 / (time.process_time() - c))
-        for part, sec in stream.timings.items():
-            parts.setdefault(part, []).append(sec)
-    per_core = _median(rates)
     print(
-        f"builder, one process: {per_core:.0f} views per CPU second = views/s per host core "
-        f"(median of {a.repeats} x {a.batches} batches: "
-        + ", ".join(f"{x:.0f}" for x in rates)
-        + ")"
+        f"builder, in one process: {_median(rates):.0f} views per CPU second (median of "
+        f"{a.repeats} x {a.batches} batches: " + ", ".join(f"{x:.0f}" for x in rates) + ")"
     )
-    total = sum(_median(v) for v in parts.values())
-    n = a.batches * G * 2
-    for part in pipeline._PARTS:
-        if part in parts:
-            sec = _median(parts[part])
-            print(f"  {part:<34} {sec / n * 1e6:7.1f} us per view  {100 * sec / total:5.1f}%")
-    print(f"  {'total (timed)':<34} {total / n * 1e6:7.1f} us per view")
+    prof = cProfile.Profile()
+    prof.enable()
+    for k in range(max(a.batches // 2, 1)):
+        build(5000 + k)
+    prof.disable()
+    print("where the builder's time goes (cProfile, top 8 by own time):")
+    stats = pstats.Stats(prof)
+    rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:8]
+    total = sum(v[2] for v in stats.stats.values())
+    for (file, line, fn), (_, calls, own, _, _) in rows:
+        print(f"  {100 * own / total:5.1f}%  {calls:8d} calls  {os.path.basename(file)}:{fn}")
     counts = [int(w) for w in a.worker_counts.split(",") if w.strip()]
     res = {w: [] for w in counts}
     for r in range(a.repeats):  # interleaved, so slow spells of a shared machine hit each count
         for w in counts:
-            res[w].append(_views_per_s(cfg, G, a.batches, w, 100000 * (r + 1)))
-    one = _median(res[counts[0]])
+            res[w].append(_run(cfg, G, a.batches, w, 100000 * (r + 1)))
     for w in counts:
-        v = _median(res[w])
+        wall, cpu = _median([x[0] for x in res[w]]), _median([x[1] for x in res[w]])
         print(
-            f"pipeline, {w} worker process{'es' if w > 1 else ''}: {v:.0f} views/s, "
-            f"{v / max(w, 1):.0f} per worker, {v / one:.2f}x {counts[0]} "
-            f"(median of {a.repeats}: " + ", ".join(f"{x:.0f}" for x in res[w]) + ")"
+            f"pipeline, {w} worker process{'es' if w > 1 else ''}: {wall:.0f} views/s, "
+            f"{cpu:.0f} views per CPU second of all processes (median of {a.repeats}: "
+            + ", ".join(f"{x[0]:.0f}" for x in res[w])
+            + " views/s)"
         )
+    top = max(counts)
+    wall, cpu = _median([x[0] for x in res[top]]), _median([x[1] for x in res[top]])
+    cores = os.cpu_count()
     print(
-        f"cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} (other load slows these)"
+        f"cores: {cores}, load average {os.getloadavg()[0]:.1f} (other load slows these); "
+        f"with {top} workers on {cores} cores: {wall:.0f} views/s against the step's "
+        f"{a.step_views_per_s:.0f} -> {wall / a.step_views_per_s:.2f}x"
     )
-
-    it = data.train_batches(cfg, global_batch=G, seed=0)
-    for _ in range(6 * max(a.num_workers, 1)):
-        b = next(it)
-    t = time.time()
-    for _ in range(a.batches):
-        b = next(it)
-    dt = time.time() - t
-    it.close()
-    views = a.batches * G * 2
-    need = 64 / a.step_seconds * (cfg.crop_seconds / 2.0)
     print(
-        f"pipeline: {views / dt:.0f} views/s ({dt / a.batches * 1e3:.0f} ms per batch of "
-        f"{G}x2 "
-        f"views of {cfg.crop_seconds} s + noise/babble crops + RIRs; {a.num_workers} worker "
-        "processes); "
-        f"train step eats ~{need:.0f} views/s -> {views / dt / need:.1f}x"
+        f"pipeline: {cpu:.0f} views per host-core second ({cfg.crop_seconds:.2f} s views, "
+        f"noise + RIR)"
     )
     return b
 
@@ -191,28 +194,28 @@ def main():
     p.add_argument(
         "--data_dir", default=None, help="where to build (default: a fresh temporary folder)"
     )
-    p.add_argument("--batches", type=int, default=40)
-    p.add_argument("--global_batch", type=int, default=32)
-    p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument("--batches", type=int, default=8)
+    p.add_argument("--global_batch", type=int, default=256, help="the paper's: 256")
     p.add_argument(
-        "--step_seconds", type=float, default=1.8, help="train step time for 32x2 views of 2 s"
+        "--step_views_per_s",
+        type=float,
+        default=27700,
+        help="views/s the train step consumes (the paper step in bfloat16 on one H100)",
     )
     p.add_argument("--skip_folder", action="store_true")
-    p.add_argument("--worker_counts", default="1,2", help="comma-separated worker counts to time")
+    p.add_argument(
+        "--worker_counts",
+        default=f"1,{os.cpu_count()}",
+        help="comma-separated worker counts to time (default: 1 and one per core)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
     p.add_argument("--pipeline_only", action="store_true", help="the pipeline figures alone")
-    p.add_argument(
-        "--bank_cache_mb", type=int, default=None, help="override pipeline.BANK_CACHE_MB"
-    )
     a = p.parse_args()
 
     from ssv_jax import data
-    from ssv_jax.data import datasets, pipeline, prep
+    from ssv_jax.data import datasets, prep
 
-    if a.bank_cache_mb is not None:
-        pipeline.BANK_CACHE_MB = a.bank_cache_mb
     cfg = data.default_data_config()
-    cfg.num_workers = a.num_workers
     if a.pipeline_only:
         if a.data_dir:
             cfg.data_dir = a.data_dir

@@ -124,11 +124,10 @@ def bench_sample(cfg, mem, sz, b=256, d=512):
 
 def random_batch(cfg, b, t, n_train):
     rng = np.random.default_rng(0)
-    rir = np.zeros((b, 2, 1), np.float32)
-    rir[..., 0] = 1.0
+    rir = np.ones((b, 2, 1), np.int16)
     return {
-        "views": (0.1 * rng.normal(size=(b, 2, t))).astype(np.float32),
-        "noise": (0.1 * rng.normal(size=(b, 2, t))).astype(np.float32),
+        "views": (3000 * rng.normal(size=(b, 2, t))).astype(np.int16),  # int16, as the pipeline's
+        "noise": (3000 * rng.normal(size=(b, 2, t))).astype(np.int16),
         "snr_db": rng.uniform(0, 15, size=(b, 2)).astype(np.float32),
         "noise_on": np.ones((b, 2), bool),
         "rir": rir,

@@ -153,16 +153,16 @@ def peak_memory_gib():
 def random_batch(cfg, b, t):
     rng = np.random.default_rng(0)
     rir_len = int(cfg.data.augment.rir_seconds * cfg.data.sample_rate)
-    rir = np.zeros((b, 2, rir_len), np.float32)
-    rir[..., 0] = 1.0
+    rir = np.zeros((b, 2, rir_len), np.int16)
+    rir[..., 0] = 32767
     rir[..., 1:] = (
-        0.01
+        300
         * rng.normal(size=(b, 2, rir_len - 1))
         * np.exp(-np.arange(1, rir_len) / (0.05 * cfg.data.sample_rate))
-    )
+    ).astype(np.int16)
     return {
-        "views": (0.1 * rng.normal(size=(b, 2, t))).astype(np.float32),
-        "noise": (0.1 * rng.normal(size=(b, 2, t))).astype(np.float32),
+        "views": (3000 * rng.normal(size=(b, 2, t))).astype(np.int16),  # int16, as the pipeline's
+        "noise": (3000 * rng.normal(size=(b, 2, t))).astype(np.int16),
         "snr_db": rng.uniform(0, 15, size=(b, 2)).astype(np.float32),
         "noise_on": np.ones((b, 2), bool),
         "rir": rir,

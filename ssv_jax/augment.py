@@ -25,6 +25,23 @@ import numpy as np
 _TINY = 1e-10
 
 
+def pcm_to_float(x):
+    """int16 PCM -> float32 in [-1, 1) (x / 32768 exactly); float input is only cast."""
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        return x.astype(jnp.float32) * jnp.float32(2.0**-15)
+    return x.astype(jnp.float32)
+
+
+def unit_energy(h):
+    """RIRs [..., L] of any level (int16 from the pipeline) scaled to unit energy; a silent one
+    becomes a delta (no reverberation)."""
+    h = jnp.asarray(h).astype(jnp.float32)
+    e = jnp.sum(jnp.square(h), axis=-1, keepdims=True)
+    delta = jnp.zeros_like(h).at[..., 0].set(1.0)
+    return jnp.where(e > 0, h * jax.lax.rsqrt(jnp.maximum(e, _TINY)), delta)
+
+
 def _power(x):
     return jnp.mean(jnp.square(x), axis=-1, keepdims=True)
 
@@ -121,19 +138,21 @@ def augment(batch, key, aug_cfg, sample_rate: int):
     """Augmented views float32 [B, 2, T] from a train batch (see module docstring for the order).
 
     batch: the device fields of ``ssv_jax.data.batch.SPEC`` (``views`` [B, 2, T]; ``rir``
-    [B, 2, L], ``rir_on``, ``noise`` [B, 2, T], ``snr_db``, ``noise_on`` [B, 2] where present).
+    [B, 2, L], ``rir_on``, ``noise`` [B, 2, T], ``snr_db``, ``noise_on`` [B, 2] where present);
+    the audio int16 as the pipeline makes it, or float.
     aug_cfg: the data config's ``augment`` section (``enabled``, ``eq_prob``, ``eq_db``,
     ``eq_bands``, ``lowpass_prob``); sample_rate: the data's.
     """
-    x = jnp.asarray(batch["views"], jnp.float32)
+    x = pcm_to_float(batch["views"])
     if not aug_cfg.enabled:
         return x
     if "rir" in batch and batch["rir"].shape[-1] > 1:
         on = jnp.asarray(batch["rir_on"], bool)
-        x = jnp.where(on[..., None], reverberate(x, batch["rir"]), x)
+        x = jnp.where(on[..., None], reverberate(x, unit_energy(batch["rir"])), x)
     if "noise" in batch:
         on = jnp.asarray(batch["noise_on"], bool)
-        x = jnp.where(on[..., None], add_noise(x, batch["noise"], batch["snr_db"]), x)
+        noise = jnp.asarray(batch["noise"]).astype(jnp.float32)  # level-free: scaled to the SNR
+        x = jnp.where(on[..., None], add_noise(x, noise, batch["snr_db"]), x)
     prob, lp = float(aug_cfg.eq_prob), float(aug_cfg.lowpass_prob)
     if prob > 0 or lp > 0:
         x = random_eq(

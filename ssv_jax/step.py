@@ -52,7 +52,7 @@ def make_train_step(cfg, graphdef, mesh, tx, schedule, n_total: int, n_train: in
         mem = state.method_state["ssps"]
         due = (step >= s.start_step) & ((step - s.start_step) % sizes.refresh_every == 0)
         mem = jax.lax.cond(due, lambda m: ssps_lib.refresh(cfg, m, k_fit, sizes), lambda m: m, mem)
-        wave = batch["views"][:, 0]
+        wave = augment_lib.pcm_to_float(batch["views"][:, 0])
         dim = mem["ref"].shape[1]
         ref = jax.lax.cond(
             step >= sizes.fill_start,

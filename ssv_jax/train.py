@@ -34,6 +34,11 @@ class TrainingDiverged(UserError, FloatingPointError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class InputPipelineError(UserError, RuntimeError):
+    """The input pipeline failed (a data worker died, a record could not be read); the
+    checkpoints are kept."""
+
+
 def total_steps(cfg, steps_per_epoch: int) -> int:
     return (
         int(cfg.train.num_steps)
@@ -162,7 +167,18 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None, init=No
                 validate(0)  # the network at initialisation, for comparison
             while step < stop:
                 t0 = time.perf_counter()
-                local = next(batches)
+                try:
+                    local = next(batches)
+                except UserError:
+                    raise
+                except Exception as err:
+                    mgr.wait_until_finished()
+                    kept = "none yet" if last_good is None else f"step {last_good}"
+                    raise InputPipelineError(
+                        f"the input pipeline failed before step {step}: {err} The last "
+                        f"checkpoint ({kept}) is kept in {mgr.directory}; run the same command "
+                        "again to resume from it."
+                    ) from err
                 # Time blocked on the input pipeline counts as data_wait only where the device
                 # had nothing left to run (the previous step was done): an upper bound on its
                 # idle time.
@@ -198,6 +214,7 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None, init=No
                     requests.signum,
                 )
     finally:
+        batches.close()  # stops the data workers
         progress.close()
         mgr.wait_until_finished()
         writer.flush()

@@ -168,3 +168,32 @@ def test_sharded_equals_unsharded():
     out = f({k: jax.device_put(v, sh) for k, v in b.items()}, key)
     assert out.sharding.spec[0] == "data" or len(out.sharding.device_set) == len(jax.devices())
     np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_int16_batch_is_the_float_batch():
+    """The pipeline's int16 batch (views as PCM, noise and RIR at any level, a silent RIR) gives
+    what the float batch does: views / 32768, the RIR at unit energy, a silent RIR a delta."""
+    b = _batch()
+    r = np.random.default_rng(5)
+    views = (r.standard_normal(b["views"].shape) * 3000).astype(np.int16)
+    noise = (r.standard_normal(b["noise"].shape) * 9000).astype(np.int16)
+    rir = (b["rir"] * 20000).astype(np.int16)
+    rir[0, 0] = 0  # silent: no reverberation
+    pcm = dict(b, views=views, noise=noise, rir=rir)
+    h = rir.astype(np.float64)
+    e = np.sum(h**2, -1, keepdims=True)
+    h = np.where(e > 0, h / np.sqrt(np.maximum(e, 1e-30)), np.eye(h.shape[-1])[0])
+    flt = dict(
+        b,
+        views=views.astype(np.float32) / 32768,
+        noise=noise.astype(np.float32),
+        rir=h.astype(np.float32),
+    )
+    np.testing.assert_array_equal(np.asarray(aug.pcm_to_float(views)), flt["views"])
+    np.testing.assert_allclose(np.asarray(aug.unit_energy(rir)), flt["rir"], atol=1e-6)
+    key = jax.random.key(0)
+    np.testing.assert_allclose(
+        np.asarray(aug.augment(pcm, key, _cfg(), SR)),
+        np.asarray(aug.augment(flt, key, _cfg(), SR)),
+        atol=1e-5,
+    )

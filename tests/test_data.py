@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import runpy
+import shutil
+import signal
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -267,11 +272,11 @@ def test_crops_in_bounds_and_distinct(syn_dir, overlap):
     src = datasets.open_dataset(cfg, "synthetic").source("train")
     T = int(cfg.crop_seconds * 16000)
     for b in _batches(cfg, 3):
-        assert b["views"].shape == (4, 2, T) and b["views"].dtype == np.float32
+        assert b["views"].shape == (4, 2, T) and b["views"].dtype == np.int16
         assert b["noise"].shape == (4, 2, T) and b["rir"].shape == (4, 2, 800)
         for s, i in enumerate(b["index"]):
-            x = src[int(i)]["audio"].astype(np.float32) / 32768.0
-            x = pipeline.wrap_pad(x, T if overlap else 2 * T)
+            x = src[int(i)]["audio"]
+            x = np.resize(x, max(x.size, T if overlap else 2 * T))
             a0, a1 = b["crop_start"][s]
             assert 0 <= a0 <= x.size - T and 0 <= a1 <= x.size - T
             np.testing.assert_array_equal(b["views"][s, 0], x[a0 : a0 + T])
@@ -285,9 +290,21 @@ def test_short_utterances_wrap_padded(syn_dir):
     cfg = tiny_cfg(syn_dir, crop_seconds=1.0)  # 2 crops = 2 s > every utterance (<= 1.2 s)
     b = _batches(cfg, 1)[0]
     src = datasets.open_dataset(cfg, "synthetic").source("train")
-    x = src[int(b["index"][0])]["audio"].astype(np.float32) / 32768.0
+    x = src[int(b["index"][0])]["audio"]
     a = b["crop_start"][0, 0]
     np.testing.assert_array_equal(b["views"][0, 0], np.resize(x, 32000)[a : a + 16000])
+
+
+def _babble_reference(build, bank, d, s, v, T):
+    """Float64 babble of view (s, v) from the batch's draws: unit-RMS clips summed, peak-scaled."""
+    mix = np.zeros(T)
+    for j in range(int(d["babble"][s, v])):
+        x = bank.audio(min(int(d["clip"][s, v, j] * len(bank)), len(bank) - 1)).astype(np.float64)
+        m = max(x.size, T)
+        at = min(int(d["clip_at"][s, v, j] * (m - T + 1)), m - T)
+        c = np.resize(x, m)[at : at + T]
+        mix += c / (np.sqrt(np.mean(c**2)) + 1e-8)
+    return mix * 32767.0 / np.max(np.abs(mix))
 
 
 def test_augmentation_inputs(syn_dir):
@@ -302,12 +319,21 @@ def test_augmentation_inputs(syn_dir):
         assert np.all((snr[cat == c] >= lo) & (snr[cat == c] <= hi))
     rir_on = np.concatenate([b["rir_on"].ravel() for b in bs])
     rir = np.concatenate([b["rir"].reshape(-1, 800) for b in bs])
-    assert 0 < rir_on.mean() < 1
-    np.testing.assert_allclose(np.sum(rir[rir_on] ** 2, 1), 1.0, rtol=1e-5)
-    assert np.all(np.argmax(np.abs(rir[rir_on]), 1) == 0)
+    assert 0 < rir_on.mean() < 1 and rir.dtype == np.int16
+    assert np.all(np.argmax(np.abs(rir[rir_on]), 1) == 0)  # sliced from its peak
     np.testing.assert_array_equal(rir[~rir_on], np.eye(800)[[0] * int((~rir_on).sum())])
     noise = np.concatenate([b["noise"].reshape(-1, b["noise"].shape[-1]) for b in bs])
-    assert np.all(np.sqrt(np.mean(noise**2, 1)) > 0)
+    assert np.all(np.abs(noise).max(1) > 0)
+    # babble against a float64 reference, to within the int16 truncation
+    build = pipeline.builder_for(cfg, global_batch=8, seed=3, process_index=0, process_count=1)
+    T, n = build.T, 0
+    for k, b in enumerate(bs):
+        d = build._draws(k)
+        for s, v in zip(*np.nonzero(b["noise_category"] == 1)):
+            ref = _babble_reference(build, build.noise["speech"], d, s, v, T)
+            np.testing.assert_allclose(b["noise"][s, v], ref, atol=1.01)
+            n += 1
+    assert n > 0
 
 
 def test_deterministic_for_a_seed(syn_dir):
@@ -318,8 +344,9 @@ def test_deterministic_for_a_seed(syn_dir):
     assert not np.array_equal(a[0]["views"], c[0]["views"])
 
 
-def _worker_pids():
-    """Live worker subprocesses of this process (Linux /proc)."""
+def _worker_pids(parent=None):
+    """Live (not zombie) spawned worker processes of ``parent`` (default: this one)."""
+    parent = os.getpid() if parent is None else parent
     pids = []
     for d in os.listdir("/proc"):
         try:
@@ -330,94 +357,169 @@ def _worker_pids():
         except (OSError, ValueError):
             continue
         fields = stat.rsplit(")", 1)[-1].split()
-        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"ssv_jax.data.workers" in cmd:
+        if int(fields[1]) == parent and fields[0] != "Z" and b"spawn_main" in cmd:
             pids.append(int(d))
     return pids
 
 
+def _gone(pids, seconds=20.0):
+    """Whether every pid has exited (or is a zombie) within ``seconds``."""
+    t = time.time()
+    while time.time() - t < seconds:
+        alive = []
+        for p in pids:
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    if f.read().rsplit(")", 1)[-1].split()[0] != "Z":
+                        alive.append(p)
+            except OSError:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _in_slot(batch) -> bool:
+    """Whether the batch's arrays are a worker's reused shared-memory slot (no copy)."""
+    import mmap
+
+    v = batch["views"]
+    mv = getattr(v.base, "base", None)
+    return type(v) is np.ndarray and isinstance(mv, memoryview) and isinstance(mv.obj, mmap.mmap)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="memfd slots and /proc")
 def test_worker_processes_match_plain(syn_dir):
     """1 or 2 worker processes give the plain batches bit for bit: across an epoch boundary,
-    with shared-memory slots reused (every field rewritten: noise and RIR half on, half off),
-    whether the consumer keeps every batch (the first ones zero-copy, which later builds must
-    not touch, then copies) or drops each one after the next (zero-copy throughout), and for
-    process 1 of 2. Closing the iterator ends the workers."""
+    with slots reused (every field rewritten: noise and RIR half on, half off), whether the
+    consumer keeps every batch (the first ones in slots, which later builds must not touch, then
+    plain arrays) or drops each one after the next (slots throughout), and for process 1 of 2.
+    Closing the iterator ends the workers."""
     cfg = tiny_cfg(syn_dir)
     cfg.augment.noise_prob = cfg.augment.rir_prob = 0.5
     kw = dict(start_step=4, global_batch=4)  # 6 steps per epoch
-    plain = _batches(cfg, 6, **kw)
+    plain = _batches(cfg, 8, **kw)
     assert {bool(b["noise_on"].all()) for b in plain} == {False}
-    kept = _batches(tiny_cfg(syn_dir, num_workers=1, prefetch=1, augment=cfg.augment), 6, **kw)
-    assert [b["views"].flags.owndata for b in kept] == [False, False] + [True] * 4
+    kept = _batches(tiny_cfg(syn_dir, num_workers=1, prefetch=1, augment=cfg.augment), 8, **kw)
+    assert [_in_slot(b) for b in kept] == [True] * 4 + [False] * 4  # 1 + 3 slots
     it = data.train_batches(
         tiny_cfg(syn_dir, num_workers=2, prefetch=2, augment=cfg.augment), seed=3, **kw
     )
     dropped = []
-    for _ in range(6):
+    for _ in range(8):
         b = next(it)  # the previous batch is dropped only now, as in a training loop
-        assert not b["views"].flags.owndata
+        assert _in_slot(b)
         dropped.append({k: v.copy() for k, v in b.items()})
     del b
     for x, y, z in zip(plain, kept, dropped):
         _eq(x, y)
         _eq(x, z)
-    if sys.platform.startswith("linux"):
-        assert len(_worker_pids()) == 2
-        it.close()
-        assert _worker_pids() == []
+    pids = _worker_pids()
+    assert len(pids) == 2
+    it.close()
+    assert _gone(pids)
     kw.update(process_index=1, process_count=2)
     shard = _batches(tiny_cfg(syn_dir, num_workers=2, augment=cfg.augment), 2, **kw)
     for x, y in zip(_batches(cfg, 2, **kw), shard):
         _eq(x, y)
 
 
-def test_records_read_the_audio_tfds_decodes(syn_dir):
-    """pipeline.Records (array_record + the Example's audio, no TensorFlow) == TFDS's decode."""
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+def test_a_dead_worker_stops_the_iterator(syn_dir):
+    it = data.train_batches(tiny_cfg(syn_dir, num_workers=2), global_batch=4, seed=3)
+    next(it)
+    os.kill(_worker_pids()[0], signal.SIGKILL)
+    with pytest.raises(RuntimeError, match="terminated"):
+        for _ in range(1000):
+            next(it)
+    it.close()
+
+
+_TRAINER = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from test_data import tiny_cfg
+from ssv_jax import data
+if __name__ == "__main__":
+    it = data.train_batches(tiny_cfg({d!r}, num_workers=2), global_batch=4, seed=3)
+    next(it)
+    print("ready", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+def test_workers_exit_when_their_trainer_is_killed(syn_dir, tmp_path):
+    script = tmp_path / "trainer.py"
+    script.write_text(_TRAINER.format(tests=os.path.dirname(__file__), d=str(syn_dir)))
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        pids = _worker_pids(p.pid)
+        assert len(pids) == 2
+        p.kill()
+        p.wait(timeout=30)
+        assert _gone(pids)
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
+def test_flat_copy_is_what_tfds_decodes(syn_dir, tmp_path, monkeypatch):
+    from ssv_jax.data import pcm
+
     cfg = tiny_cfg(syn_dir)
     for name, split in (("synthetic", "train+test"), ("synthetic_noise", "speech")):
         ds = datasets.open_dataset(cfg, name)
-        recs, src = pipeline.Records(ds, split), ds.source(split)
-        assert len(recs) == len(src) > 0
+        flat, src = pcm.flat_pcm(ds, split), ds.source(split)
+        assert len(flat) == len(src) > 0 and flat.data_path.startswith(str(ds.dir))
         for i in range(len(src)):
-            a = recs.audio(i)
+            a = flat.audio(i)
             assert a.dtype == np.int16
             np.testing.assert_array_equal(a, src[i]["audio"])
-    with pytest.raises(KeyError):
-        records.example_audio(b"\n\x00")  # an Example without features
+    # a dataset directory that cannot be written to: the copy goes to the cache
+    monkeypatch.setattr(pcm.os, "access", lambda *a: False)
+    monkeypatch.setattr(pcm, "CACHE_DIR", str(tmp_path / "cache"))
+    ds = datasets.open_dataset(cfg, "synthetic")
+    flat = pcm.flat_pcm(ds, "test")
+    assert flat.data_path.startswith(str(tmp_path / "cache"))
+    np.testing.assert_array_equal(flat.audio(3), ds.source("test")[3]["audio"])
 
 
-def test_bank_cache_changes_nothing(syn_dir, monkeypatch):
-    cfg = tiny_cfg(syn_dir)
-    cached = _batches(cfg, 3, global_batch=8)
-    monkeypatch.setattr(pipeline, "BANK_CACHE_MB", 0)  # every draw read from disk
-    stream = pipeline.TrainStream(cfg, global_batch=8, seed=3, process_index=0, process_count=1)
-    assert not stream.spec.rir_cache and not any(stream.spec.noise_cache.values())
-    for k, b in enumerate(cached):
-        _eq(stream.batch(k), b)
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_a_damaged_record_file_is_named(syn_dir, tmp_path, damage):
+    from ssv_jax.data import pcm
+
+    shutil.copytree(
+        syn_dir / "synthetic", tmp_path / "synthetic", ignore=shutil.ignore_patterns("pcm")
+    )
+    (f,) = (tmp_path / "synthetic").glob("*/synthetic-train.array_record*")
+    raw = bytearray(f.read_bytes())
+    if damage == "truncated":
+        raw = raw[: len(raw) // 2]
+    else:
+        raw[len(raw) // 4 : len(raw) // 2] = bytes(
+            b ^ 0x5A for b in raw[len(raw) // 4 : len(raw) // 2]
+        )
+    f.write_bytes(bytes(raw))
+    ds = records.Dataset(records.find_version_dir(str(tmp_path), "synthetic"))
+    with pytest.raises(pcm.DamagedRecordError, match=re.escape(str(f))):
+        pcm.flat_pcm(ds, "train")
+    assert not list((tmp_path / "synthetic").glob("*/pcm/train.*"))  # nothing half-written
 
 
-def test_worker_pool_errors():
-    from ssv_jax.data.workers import WorkerError, WorkerPool
+def _square(x):
+    return x * x
 
-    pool = WorkerPool("operator:itemgetter", [1])  # handler = itemgetter(1)
-    try:
-        pool.submit(0, ("a", "b"))
-        pool.submit(0, 5)  # raises in the worker: answered, the worker goes on
-        pool.submit(0, [7, 8])
-        assert pool.result(0) == "b"
-        err = pool.result(0)
-        assert isinstance(err, WorkerError) and "TypeError" in err.message
-        assert pool.result(0) == 8
-        pool.procs[0].kill()
-        with pytest.raises(RuntimeError, match="died"):
-            pool.result(0)
-    finally:
-        pool.close()
-    bad = WorkerPool("ssv_jax.data.pipeline:_batch_worker", [None])  # setup fails: its traceback
-    try:
-        with pytest.raises(RuntimeError, match="TypeError"):
-            bad.result(0)
-    finally:
-        bad.close()
+
+def test_ordered_map():
+    from ssv_jax.data.pool import WorkerError, ordered_map
+
+    assert list(ordered_map(_square, range(20), 2)) == [x * x for x in range(20)]
+    got = list(ordered_map(_square, [2, "a", 3], 2))
+    assert got[0] == 4 and got[2] == 9
+    assert isinstance(got[1], WorkerError) and "TypeError" in got[1].message
 
 
 def test_process_sharding_disjoint_and_complete(syn_dir):
@@ -512,8 +614,7 @@ def test_musan_and_rir_banks_feed_the_pipeline(syn_dir, tmp_path):
     cat = np.concatenate([b["noise_category"].ravel() for b in bs])
     assert set(cat) == {0, 1, 2}
     rir = np.concatenate([b["rir"].reshape(-1, 800) for b in bs])
-    np.testing.assert_allclose(np.sum(rir**2, 1), 1.0, rtol=1e-5)
-    assert np.all(np.argmax(np.abs(rir), 1) == 0)
+    assert np.all(np.argmax(np.abs(rir), 1) == 0) and np.all(np.abs(rir).max(1) > 1)
     cfg.augment.categories = ("noise", "applause")
     with pytest.raises(ValueError, match="applause"):
         _batches(cfg, 1)

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -139,7 +140,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monke
     def poisoned(*args, start_step=0, **kw):  # NaN audio from step 2 on (e.g. a corrupt file)
         for k, b in enumerate(real(*args, start_step=start_step, **kw), start_step):
             if k >= 2:
-                b = dict(b, views=np.full_like(b["views"], np.nan))
+                b = dict(b, views=np.full(b["views"].shape, np.nan, np.float32))
             yield b
 
     monkeypatch.setattr(train_lib.data_lib, "train_batches", poisoned)
@@ -151,6 +152,43 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monke
     assert mgr.all_steps() == [1, 2]  # nothing saved after the NaN
     st = mgr.restore(2)
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(st["params"]))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+def test_a_dead_data_worker_stops_training_with_checkpoints_intact(data_dir, tmp_path, monkeypatch):
+    cfg = tiny_config(data_dir)
+    cfg.data.num_workers, cfg.train.checkpoint_every, cfg.train.num_steps = 2, 1, 40
+    real = data_lib.train_batches
+
+    def dying(*args, **kw):  # a worker is killed (e.g. by the OOM killer) after two steps
+        for k, b in enumerate(real(*args, **kw)):
+            if k == 2:
+                for pid in _children():
+                    os.kill(pid, signal.SIGKILL)
+            yield b
+
+    monkeypatch.setattr(train_lib.data_lib, "train_batches", dying)
+    with pytest.raises(train_lib.InputPipelineError, match="terminated") as err:
+        train_lib.train(cfg, str(tmp_path / "dead"))
+    kept = int(re.search(r"last checkpoint \(step (\d+)\)", str(err.value)).group(1))
+    mgr = checkpoints.manager(str(tmp_path / "dead"), cfg)
+    assert 2 <= kept < 40 and mgr.latest_step() == kept  # the batches built before, then a stop
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(mgr.restore(kept)))
+
+
+def _children():
+    """Spawned worker processes of this process."""
+    pids = []
+    for d in os.listdir("/proc"):
+        try:
+            stat = open(f"/proc/{d}/stat").read()
+            cmd = open(f"/proc/{d}/cmdline", "rb").read()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[-1].split()[1]) == os.getpid() and b"spawn_main" in cmd:
+            pids.append(int(d))
+    return pids
 
 
 @pytest.mark.slow

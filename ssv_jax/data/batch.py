@@ -3,7 +3,8 @@
 Shapes are in terms of B (utterances of this process), T (samples per view:
 ``crop_seconds * sample_rate``) and L (RIR samples: ``augment.rir_seconds * sample_rate``,
 1 without an RIR bank). ``DEVICE_FIELDS`` are what the jitted train step consumes
-(``ssv_jax.augment``); the others are host-side bookkeeping, kept for tests and inspection.
+(``ssv_jax.augment``, which converts the int16 audio to float32 there: half the bytes of
+float32 cross to the device); the others are host-side bookkeeping, kept for tests and inspection.
 """
 
 from __future__ import annotations
@@ -22,15 +23,17 @@ class Field:
 
 
 SPEC: dict[str, Field] = {
-    "views": Field(("B", 2, "T"), np.float32, True, "the two crops of each utterance, in [-1, 1]"),
-    "noise": Field(("B", 2, "T"), np.float32, True, "noise crop per view (zeros where off)"),
+    "views": Field(("B", 2, "T"), np.int16, True, "the two crops of each utterance, int16 PCM"),
+    "noise": Field(
+        ("B", 2, "T"), np.int16, True, "noise crop per view, any level (zeros where off)"
+    ),
     "snr_db": Field(("B", 2), np.float32, True, "SNR at which to add it"),
     "noise_on": Field(("B", 2), np.bool_, True, "whether the view gets noise"),
     "rir": Field(
         ("B", 2, "L"),
-        np.float32,
+        np.int16,
         True,
-        "unit-energy RIR, direct path at index 0 (a delta where off)",
+        "RIR from its peak (the direct path) at index 0, any level (a delta where off)",
     ),
     "rir_on": Field(("B", 2), np.bool_, True, "whether the view is reverberated"),
     "noise_category": Field(

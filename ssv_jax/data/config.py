@@ -35,11 +35,12 @@ def default_data_config() -> ml_collections.ConfigDict:
         wrap-padded to at least 2 crops.
       seed: data seed (the ``seed`` argument of train_batches overrides it
         when given).
-      num_workers: batch-building worker processes (0: each batch is built in
-        the calling thread when asked for). Each worker is about one host core;
-        batches are identical whatever the number (ssv_jax.data.pipeline).
-      prefetch: batches built ahead with num_workers > 0: at most
-        max(prefetch, num_workers), each in shared memory of one batch's size.
+      num_workers: batch-building worker processes (Grain's; 0: each batch is
+        built in the calling thread when asked for). Each worker is about one
+        host core; batches are identical whatever the number
+        (ssv_jax.data.pipeline).
+      prefetch: batches each worker keeps built ahead (num_workers > 0); each
+        worker holds prefetch + 3 reused shared-memory slots of one batch.
       (Utterances shorter than what the crops need are wrap-padded, never
       dropped; zero-length files never reach a dataset: data_prep skips them.)
       augment: see below.
@@ -81,7 +82,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.overlap = False
     c.seed = 0
     c.num_workers = 2
-    c.prefetch = 2
+    c.prefetch = 1
 
     a = c.augment = ml_collections.ConfigDict()
     a.enabled = True

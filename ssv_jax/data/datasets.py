@@ -12,8 +12,8 @@ from typing import Iterator
 import numpy as np
 
 from ssv_jax.data import builder, records, synthetic, writer
+from ssv_jax.data.pool import WorkerError, ordered_map
 from ssv_jax.data.trials import Trials, parse_trials, resolve_ids
-from ssv_jax.data.workers import WorkerError, parallel_map
 from ssv_jax.errors import UserError
 from ssv_jax.progress import track
 
@@ -23,7 +23,6 @@ SYNTHETIC = "synthetic"
 SYNTHETIC_NOISE = "synthetic_noise"
 SYNTHETIC_RIRS = "synthetic_rirs"
 _SIZE_FILE = "synthetic_size.json"
-_SYN = "ssv_jax.data.synthetic:"
 _lock = threading.Lock()
 _open: dict = {}
 
@@ -54,12 +53,12 @@ def size_from_config(data_cfg) -> synthetic.CorpusSize:
     return synthetic.CorpusSize(**{k: s[k] for k in fields if k in s})
 
 
-def _results(fn_path, items, num_workers, desc):
-    """Ordered results of ``fn_path`` over ``items`` in worker subprocesses; worker errors raise."""
-    results = parallel_map(fn_path, items, num_workers)
+def _results(fn, items, num_workers, desc):
+    """Ordered results of ``fn`` over ``items`` in worker processes; worker errors raise."""
+    results = ordered_map(fn, items, num_workers)
     for r in track(results, desc, len(items), unit="file"):
         if isinstance(r, WorkerError):
-            raise RuntimeError(f"{fn_path} failed: {r.message}")
+            raise RuntimeError(f"{fn.__module__}.{fn.__name__} failed: {r.message}")
         yield r
 
 
@@ -83,7 +82,7 @@ def build_synthetic(
 
         def split_fn(split):
             return lambda: _results(
-                _SYN + "render_utterance",
+                synthetic.render_utterance,
                 [(size, row) for row in plans[split]],
                 num_workers,
                 f"{SYNTHETIC}/{split}",
@@ -106,7 +105,7 @@ def build_synthetic(
 
         def bank_fn(cat):
             return lambda: _results(
-                _SYN + "render_noise",
+                synthetic.render_noise,
                 [(size, cat, i) for i in range(counts[cat])],
                 num_workers,
                 f"{SYNTHETIC_NOISE}/{cat}",
@@ -130,7 +129,7 @@ def build_synthetic(
                 data_dir,
                 {
                     "train": lambda: _results(
-                        _SYN + "render_rir",
+                        synthetic.render_rir,
                         [(size, i) for i in range(size.rirs)],
                         num_workers,
                         f"{SYNTHETIC_RIRS}/train",

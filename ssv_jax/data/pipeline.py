@@ -1,50 +1,40 @@
-"""Training input pipeline: two random crops per utterance plus each view's augmentation inputs.
+"""Training input pipeline: two random crops per utterance plus each view's augmentation inputs,
+built on the host as int16 and handed to the device (``ssv_jax.augment`` converts them).
 
-Determinism and resume: batch k is a pure function of (seed, k), computed
-from scratch, so starting at ``start_step=s`` yields exactly batches s, s+1, ...
-of an uninterrupted run, with nothing to skip or restore:
+Determinism and resume: batch k is a pure function of (seed, k), built from scratch by
+``BatchBuilder(k)``, so starting at ``start_step=s`` yields exactly batches s, s+1, ... of an
+uninterrupted run, with no iterator state to save or restore:
 
-* epoch e = k // steps_per_epoch uses the permutation
-  ``default_rng([seed, 7, e]).permutation(N)`` of the split's N records
-  (random access: the datasets are array_record);
-* global batch k is positions [j*G, (j+1)*G) of that permutation
-  (j = k mod steps_per_epoch, G = global batch; the last N mod G records of
-  an epoch are left out of that epoch only);
-* process p of P takes slots [p*G/P, (p+1)*G/P) (disjoint, and together
-  complete), and reads only those records;
-* every random draw for a slot (crop offsets, noise category, clips, crops,
-  SNR, RIR, on/off) comes from ``default_rng([seed, 11, k, slot])`` with the
-  GLOBAL slot index, so the global batch does not depend on the number of
-  processes.
+* the record order is Grain's ``MapDataset.range(N).shuffle(seed).repeat()`` (a new permutation
+  of the N records every epoch, computed per index, so nothing is materialised); global batch k
+  is its positions [k*G, (k+1)*G) with k counted over whole epochs (epoch e = k // steps_per_epoch
+  starts at position e*N; the last N mod G records of an epoch are left out of that epoch only);
+* process p of P takes rows [p*G/P, (p+1)*G/P) of it and reads only those records;
+* every random draw of the batch (crop offsets, noise on/off, category, SNR, clips and their
+  offsets, babble size, RIR on/off and which) comes from one ``default_rng([seed, 11, k])``
+  drawn for all G rows, then sliced: the global batch does not depend on the number of processes.
 
-Workers: ``num_workers`` = 0 builds each batch in the calling thread when it is
-asked for. ``num_workers`` = W > 0 builds them ahead in W worker subprocesses
-(``prefetch``; each runs ``_batch_worker``). Batches are the same whatever W (each is a pure
-function of (seed, k)). The workers read the array_record files directly,
-without TensorFlow (``records.Records``), so they start in a fraction of a second.
+Workers: ``num_workers`` = 0 builds each batch in the calling thread when it is asked for; W > 0
+builds them ahead in W spawned Grain worker processes (``mp_prefetch``: worker w builds steps
+start+w, start+w+W, ...), each into a reused shared-memory slot (``ssv_jax.data.slots``). The
+batches are the same whatever W. The audio is read from flat int16 copies of the splits
+(``ssv_jax.data.pcm``), memory-mapped: a crop is a slice, and the page cache holds each file
+once per host however many workers read it.
 
-Crops: two views per utterance, overlapping or not (``crops``).
-
-Augmentation inputs per view (consumed by ssv_jax.augment on the device):
-a noise crop of the view's length from a category drawn uniformly
-(speech = babble, the sum of 3-7 speech clips each at unit RMS), the SNR drawn
-from that category's range, and an RIR trimmed to start at its peak (direct
-path), normalised to unit energy, truncated/zero-padded to L samples.
-A bank split whose decoded audio fits ``BANK_CACHE_MB`` (the embedded banks: 25 MB
-of noise clips in three splits, 13 MB of normalised RIRs) is kept in memory by each
-builder process after its first read of each record; bigger ones (MUSAN: about
-12 GB of int16 audio; 60,000 simulated RIRs: about 4 GB normalised) are read and
-decoded on every draw, which costs a builder about three times as much per view
-(bench/bench_data.py --bank_cache_mb=0).
+Augmentation inputs per view: a noise crop of the view's length from a category drawn uniformly
+(speech = babble: 3-7 speech clips, each at unit RMS, summed and scaled by its peak to the int16
+range), the SNR drawn from that category's range, and an RIR from its peak (the direct path)
+truncated or zero-padded to L samples (the device normalises it to unit energy). Where a view has
+no noise, its noise is zeros; with no RIR, its RIR is a delta.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import logging
-import mmap
+import functools
 import os
+import signal
+import sys
 import threading
 import time
 from typing import Iterator
@@ -52,35 +42,27 @@ from typing import Iterator
 import numpy as np
 
 from ssv_jax.data import batch as batch_spec
-from ssv_jax.data.crops import _pcm, crop_pair, wrap_pad
-from ssv_jax.data.prefetch import _parallel_batches, _slot_arrays
-from ssv_jax.data.records import Records
-
-log = logging.getLogger("ssv_jax.data")
+from ssv_jax.data import slots
 
 CATEGORY_IDS = {"noise": 0, "speech": 1, "music": 2}
 
-# Per bank split and per builder process: a noise-bank split whose int16 audio, or an RIR bank
-# whose normalised float32 RIRs (records x L x 4 bytes), fit this many MiB is cached in memory
-# (so each worker holds at most this times the number of cached splits).
-BANK_CACHE_MB = 256
+
+class WorkerDied(RuntimeError):
+    """A data worker process ended while the trainer still needed its batches."""
 
 
 def _check_batch(global_batch: int, process_count: int) -> int:
     if global_batch <= 0 or global_batch % process_count:
         raise ValueError(
             f"global_batch {global_batch} does not split over {process_count} processes; use a "
-            "positive "
-            f"multiple of {process_count}."
+            f"positive multiple of {process_count}."
         )
     return global_batch // process_count
 
 
 def steps_per_epoch(data_cfg, global_batch: int) -> int:
     """Full global batches in one epoch of the training split (the remainder is dropped)."""
-    # Not at import: the worker processes import this module to build batches, and need none of
-    # the dataset finding and building (it loads scipy and the corpus generator).
-    from ssv_jax.data import datasets
+    from ssv_jax.data import datasets  # not at import: it loads TFDS (the workers need none)
 
     ds = datasets.open_dataset(data_cfg, data_cfg.name)
     split = datasets.train_split(data_cfg)
@@ -93,283 +75,281 @@ def steps_per_epoch(data_cfg, global_batch: int) -> int:
     return n // global_batch
 
 
-# ----------------------------------------------------------------------------- the builder
+def _shuffle_seed(seed: int) -> int:
+    """Grain's shuffle takes a 32-bit seed; any int seed maps to one."""
+    return int(np.random.SeedSequence([int(seed), 7]).generate_state(1)[0])
+
+
+def _index(u: np.ndarray, n) -> np.ndarray:
+    """Uniform floats in [0, 1) -> ints in [0, n) (n broadcastable)."""
+    return np.minimum((u * n).astype(np.int64), np.asarray(n, np.int64) - 1)
+
+
+def _crop(x: np.ndarray, start: int, out: np.ndarray) -> None:
+    """``out[:] = x[start : start + T]`` of ``x`` repeated cyclically (wrap-padding)."""
+    T, n = out.shape[-1], x.size
+    if n == 0:
+        out[:] = 0
+    elif start + T <= n:
+        out[:] = x[start : start + T]
+    else:
+        np.take(x, np.arange(start, start + T), out=out, mode="wrap")
+
+
+# Where the builder puts a batch: a worker's ring of reused shared-memory slots (set up by
+# _worker_init), else new arrays.
+_RING_SLOTS = 0
+_RING: slots.Ring | None = None
+
+
+def _empty(B: int, T: int, L: int):
+    """(what the builder returns, the arrays it writes): a ring slot's handle and arrays where a
+    slot is free, else a new batch."""
+    global _RING
+    if _RING_SLOTS and slots.supported():
+        if _RING is None or _RING.shape != (B, T, L):
+            _RING = slots.Ring(_RING_SLOTS, B, T, L)
+        got = _RING.acquire()
+        if got is not None:
+            return got
+    out = {k: np.empty(s, batch_spec.SPEC[k].dtype) for k, s in batch_spec.shapes(B, T, L).items()}
+    return out, out
 
 
 @dataclasses.dataclass
-class StreamSpec:
-    """Everything a builder needs, picklable (sent to the worker processes)."""
+class BatchBuilder:
+    """``builder(k)``: this process's part of global batch k (see the module docstring). Picklable
+    (sent to the worker processes), with the flat copies of the splits it reads."""
 
     seed: int
-    pi: int
-    pc: int
-    G: int
-    B: int
-    N: int
+    process_index: int
+    process_count: int
+    global_batch: int
     steps_per_epoch: int
-    T: int
-    L: int
+    T: int  # samples per view
+    L: int  # RIR samples (1: no RIR bank)
     overlap: bool
-    src: Records
-    noise_src: dict  # category -> Records
-    noise_cache: dict  # category -> bool (cache the bank's clips)
-    noise_p: float
-    rir_src: Records | None
-    rir_cache: bool
-    rir_p: float
-    snr: dict
-    babble: tuple
-    cats: tuple
+    utterances: object  # pcm.PCM of the training split
+    noise: dict  # category -> pcm.PCM, in augment.categories order
+    rirs: object  # pcm.PCM or None
+    noise_prob: float
+    rir_prob: float
+    snr: dict  # category -> (low, high) dB
+    babble: tuple  # (min, max) clips
 
-
-# The builder's parts, as TrainStream.timings names them.
-_PARTS = ("read utterances", "crop views", "noise clips: read", "noise: draw + crop + babble mix")
-_PARTS += ("RIR: read + normalise", "rng + bookkeeping")
-
-
-class TrainStream:
-    """Builds batch k of this process from scratch (see the module docstring).
-
-    ``timings``: set it to a dict to accumulate the builder's seconds per part (``_PARTS``)."""
-
-    def __init__(
-        self, data_cfg, *, global_batch: int, seed: int, process_index: int, process_count: int
-    ):
-        pi, pc = int(process_index), int(process_count)
-        if not 0 <= pi < pc:
-            raise ValueError(f"process_index {pi} is not in [0, {pc}).")
-        G = int(global_batch)
-        B = _check_batch(G, pc)
-        from ssv_jax.data import datasets  # not at import (see steps_per_epoch)
-
-        dsets = datasets.ensure_dataset(data_cfg)
-        ds = dsets[data_cfg.name]
-        split = datasets.train_split(data_cfg)
-        sr = int(data_cfg.sample_rate)
-        T = int(round(data_cfg.crop_seconds * sr))
-        if T <= 0:
-            raise ValueError(f"crop_seconds={data_cfg.crop_seconds} gives no samples.")
-        aug = data_cfg.augment
-        on = bool(aug.enabled)
-        budget = BANK_CACHE_MB * 2**20
-        noise_src, noise_cache = {}, {}
-        if on and aug.noise_bank:
-            bank = dsets[aug.noise_bank]
-            for cat in aug.categories:
-                if cat not in CATEGORY_IDS:
-                    raise ValueError(
-                        f"augment.categories: unknown category {cat!r}; use noise, speech, music."
-                    )
-                if cat not in bank.splits:
-                    raise ValueError(
-                        f"noise bank {aug.noise_bank!r} ({bank.dir}) has no split {cat!r}; it has "
-                        f"{bank.splits}. Remove {cat!r} from augment.categories or rebuild the "
-                        "bank."
-                    )
-                noise_src[cat] = Records(bank, cat)
-                noise_cache[cat] = 2 * sum(r[3] for r in bank.index(cat)) <= budget
-        rir_src = Records(dsets[aug.rir_bank], "train") if on and aug.rir_bank else None
-        L = int(round(aug.rir_seconds * sr)) if rir_src is not None else 1
-        self.spec = StreamSpec(
-            seed=int(seed),
-            pi=pi,
-            pc=pc,
-            G=G,
-            B=B,
-            N=ds.num_records(split),
-            steps_per_epoch=steps_per_epoch(data_cfg, G),
-            T=T,
-            L=L,
-            overlap=bool(data_cfg.overlap),
-            src=Records(ds, split),
-            noise_src=noise_src,
-            noise_cache=noise_cache,
-            noise_p=float(aug.noise_prob) if noise_src else 0.0,
-            rir_src=rir_src,
-            rir_cache=rir_src is not None and len(rir_src) * L * 4 <= budget,
-            rir_p=float(aug.rir_prob) if rir_src is not None else 0.0,
-            snr={c: tuple(map(float, aug[f"snr_{c}"])) for c in CATEGORY_IDS},
-            babble=tuple(int(b) for b in aug.babble),
-            cats=tuple(noise_src),
-        )
+    def __post_init__(self):
+        self.B = _check_batch(self.global_batch, self.process_count)
         self._setup()
 
-    @classmethod
-    def from_spec(cls, spec: StreamSpec) -> TrainStream:
-        self = cls.__new__(cls)
-        self.spec = spec
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
         self._setup()
-        return self
 
     def _setup(self):
-        s = self.spec
-        self.seed, self.pi, self.pc, self.G, self.B = s.seed, s.pi, s.pc, s.G, s.B
-        self.N, self.steps_per_epoch, self.T, self.L = s.N, s.steps_per_epoch, s.T, s.L
-        self.overlap = s.overlap
-        self.src, self.noise_src, self.rir_src = s.src, s.noise_src, s.rir_src
-        self.noise_p, self.rir_p, self.snr, self.babble, self.cats = (
-            s.noise_p,
-            s.rir_p,
-            s.snr,
-            s.babble,
-            s.cats,
-        )
-        self._noise_cache = {c: {} for c, on in s.noise_cache.items() if on}
-        self._rir_cache = {} if s.rir_cache else None
-        self._scratch = None
-        self._orders: collections.OrderedDict = collections.OrderedDict()
-        self._lock = threading.Lock()
-        self.timings: dict | None = None
-
-    # -- order ------------------------------------------------------------------------------------
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        with self._lock:
-            return self._epoch_order(epoch)
-
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:
-            self._orders[epoch] = np.random.default_rng([self.seed, 7, epoch]).permutation(self.N)
-            while len(self._orders) > 3:
-                self._orders.popitem(last=False)
-        return self._orders[epoch]
+        self._order = None  # the Grain record order, made on first use (in each process)
+        self._peaks: dict = {}  # RIR index -> sample of its peak
+        self._lengths = self.utterances.lengths
+        self._cats = tuple(self.noise)
 
     def indices(self, step: int) -> np.ndarray:
-        """Record indices of this process's slots of global batch ``step``."""
+        """Record indices of this process's rows of global batch ``step``."""
+        if self._order is None:
+            import grain  # not at import: loading it costs a second, and a config check needs none
+
+            n = len(self.utterances)
+            self._order = grain.MapDataset.range(n).shuffle(seed=_shuffle_seed(self.seed)).repeat()
         epoch, j = divmod(int(step), self.steps_per_epoch)
-        start = j * self.G + self.pi * self.B
-        return self.epoch_order(epoch)[start : start + self.B]
+        start = epoch * len(self.utterances) + j * self.global_batch + self.process_index * self.B
+        return np.array([self._order[p] for p in range(start, start + self.B)], np.int64)
 
-    # -- augmentation inputs ----------------------------------------------------------------------
-    def _tick(self, part: str, t0: float) -> float:
-        t = time.perf_counter()
-        self.timings[part] = self.timings.get(part, 0.0) + t - t0
-        return t
+    def _draws(self, step: int) -> dict:
+        """Every random draw of global batch ``step``, for all G rows, sliced to this process's."""
+        G, nb = self.global_batch, max(self.babble[1], 1) if self._cats else 1
+        rng = np.random.default_rng([self.seed, 11, int(step)])
+        d = {
+            "crop": rng.random((G, 3)),
+            "noise_on": rng.random((G, 2)) < self.noise_prob,
+            "cat": rng.integers(0, max(len(self._cats), 1), (G, 2)),
+            "snr": rng.random((G, 2)),
+            "babble": rng.integers(self.babble[0], self.babble[1] + 1, (G, 2)),
+            "clip": rng.random((G, 2, nb)),
+            "clip_at": rng.random((G, 2, nb)),
+            "rir_on": rng.random((G, 2)) < self.rir_prob,
+            "rir": rng.random((G, 2)),
+        }
+        lo = self.process_index * self.B
+        return {k: v[lo : lo + self.B] for k, v in d.items()}
 
-    def _noise_audio(self, cat: str, i: int) -> np.ndarray:
-        cache = self._noise_cache.get(cat)
-        if cache is None:
-            return self.noise_src[cat].audio(i)
-        if i not in cache:
-            cache[i] = np.array(self.noise_src[cat].audio(i))
-        return cache[i]
+    def _crop_starts(self, n: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """[B, 2] view offsets in utterances of ``n`` samples (wrap-padded to what the crops
+        need): independent draws, or (overlap=False) a non-overlapping pair in random order."""
+        T = self.T
+        if self.overlap:
+            m = np.maximum(n, T)
+            return _index(u[:, :2], (m - T + 1)[:, None])
+        m = np.maximum(n, 2 * T)
+        x = np.sort(_index(u[:, :2], (m - 2 * T + 1)[:, None]), axis=1)
+        a, b = x[:, 0], x[:, 1] + T
+        swap = u[:, 2] < 0.5
+        return np.stack([np.where(swap, b, a), np.where(swap, a, b)], axis=1)
 
-    def _clip(self, cat, rng, T, out: np.ndarray) -> np.ndarray:
-        """A random crop of T samples of a random clip of ``cat``, into ``out``."""
-        t0 = time.perf_counter() if self.timings is not None else 0.0
-        x = self._noise_audio(cat, int(rng.integers(len(self.noise_src[cat]))))
-        if self.timings is not None:
-            self._tick(_PARTS[2], t0)
-        x = wrap_pad(x, T)
-        o = int(rng.integers(0, x.size - T + 1))
-        return _pcm(x[o : o + T], out)
+    def _clip_crop(self, bank, u_clip: float, u_at: float, out: np.ndarray) -> None:
+        x = bank.audio(int(_index(np.float64(u_clip), len(bank))))
+        T = out.shape[-1]
+        _crop(x, int(_index(np.float64(u_at), max(x.size, T) - T + 1)), out)
 
-    def _noise(self, rng, T, out: np.ndarray):
-        """Draw a noise crop into ``out``; returns (SNR, category id)."""
-        cat = self.cats[int(rng.integers(len(self.cats)))]
-        snr = rng.uniform(*self.snr[cat])
-        if cat == "speech":
-            k = int(rng.integers(self.babble[0], self.babble[1] + 1))
-            if self._scratch is None or self._scratch.shape[1] != T:
-                self._scratch = np.empty((2, T), np.float32)
-            c, sq = self._scratch
-            out[:] = 0.0
-            for _ in range(k):  # out += c / (rms(c) + 1e-8), without temporaries
-                self._clip(cat, rng, T, c)
-                c /= np.sqrt(np.mean(np.square(c, out=sq))) + 1e-8
-                out += c
+    def _babble(self, bank, k: int, u_clip, u_at, scratch, out: np.ndarray) -> None:
+        """The sum of k clips each at unit RMS, scaled by its peak to the int16 range."""
+        clips = scratch[:k]
+        for j in range(k):
+            self._clip_crop(bank, u_clip[j], u_at[j], clips[j])
+        rms = np.sqrt(np.einsum("kt,kt->k", clips, clips) / clips.shape[1]) + 1e-8
+        mix = np.dot(1.0 / rms, clips)
+        peak = float(np.max(np.abs(mix)))
+        if peak > 0:
+            np.multiply(mix, np.float32(32767.0 / peak), out=mix)
+            out[:] = mix  # truncated towards zero
         else:
-            self._clip(cat, rng, T, out)
-        return np.float32(snr), CATEGORY_IDS[cat]
+            out[:] = 0
 
-    def _rir_of(self, i: int) -> np.ndarray:
-        h = self.rir_src.audio(i).astype(np.float32)
-        h = h[int(np.argmax(np.abs(h))) :][: self.L] if h.size else h
-        out = np.zeros(self.L, np.float32)
+    def _rir(self, u: float, out: np.ndarray) -> None:
+        i = int(_index(np.float64(u), len(self.rirs)))
+        h = self.rirs.audio(i)
+        if i not in self._peaks:
+            self._peaks[i] = int(np.argmax(np.abs(h))) if h.size else 0
+        h = h[self._peaks[i] :][: self.L]
         out[: h.size] = h
-        e = np.sqrt(np.sum(out**2))
-        if e <= 0:
-            out[0] = 1.0
-            return out
-        return out / e
+        out[h.size :] = 0
 
-    def _rir(self, rng) -> np.ndarray:
-        i = int(rng.integers(len(self.rir_src)))
-        if self._rir_cache is None:
-            return self._rir_of(i)
-        if i not in self._rir_cache:
-            self._rir_cache[i] = self._rir_of(i)
-        return self._rir_cache[i]
-
-    # -- one batch ------------------------------------------------------------------------------
-    def batch(self, step: int, out: dict | None = None) -> dict:
-        """Batch ``step`` of this process: a new dict of arrays (``batch.SPEC``), or written into
-        ``out`` (arrays of those shapes, whatever they hold: every element is written)."""
+    def __call__(self, step: int):
+        """Batch ``step`` of this process: a dict of arrays (``batch.SPEC``), or in a worker a
+        ``slots.Handle`` of a slot holding it. Every element is written."""
         B, T, L = self.B, self.T, self.L
-        timed = self.timings is not None
-        t0 = time.perf_counter() if timed else 0.0
+        result, out = _empty(B, T, L)
         idx = self.indices(step)
-        if out is None:
-            out = batch_spec.empty(B, T, L)
+        d = self._draws(step)
         out["index"][:] = idx
-        need = 2 * T if not self.overlap else T
+        starts = self._crop_starts(self._lengths[idx], d["crop"])
+        out["crop_start"][:] = starts
         for s, i in enumerate(idx):
-            rng = np.random.default_rng([self.seed, 11, int(step), self.pi * B + s])
-            if timed:
-                t0 = self._tick(_PARTS[5], t0)
-            x = self.src.audio(int(i))
-            if timed:
-                t0 = self._tick(_PARTS[0], t0)
-            x = wrap_pad(x, need)
-            a, b = crop_pair(x.size, T, self.overlap, rng)
-            _pcm(x[a : a + T], out["views"][s, 0])
-            _pcm(x[b : b + T], out["views"][s, 1])
-            out["crop_start"][s] = (a, b)
-            if timed:
-                t0 = self._tick(_PARTS[1], t0)
-            for v in range(2):
-                read0 = self.timings.get(_PARTS[2], 0.0) if timed else 0.0  # noise reads
-                if rng.random() < self.noise_p:
-                    snr, cat = self._noise(rng, T, out["noise"][s, v])
-                    out["snr_db"][s, v], out["noise_category"][s, v] = snr, cat
-                    out["noise_on"][s, v] = True
-                else:
-                    out["noise"][s, v] = 0.0
-                    out["snr_db"][s, v], out["noise_category"][s, v] = 0.0, -1
-                    out["noise_on"][s, v] = False
-                if timed:  # the noise section less its reads (counted inside)
-                    t0 = self._tick(_PARTS[3], t0 + self.timings.get(_PARTS[2], 0.0) - read0)
-                if rng.random() < self.rir_p:
-                    out["rir"][s, v] = self._rir(rng)
-                    out["rir_on"][s, v] = True
-                else:
-                    out["rir"][s, v] = 0.0
-                    out["rir"][s, v, 0] = 1.0
-                    out["rir_on"][s, v] = False
-                if timed:
-                    t0 = self._tick(_PARTS[4], t0)
-        return out
+            x = self.utterances.audio(int(i))
+            _crop(x, int(starts[s, 0]), out["views"][s, 0])
+            _crop(x, int(starts[s, 1]), out["views"][s, 1])
+        noise_on = d["noise_on"] if self._cats else np.zeros((B, 2), bool)
+        out["noise_on"][:] = noise_on
+        cats = np.asarray(self._cats + ("",))[d["cat"]]
+        lo = np.array([self.snr[c][0] if c else 0.0 for c in self._cats + ("",)])[d["cat"]]
+        hi = np.array([self.snr[c][1] if c else 0.0 for c in self._cats + ("",)])[d["cat"]]
+        out["snr_db"][:] = np.where(noise_on, lo + (hi - lo) * d["snr"], 0.0)
+        cat_ids = np.array([CATEGORY_IDS.get(c, -1) for c in cats.ravel()]).reshape(cats.shape)
+        out["noise_category"][:] = np.where(noise_on, cat_ids, -1)
+        scratch = None
+        for s, v in zip(*np.nonzero(noise_on)):
+            cat, o = str(cats[s, v]), out["noise"][s, v]
+            if cat == "speech":
+                if scratch is None:
+                    scratch = np.empty((self.babble[1], T), np.float32)
+                k = int(d["babble"][s, v])
+                self._babble(self.noise[cat], k, d["clip"][s, v], d["clip_at"][s, v], scratch, o)
+            else:
+                self._clip_crop(self.noise[cat], d["clip"][s, v, 0], d["clip_at"][s, v, 0], o)
+        out["noise"][~noise_on] = 0
+        rir_on = d["rir_on"] if self.rirs is not None else np.zeros((B, 2), bool)
+        out["rir_on"][:] = rir_on
+        for s, v in zip(*np.nonzero(rir_on)):
+            self._rir(d["rir"][s, v], out["rir"][s, v])
+        out["rir"][~rir_on] = 0
+        out["rir"][..., 0][~rir_on] = 1  # a delta
+        return result
+
+
+def builder_for(data_cfg, *, global_batch: int, seed: int, process_index: int, process_count: int):
+    """The ``BatchBuilder`` of ``data_cfg``'s training split and banks (flat copies written on
+    first use)."""
+    from ssv_jax.data import datasets  # not at import (see steps_per_epoch)
+    from ssv_jax.data.pcm import flat_pcm
+
+    pi, pc = int(process_index), int(process_count)
+    if not 0 <= pi < pc:
+        raise ValueError(f"process_index {pi} is not in [0, {pc}).")
+    _check_batch(int(global_batch), pc)
+    dsets = datasets.ensure_dataset(data_cfg)
+    ds = dsets[data_cfg.name]
+    sr = int(data_cfg.sample_rate)
+    T = int(round(data_cfg.crop_seconds * sr))
+    if T <= 0:
+        raise ValueError(f"crop_seconds={data_cfg.crop_seconds} gives no samples.")
+    aug = data_cfg.augment
+    on = bool(aug.enabled)
+    noise = {}
+    if on and aug.noise_bank:
+        bank = dsets[aug.noise_bank]
+        for cat in aug.categories:
+            if cat not in CATEGORY_IDS:
+                raise ValueError(
+                    f"augment.categories: unknown category {cat!r}; use noise, speech, music."
+                )
+            if cat not in bank.splits:
+                raise ValueError(
+                    f"noise bank {aug.noise_bank!r} ({bank.dir}) has no split {cat!r}; it has "
+                    f"{bank.splits}. Remove {cat!r} from augment.categories or rebuild the bank."
+                )
+            noise[cat] = flat_pcm(bank, cat)
+    rirs = flat_pcm(dsets[aug.rir_bank], "train") if on and aug.rir_bank else None
+    return BatchBuilder(
+        seed=int(seed),
+        process_index=pi,
+        process_count=pc,
+        global_batch=int(global_batch),
+        steps_per_epoch=steps_per_epoch(data_cfg, int(global_batch)),
+        T=T,
+        L=int(round(aug.rir_seconds * sr)) if rirs is not None else 1,
+        overlap=bool(data_cfg.overlap),
+        utterances=flat_pcm(ds, datasets.train_split(data_cfg)),
+        noise=noise,
+        rirs=rirs,
+        noise_prob=float(aug.noise_prob) if noise else 0.0,
+        rir_prob=float(aug.rir_prob) if rirs is not None else 0.0,
+        snr={c: tuple(map(float, aug[f"snr_{c}"])) for c in CATEGORY_IDS},
+        babble=tuple(int(b) for b in aug.babble),
+    )
 
 
 # ----------------------------------------------------------------- worker processes, the iterator
 
 
-def _batch_worker(init):
-    """Worker process setup (``WorkerPool``): a TrainStream from its spec, mapped onto the shared
-    slots; each message (step, slot) builds that batch into that slot and answers the step."""
-    spec, fd, size, layout, slot_bytes = init
-    stream = TrainStream.from_spec(spec)
-    buf = mmap.mmap(fd, size)
-    os.close(fd)
-    slots = {}
+def _watch_parent(ppid: int) -> None:
+    while os.getppid() == ppid:
+        time.sleep(0.5)
+    os._exit(0)  # the trainer is gone: nobody will read what this worker builds
 
-    def build(msg):
-        step, slot = msg
-        if slot not in slots:
-            slots[slot] = _slot_arrays(buf, slot, layout, slot_bytes)
-        stream.batch(step, out=slots[slot])
-        return step
 
-    return build
+def _worker_init(n_slots: int, worker_index: int, worker_count: int) -> None:
+    """In each worker: leave SIGINT/SIGTERM to the trainer (it stops the workers itself), build
+    into ``n_slots`` reused slots, and exit when the trainer is gone, even if it was killed."""
+    global _RING_SLOTS
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _RING_SLOTS = int(n_slots)
+    if sys.platform.startswith("linux"):  # the kernel kills this worker when its parent dies
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:
+            os._exit(0)
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _mark_flags_parsed() -> None:
+    """Grain reads its absl flags when it starts workers; outside an absl app (tests, scripts)
+    they are unparsed, and their defaults are what is meant."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def train_batches(
@@ -382,28 +362,47 @@ def train_batches(
     process_count: int | None = None,
     num_steps: int | None = None,
 ) -> Iterator[dict]:
-    """Iterator of this process's batches (dicts of numpy arrays, fixed shapes) from
+    """Iterator of this process's batches (dicts of numpy arrays, ``batch.SPEC``) from
     ``start_step``.
 
-    B = global_batch // process_count; the fields, shapes and dtypes are
-    ``ssv_jax.data.batch.SPEC``. Batch i of an iterator started at ``start_step=s`` equals
-    batch s+i of one started at 0, whatever ``data_cfg.num_workers``.
-    ``num_steps``: stop after this many batches (default: endless, epoch after epoch).
+    B = global_batch // process_count. Batch i of an iterator started at ``start_step=s``
+    equals batch s+i of one started at 0, whatever ``data_cfg.num_workers``. ``num_steps``: stop
+    after this many batches (default: endless, epoch after epoch). Close the iterator (or let it
+    end) to stop its workers. A worker that dies raises ``WorkerDied``.
     """
-    import jax  # not at import: the worker processes import this module and must not load JAX
+    import jax  # not at import: the worker processes import this module and need no JAX
 
     pi = jax.process_index() if process_index is None else int(process_index)
     pc = jax.process_count() if process_count is None else int(process_count)
-    _check_batch(global_batch, pc)
     seed = int(data_cfg.seed if seed is None else seed)
-    stream = TrainStream(
+    build = builder_for(
         data_cfg, global_batch=global_batch, seed=seed, process_index=pi, process_count=pc
     )
     start = int(start_step)
     stop = start + int(num_steps) if num_steps is not None else 2**62
-    workers = int(data_cfg.num_workers)
-    if workers <= 0:
+    W = int(data_cfg.num_workers)
+    if W <= 0:
         for k in range(start, stop):
-            yield stream.batch(k)
+            yield build(k)
         return
-    yield from _parallel_batches(stream, start, stop, workers, int(data_cfg.prefetch))
+    import grain
+
+    _mark_flags_parsed()
+    ahead = max(int(data_cfg.prefetch), 1)
+    ds = (
+        grain.MapDataset.range(start, stop)
+        .map(build)
+        .to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+        .mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=W, per_worker_buffer_size=ahead),
+            # A worker's slots: its queue, the one it builds, and two the trainer may hold.
+            worker_init_fn=functools.partial(_worker_init, ahead + 3),
+        )
+    )
+    it = iter(ds)
+    reader = slots.Reader()
+    try:
+        for got in it:
+            yield reader.take(got) if isinstance(got, slots.Handle) else got
+    finally:
+        it.close()

@@ -25,8 +25,8 @@ import re
 
 from ssv_jax.data import audio, builder, records, writer
 from ssv_jax.data.builder import Skip
+from ssv_jax.data.pool import WorkerError, ordered_map
 from ssv_jax.data.trials import TrialListError, parse_trials
-from ssv_jax.data.workers import WorkerError, parallel_map
 from ssv_jax.progress import track
 
 log = logging.getLogger("ssv_jax.data")
@@ -71,7 +71,7 @@ def _decoded(rows, desc, *, sample_rate, min_seconds, num_workers, peak=False, c
     ``num_workers`` processes, in order; an unreadable file becomes a ``Skip``."""
     audio.check_decoder_for(r[3] for r in rows)
     items = [(u, s, e, p, sample_rate, min_seconds, peak) for u, s, e, p in rows]
-    decoded = parallel_map("ssv_jax.data.prep:decode_item", items, num_workers)
+    decoded = ordered_map(decode_item, items, num_workers)
     for row, r in zip(rows, track(decoded, desc, len(rows), unit="file")):
         if isinstance(r, WorkerError):
             r = Skip(row[3], f"unreadable ({r.message})")

@@ -21,10 +21,10 @@ itself, so a config needs only its name) and ``prep_summary.json`` (what was
 written and what was skipped and why). ``ssv_jax_complete`` marks a finished build.
 ``writer.write_dataset`` writes them all (``builder`` holds the TFDS builder).
 
-Readers: ``Dataset`` (TFDS: decoded records, the index, the trial lists) and
-``Records`` (the int16 audio alone, read straight from the array_record files without
-TensorFlow, for the training pipeline's worker processes). Importing this module loads
-no TensorFlow: ``_tf`` does, when a dataset is opened or written.
+The reader is ``Dataset`` (TFDS: decoded records, the index, the trial lists); the training
+pipeline reads flat int16 copies of its splits instead (``ssv_jax.data.pcm``, written from
+``Dataset.source``). Importing this module loads no TensorFlow: ``_tf`` does, when a dataset is
+opened or written.
 """
 
 from __future__ import annotations
@@ -193,100 +193,3 @@ class Dataset:
 
     def trial_path(self, name: str) -> epath.Path:
         return self.dir / "trials" / f"{name}.txt"
-
-
-# --------------------------------------------------------------------- records without TensorFlow
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    out = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        out |= (b & 0x7F) << shift
-        if b < 0x80:
-            return out, pos
-        shift += 7
-
-
-def _fields(buf: bytes, start: int, end: int):
-    """(field number, start, end) of the length-delimited fields of the protobuf message
-    ``buf[start:end]`` (other wire types are skipped)."""
-    pos = start
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        wire = key & 7
-        if wire == 2:
-            n, pos = _varint(buf, pos)
-            yield key >> 3, pos, pos + n
-            pos += n
-        elif wire == 0:
-            _, pos = _varint(buf, pos)
-        elif wire == 5:
-            pos += 4
-        elif wire == 1:
-            pos += 8
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-    if pos != end:
-        raise ValueError("truncated protobuf message")
-
-
-def example_audio(buf: bytes) -> np.ndarray:
-    """The int16 ``audio`` of one serialized record (a tf.train.Example whose ``audio`` feature is
-    one bytes value, as ``features()`` stores it), read from the protobuf wire format
-    without TensorFlow: Example.features (1) -> map entry (1) {key (1), Feature (2)} ->
-    bytes_list (1) -> value (1). A read-only view of ``buf``; the same array as TFDS's decode."""
-    for f, a, b in _fields(buf, 0, len(buf)):
-        if f != 1:
-            continue
-        for f2, a2, b2 in _fields(buf, a, b):
-            if f2 != 1:
-                continue
-            key = val = None
-            for f3, a3, b3 in _fields(buf, a2, b2):
-                if f3 == 1:
-                    key = buf[a3:b3]
-                elif f3 == 2:
-                    val = (a3, b3)
-            if key != b"audio" or val is None:
-                continue
-            for f4, a4, b4 in _fields(buf, *val):
-                if f4 == 1:  # bytes_list
-                    for f5, a5, b5 in _fields(buf, a4, b4):
-                        if f5 == 1:
-                            return np.frombuffer(buf, np.int16, (b5 - a5) // 2, a5)
-                    return np.zeros(0, np.int16)
-            raise ValueError("the record's audio feature is not a bytes list")
-    raise KeyError("the record has no audio feature")
-
-
-class Records:
-    """Random access to the int16 audio of one split (or 'a+b'), read straight from its
-    array_record files: no TensorFlow, no TFDS decoding (only the audio is parsed), so a worker
-    process opens it in milliseconds. Pickles as its file list; readers open on first use."""
-
-    def __init__(self, ds, split: str):
-        info = ds.builder.info.splits[split]
-        self.files = tuple(
-            (str(fi.filename), int(fi.skip), int(fi.skip) + int(fi.take))
-            for fi in info.file_instructions
-        )
-        self.n = sum(b - a for _, a, b in self.files)
-        self.name = f"{ds.name}/{split}"
-        self._src = None
-
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_src"} | {"_src": None}
-
-    def __len__(self) -> int:
-        return self.n
-
-    def audio(self, i: int) -> np.ndarray:
-        if self._src is None:
-            # Not at import: TFDS installs array_record on Linux only, and importing this module
-            # must work elsewhere too.
-            from array_record.python.array_record_data_source import ArrayRecordDataSource
-
-            self._src = ArrayRecordDataSource([f"{f}[{a}:{b}]" for f, a, b in self.files])
-        return example_audio(self._src[int(i)])
