@@ -87,7 +87,7 @@ def _cpu_seconds(pid: int | None = None) -> float:
     tick = os.sysconf("SC_CLK_TCK")
     pid = os.getpid() if pid is None else pid
     total = 0.0
-    for d in os.listdir("/proc"):
+    for d in (d for d in os.listdir("/proc") if d.isdigit()):
         try:
             with open(f"/proc/{d}/stat") as f:
                 fields = f.read().rsplit(")", 1)[-1].split()
