@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ import soundfile as sf
 from ssv_jax import data
 from ssv_jax.data import datasets, pipeline, records, synthetic
 from ssv_jax.data.trials import parse_trials
+from tests.helpers.procs import gone, worker_pids
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -344,42 +344,6 @@ def test_deterministic_for_a_seed(syn_dir):
     assert not np.array_equal(a[0]["views"], c[0]["views"])
 
 
-def _worker_pids(parent=None):
-    """Live (not zombie) spawned worker processes of ``parent`` (default: this one)."""
-    parent = os.getpid() if parent is None else parent
-    pids = []
-    for d in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                cmd = f.read()
-        except (OSError, ValueError):
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        if int(fields[1]) == parent and fields[0] != "Z" and b"spawn_main" in cmd:
-            pids.append(int(d))
-    return pids
-
-
-def _gone(pids, seconds=20.0):
-    """Whether every pid has exited (or is a zombie) within ``seconds``."""
-    t = time.time()
-    while time.time() - t < seconds:
-        alive = []
-        for p in pids:
-            try:
-                with open(f"/proc/{p}/stat") as f:
-                    if f.read().rsplit(")", 1)[-1].split()[0] != "Z":
-                        alive.append(p)
-            except OSError:
-                pass
-        if not alive:
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def _in_slot(batch) -> bool:
     """Whether the batch's arrays are a worker's reused shared-memory slot (no copy)."""
     import mmap
@@ -415,10 +379,10 @@ def test_worker_processes_match_plain(syn_dir):
     for x, y, z in zip(plain, kept, dropped):
         _eq(x, y)
         _eq(x, z)
-    pids = _worker_pids()
+    pids = worker_pids()
     assert len(pids) == 2
     it.close()
-    assert _gone(pids)
+    assert gone(pids)
     kw.update(process_index=1, process_count=2)
     shard = _batches(tiny_cfg(syn_dir, num_workers=2, augment=cfg.augment), 2, **kw)
     for x, y in zip(_batches(cfg, 2, **kw), shard):
@@ -429,7 +393,7 @@ def test_worker_processes_match_plain(syn_dir):
 def test_a_dead_worker_stops_the_iterator(syn_dir):
     it = data.train_batches(tiny_cfg(syn_dir, num_workers=2), global_batch=4, seed=3)
     next(it)
-    os.kill(_worker_pids()[0], signal.SIGKILL)
+    os.kill(worker_pids()[0], signal.SIGKILL)
     with pytest.raises(RuntimeError, match="terminated"):
         for _ in range(1000):
             next(it)
@@ -438,8 +402,8 @@ def test_a_dead_worker_stops_the_iterator(syn_dir):
 
 _TRAINER = """
 import sys, time
-sys.path.insert(0, {tests!r})
-from test_data import tiny_cfg
+sys.path.insert(0, {repo!r})
+from tests.test_data import tiny_cfg
 from ssv_jax import data
 if __name__ == "__main__":
     it = data.train_batches(tiny_cfg({d!r}, num_workers=2), global_batch=4, seed=3)
@@ -452,15 +416,15 @@ if __name__ == "__main__":
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
 def test_workers_exit_when_their_trainer_is_killed(syn_dir, tmp_path):
     script = tmp_path / "trainer.py"
-    script.write_text(_TRAINER.format(tests=os.path.dirname(__file__), d=str(syn_dir)))
+    script.write_text(_TRAINER.format(repo=REPO, d=str(syn_dir)))
     p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "ready"
-        pids = _worker_pids(p.pid)
+        pids = worker_pids(p.pid)
         assert len(pids) == 2
         p.kill()
         p.wait(timeout=30)
-        assert _gone(pids)
+        assert gone(pids)
     finally:
         if p.poll() is None:
             p.kill()

@@ -27,6 +27,7 @@ from ssv_jax.backends.neighbours import expand_neighbours
 from ssv_jax.optim import lr_schedule, make_optimizer
 from ssv_jax.sharding import data_mesh
 from tests.helpers.cases import TINY_RESNET, run_main, run_steps, tiny_config, tiny_main_overrides
+from tests.helpers.procs import worker_pids
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -164,7 +165,7 @@ def test_a_dead_data_worker_stops_training_with_checkpoints_intact(data_dir, tmp
     def dying(*args, **kw):  # a worker is killed (e.g. by the OOM killer) after two steps
         for k, b in enumerate(real(*args, **kw)):
             if k == 2:
-                for pid in _children():
+                for pid in worker_pids():
                     os.kill(pid, signal.SIGKILL)
             yield b
 
@@ -175,20 +176,6 @@ def test_a_dead_data_worker_stops_training_with_checkpoints_intact(data_dir, tmp
     mgr = checkpoints.manager(str(tmp_path / "dead"), cfg)
     assert 2 <= kept < 40 and mgr.latest_step() == kept  # the batches built before, then a stop
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(mgr.restore(kept)))
-
-
-def _children():
-    """Spawned worker processes of this process."""
-    pids = []
-    for d in os.listdir("/proc"):
-        try:
-            stat = open(f"/proc/{d}/stat").read()
-            cmd = open(f"/proc/{d}/cmdline", "rb").read()
-        except (OSError, ValueError):
-            continue
-        if int(stat.rsplit(")", 1)[-1].split()[1]) == os.getpid() and b"spawn_main" in cmd:
-            pids.append(int(d))
-    return pids
 
 
 @pytest.mark.slow

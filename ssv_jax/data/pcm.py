@@ -76,7 +76,7 @@ def _damaged(ds, split: str, i: int | None, err: Exception) -> DamagedRecordErro
     )
 
 
-def _location(ds, split: str) -> str:
+def _location(ds) -> str:
     vdir = str(ds.dir)
     if os.path.isdir(vdir) and os.access(vdir, os.W_OK):
         return os.path.join(vdir, "pcm")
@@ -91,7 +91,7 @@ def _location(ds, split: str) -> str:
 def flat_pcm(ds, split: str) -> PCM:
     """The flat copy of ``split`` (``'a+b'`` allowed) of dataset ``ds`` (a records.Dataset),
     written on first use from the dataset's records."""
-    root = _location(ds, split)
+    root = _location(ds)
     data, offsets = os.path.join(root, f"{split}.int16"), os.path.join(root, f"{split}.offsets.npy")
     if os.path.exists(offsets) and os.path.exists(data):
         return PCM(data, offsets)

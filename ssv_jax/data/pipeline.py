@@ -47,10 +47,6 @@ from ssv_jax.data import slots
 CATEGORY_IDS = {"noise": 0, "speech": 1, "music": 2}
 
 
-class WorkerDied(RuntimeError):
-    """A data worker process ended while the trainer still needed its batches."""
-
-
 def _check_batch(global_batch: int, process_count: int) -> int:
     if global_batch <= 0 or global_batch % process_count:
         raise ValueError(
@@ -106,7 +102,7 @@ def _empty(B: int, T: int, L: int):
     """(what the builder returns, the arrays it writes): a ring slot's handle and arrays where a
     slot is free, else a new batch."""
     global _RING
-    if _RING_SLOTS and slots.supported():
+    if _RING_SLOTS:
         if _RING is None or _RING.shape != (B, T, L):
             _RING = slots.Ring(_RING_SLOTS, B, T, L)
         got = _RING.acquire()
@@ -153,6 +149,10 @@ class BatchBuilder:
         self._peaks: dict = {}  # RIR index -> sample of its peak
         self._lengths = self.utterances.lengths
         self._cats = tuple(self.noise)
+        # per drawn category index: its id and SNR range (one dummy entry without a noise bank)
+        self._cat_ids = np.array([CATEGORY_IDS[c] for c in self._cats] or [-1])
+        self._snr_lo = np.array([self.snr[c][0] for c in self._cats] or [0.0])
+        self._snr_hi = np.array([self.snr[c][1] for c in self._cats] or [0.0])
 
     def indices(self, step: int) -> np.ndarray:
         """Record indices of this process's rows of global batch ``step``."""
@@ -240,15 +240,12 @@ class BatchBuilder:
             _crop(x, int(starts[s, 1]), out["views"][s, 1])
         noise_on = d["noise_on"] if self._cats else np.zeros((B, 2), bool)
         out["noise_on"][:] = noise_on
-        cats = np.asarray(self._cats + ("",))[d["cat"]]
-        lo = np.array([self.snr[c][0] if c else 0.0 for c in self._cats + ("",)])[d["cat"]]
-        hi = np.array([self.snr[c][1] if c else 0.0 for c in self._cats + ("",)])[d["cat"]]
+        lo, hi = self._snr_lo[d["cat"]], self._snr_hi[d["cat"]]
         out["snr_db"][:] = np.where(noise_on, lo + (hi - lo) * d["snr"], 0.0)
-        cat_ids = np.array([CATEGORY_IDS.get(c, -1) for c in cats.ravel()]).reshape(cats.shape)
-        out["noise_category"][:] = np.where(noise_on, cat_ids, -1)
+        out["noise_category"][:] = np.where(noise_on, self._cat_ids[d["cat"]], -1)
         scratch = None
         for s, v in zip(*np.nonzero(noise_on)):
-            cat, o = str(cats[s, v]), out["noise"][s, v]
+            cat, o = self._cats[d["cat"][s, v]], out["noise"][s, v]
             if cat == "speech":
                 if scratch is None:
                     scratch = np.empty((self.babble[1], T), np.float32)
@@ -321,26 +318,28 @@ def builder_for(data_cfg, *, global_batch: int, seed: int, process_index: int, p
 # ----------------------------------------------------------------- worker processes, the iterator
 
 
-def _watch_parent(ppid: int) -> None:
-    while os.getppid() == ppid:
+def _watch_parent(trainer: int) -> None:
+    while os.getppid() == trainer:
         time.sleep(0.5)
     os._exit(0)  # the trainer is gone: nobody will read what this worker builds
 
 
-def _worker_init(n_slots: int, worker_index: int, worker_count: int) -> None:
-    """In each worker: leave SIGINT/SIGTERM to the trainer (it stops the workers itself), build
-    into ``n_slots`` reused slots, and exit when the trainer is gone, even if it was killed."""
+def _worker_init(trainer: int, n_slots: int, worker_index: int, worker_count: int) -> None:
+    """In each worker: leave SIGINT/SIGTERM to the trainer (pid ``trainer``: it stops the workers
+    itself), build into ``n_slots`` reused slots, and exit when the trainer is gone, even if it
+    was killed."""
     global _RING_SLOTS
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _RING_SLOTS = int(n_slots)
+    _RING_SLOTS = int(n_slots) if slots.supported() else 0
     if sys.platform.startswith("linux"):  # the kernel kills this worker when its parent dies
         import ctypes
 
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:
+        if os.getppid() != trainer:  # it died before that call
             os._exit(0)
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    else:
+        threading.Thread(target=_watch_parent, args=(trainer,), daemon=True).start()
 
 
 def _mark_flags_parsed() -> None:
@@ -368,7 +367,7 @@ def train_batches(
     B = global_batch // process_count. Batch i of an iterator started at ``start_step=s``
     equals batch s+i of one started at 0, whatever ``data_cfg.num_workers``. ``num_steps``: stop
     after this many batches (default: endless, epoch after epoch). Close the iterator (or let it
-    end) to stop its workers. A worker that dies raises ``WorkerDied``.
+    end) to stop its workers. A worker that dies raises ``RuntimeError``.
     """
     import jax  # not at import: the worker processes import this module and need no JAX
 
@@ -396,7 +395,7 @@ def train_batches(
         .mp_prefetch(
             grain.MultiprocessingOptions(num_workers=W, per_worker_buffer_size=ahead),
             # A worker's slots: its queue, the one it builds, and two the trainer may hold.
-            worker_init_fn=functools.partial(_worker_init, ahead + 3),
+            worker_init_fn=functools.partial(_worker_init, os.getpid(), ahead + 3),
         )
     )
     it = iter(ds)

@@ -95,11 +95,10 @@ class Reader:
                     f"data worker {h.pid} died (terminated) before its batch was read ({err})."
                 ) from err
             try:
-                self._maps[key] = mmap.mmap(fd, h.size)
+                self._maps[key] = (mmap.mmap(fd, h.size), *layout(*h.shape))
             finally:
                 os.close(fd)
-        buf = self._maps[key]
-        fields, slot_bytes = layout(*h.shape)
+        buf, fields, slot_bytes = self._maps[key]
         base = np.frombuffer(buf, np.uint8, slot_bytes, HEADER + h.slot * slot_bytes)
         busy = np.frombuffer(buf, np.uint8, 1, h.slot)
         weakref.finalize(base, busy.fill, 0)  # the slot is free once no array of it is left
