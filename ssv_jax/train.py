@@ -3,6 +3,7 @@ validation, resume."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import signal
@@ -28,6 +29,13 @@ from ssv_jax.sharding import data_mesh, global_batch, replicated
 from ssv_jax.writers import create_writer
 
 log = logging.getLogger("ssv_jax")
+
+# Steps dispatched to the device and not yet finished. JAX returns from a step at once; without
+# a bound the loop would run ahead to the next metrics fetch, each queued step keeping its batch
+# (and the data worker's slot it lives in) alive. Two keep the device busy. The loop then holds
+# at most STEPS_IN_FLIGHT + 2 batches: those steps', the one it is placing on the devices, and one
+# that JAX frees a little later (it keeps the host arrays it was given until a garbage collection).
+STEPS_IN_FLIGHT = 2
 
 
 class TrainingDiverged(UserError, FloatingPointError):
@@ -112,9 +120,14 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None, init=No
         mesh.size,
     )
     batches = data_lib.train_batches(
-        cfg.data, global_batch=bsz, seed=cfg.data.seed, start_step=start
+        cfg.data,
+        global_batch=bsz,
+        seed=cfg.data.seed,
+        start_step=start,
+        consumer_holds=STEPS_IN_FLIGHT + 2,
     )
     pending, last_good = [], start if mgr.latest_step() is not None else None
+    in_flight = collections.deque()  # the losses of the steps dispatched, oldest first
     progress = Progress(
         "train", n_total, unit="step", initial=start, enabled=cfg.train.progress_bar
     )
@@ -186,7 +199,11 @@ def train(cfg, workdir: str, *, mesh=None, max_steps: int | None = None, init=No
                     data_wait += time.perf_counter() - t0
                 batch = global_batch(device_part(local), mesh)
                 state, m = step_fn(state, batch)
+                del local, batch  # the step holds the batch until it has run
                 pending.append(m)
+                in_flight.append(m["loss"])
+                if len(in_flight) > STEPS_IN_FLIGHT:
+                    in_flight.popleft().block_until_ready()
                 step += 1
                 stopping = step < stop and requests.due(step)
                 if step % cfg.train.log_every == 0 or step == stop or stopping:

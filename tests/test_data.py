@@ -3,6 +3,7 @@ pipeline."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -366,7 +367,8 @@ def test_worker_processes_match_plain(syn_dir):
     plain = _batches(cfg, 8, **kw)
     assert {bool(b["noise_on"].all()) for b in plain} == {False}
     kept = _batches(tiny_cfg(syn_dir, num_workers=1, prefetch=1, augment=cfg.augment), 8, **kw)
-    assert [_in_slot(b) for b in kept] == [True] * 4 + [False] * 4  # 1 + 3 slots
+    # 1 + 2 * prefetch + consumer_holds = 5 slots, then plain arrays
+    assert [_in_slot(b) for b in kept] == [True] * 5 + [False] * 3
     it = data.train_batches(
         tiny_cfg(syn_dir, num_workers=2, prefetch=2, augment=cfg.augment), seed=3, **kw
     )
@@ -400,13 +402,17 @@ def test_a_dead_worker_stops_the_iterator(syn_dir):
     it.close()
 
 
-_TRAINER = """
+_CALLER = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from tests.test_data import tiny_cfg
+from tests.test_data import tiny_cfg, _square
 from ssv_jax import data
+from ssv_jax.data.pool import ordered_map
 if __name__ == "__main__":
-    it = data.train_batches(tiny_cfg({d!r}, num_workers=2), global_batch=4, seed=3)
+    if {what!r} == "pipeline":
+        it = data.train_batches(tiny_cfg({d!r}, num_workers=2), global_batch=4, seed=3)
+    else:  # a dataset build's decoding pool
+        it = ordered_map(_square, range(100), 2)
     next(it)
     print("ready", flush=True)
     time.sleep(600)
@@ -414,10 +420,12 @@ if __name__ == "__main__":
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
-def test_workers_exit_when_their_trainer_is_killed(syn_dir, tmp_path):
-    script = tmp_path / "trainer.py"
-    script.write_text(_TRAINER.format(repo=REPO, d=str(syn_dir)))
+@pytest.mark.parametrize("what", ["pipeline", "ordered_map"])
+def test_workers_exit_when_their_caller_is_killed(syn_dir, tmp_path, what):
+    script = tmp_path / "caller.py"
+    script.write_text(_CALLER.format(repo=REPO, d=str(syn_dir), what=what))
     p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pids = []
     try:
         assert p.stdout.readline().strip() == "ready"
         pids = worker_pids(p.pid)
@@ -428,6 +436,9 @@ def test_workers_exit_when_their_trainer_is_killed(syn_dir, tmp_path):
     finally:
         if p.poll() is None:
             p.kill()
+        for pid in pids if not gone(pids, 0.1) else []:  # left by a failure
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_flat_copy_is_what_tfds_decodes(syn_dir, tmp_path, monkeypatch):
@@ -477,10 +488,24 @@ def _square(x):
     return x * x
 
 
-def test_ordered_map():
+def _start_env(_):
+    """The environment this process was started with (not os.environ, which code may change)."""
+    with open("/proc/self/environ", "rb") as f:
+        pairs = [kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv]
+    return {k.decode(): v.decode() for k, v in pairs}
+
+
+def test_ordered_map(monkeypatch):
     from ssv_jax.data.pool import WorkerError, ordered_map
 
     assert list(ordered_map(_square, range(20), 2)) == [x * x for x in range(20)]
+    if sys.platform.startswith("linux"):  # one BLAS thread per worker from its start
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")  # the user's choice is kept
+        envs = list(ordered_map(_start_env, range(4), 2))
+        assert all(e["OMP_NUM_THREADS"] == "1" for e in envs), envs[0]
+        assert all(e["OPENBLAS_NUM_THREADS"] == "3" for e in envs)
+        assert "OMP_NUM_THREADS" not in os.environ  # the caller's environment as it was
     got = list(ordered_map(_square, [2, "a", 3], 2))
     assert got[0] == 4 and got[2] == 9
     assert isinstance(got[1], WorkerError) and "TypeError" in got[1].message

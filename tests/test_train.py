@@ -179,6 +179,46 @@ def test_a_dead_data_worker_stops_training_with_checkpoints_intact(data_dir, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="memfd slots")
+def test_a_slow_device_keeps_the_batches_in_the_workers_slots(
+    data_dir, tmp_path, monkeypatch, caplog
+):
+    """With a device slower than the input, the loop (at most train.STEPS_IN_FLIGHT steps
+    queued) holds no more batches than the data worker keeps slots for: none of them arrives
+    through Grain's shared memory instead."""
+    from ssv_jax import step as step_lib
+
+    cfg = tiny_config(data_dir)
+    cfg.data.num_workers, cfg.train.num_steps = 1, 30
+    cfg.train.log_every = cfg.train.checkpoint_every = 30
+    real = step_lib.make_train_step
+
+    def slow_step(*args, **kw):  # 0.5 s more per step, on the device's side of the dispatch
+        step = real(*args, **kw)
+
+        def sleep(x):
+            time.sleep(0.5)
+            return x
+
+        @jax.jit
+        def run(state, batch):
+            state, m = step(state, batch)
+            m["loss"] = jax.pure_callback(sleep, m["loss"], m["loss"])
+            return state, m
+
+        return run
+
+    monkeypatch.setattr(step_lib, "make_train_step", slow_step)
+    logger = logging.getLogger("ssv_jax")
+    logger.addHandler(caplog.handler)
+    try:
+        train_lib.train(cfg, str(tmp_path / "slow"))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "holds every batch slot" not in caplog.text, caplog.text
+
+
+@pytest.mark.slow
 def test_data_wait_measures_a_slow_input_pipeline(data_dir, tmp_path, monkeypatch):
     """The loop logs ``data_wait``: about the pipeline's delay when input is the bottleneck."""
     cfg = tiny_config(data_dir)

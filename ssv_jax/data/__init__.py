@@ -4,7 +4,8 @@ evaluation data.
 Public API (imported lazily, so worker processes that only decode audio do not
 load TensorFlow):
   default_data_config()                         the data ConfigDict (fields documented there)
-  train_batches(cfg, *, global_batch, seed, start_step=0, process_index=None, process_count=None)
+  train_batches(cfg, *, global_batch, seed, start_step=0, process_index=None, process_count=None,
+                consumer_holds=2)
   steps_per_epoch(cfg, global_batch)
   eval_utterances(cfg, split=None)              -> (utterance id, float32 wave)
   load_trials(cfg)                              -> {name: Trials}

@@ -32,17 +32,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import signal
-import sys
-import threading
-import time
 from typing import Iterator
 
 import numpy as np
 
 from ssv_jax.data import batch as batch_spec
-from ssv_jax.data import slots
+from ssv_jax.data import pool, slots
+
+log = logging.getLogger("ssv_jax")
 
 CATEGORY_IDS = {"noise": 0, "speech": 1, "music": 2}
 
@@ -318,12 +318,6 @@ def builder_for(data_cfg, *, global_batch: int, seed: int, process_index: int, p
 # ----------------------------------------------------------------- worker processes, the iterator
 
 
-def _watch_parent(trainer: int) -> None:
-    while os.getppid() == trainer:
-        time.sleep(0.5)
-    os._exit(0)  # the trainer is gone: nobody will read what this worker builds
-
-
 def _worker_init(trainer: int, n_slots: int, worker_index: int, worker_count: int) -> None:
     """In each worker: leave SIGINT/SIGTERM to the trainer (pid ``trainer``: it stops the workers
     itself), build into ``n_slots`` reused slots, and exit when the trainer is gone, even if it
@@ -332,14 +326,7 @@ def _worker_init(trainer: int, n_slots: int, worker_index: int, worker_count: in
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _RING_SLOTS = int(n_slots) if slots.supported() else 0
-    if sys.platform.startswith("linux"):  # the kernel kills this worker when its parent dies
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() != trainer:  # it died before that call
-            os._exit(0)
-    else:
-        threading.Thread(target=_watch_parent, args=(trainer,), daemon=True).start()
+    pool.exit_with_parent(trainer)
 
 
 def _mark_flags_parsed() -> None:
@@ -360,6 +347,7 @@ def train_batches(
     process_index: int | None = None,
     process_count: int | None = None,
     num_steps: int | None = None,
+    consumer_holds: int = 2,
 ) -> Iterator[dict]:
     """Iterator of this process's batches (dicts of numpy arrays, ``batch.SPEC``) from
     ``start_step``.
@@ -367,7 +355,9 @@ def train_batches(
     B = global_batch // process_count. Batch i of an iterator started at ``start_step=s``
     equals batch s+i of one started at 0, whatever ``data_cfg.num_workers``. ``num_steps``: stop
     after this many batches (default: endless, epoch after epoch). Close the iterator (or let it
-    end) to stop its workers. A worker that dies raises ``RuntimeError``.
+    end) to stop its workers. A worker that dies raises ``RuntimeError``. ``consumer_holds``: how
+    many batches the caller keeps alive at once; each worker keeps that many slots spare for them
+    (a slot's memory is only touched once it is used).
     """
     import jax  # not at import: the worker processes import this module and need no JAX
 
@@ -388,20 +378,33 @@ def train_batches(
 
     _mark_flags_parsed()
     ahead = max(int(data_cfg.prefetch), 1)
+    # A worker's slots: the batch it builds, its queue and as many read ahead on the trainer's
+    # side of it (Grain's), and those the consumer holds. Unused slots cost no memory.
+    n_slots = 1 + 2 * ahead + int(consumer_holds)
     ds = (
         grain.MapDataset.range(start, stop)
         .map(build)
         .to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
         .mp_prefetch(
             grain.MultiprocessingOptions(num_workers=W, per_worker_buffer_size=ahead),
-            # A worker's slots: its queue, the one it builds, and two the trainer may hold.
-            worker_init_fn=functools.partial(_worker_init, os.getpid(), ahead + 3),
+            worker_init_fn=functools.partial(_worker_init, os.getpid(), n_slots),
         )
     )
     it = iter(ds)
-    reader = slots.Reader()
+    reader, warned = slots.Reader(), not slots.supported()
     try:
         for got in it:
-            yield reader.take(got) if isinstance(got, slots.Handle) else got
+            if isinstance(got, slots.Handle):
+                yield reader.take(got)
+                continue
+            if not warned:
+                warned = True
+                log.warning(
+                    "the consumer holds every batch slot of the data workers (%d each): "
+                    "batches now come through Grain's shared memory, one copy more each. "
+                    "Release batches sooner, or pass a larger consumer_holds.",
+                    n_slots,
+                )
+            yield got
     finally:
         it.close()

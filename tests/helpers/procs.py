@@ -1,4 +1,4 @@
-"""Worker processes seen through Linux /proc: the pipeline tests' view of Grain's workers."""
+"""Worker processes seen through Linux /proc: the tests' view of the data workers."""
 
 import os
 import time
