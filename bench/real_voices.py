@@ -21,6 +21,8 @@ root; `apt-get update` first) and sox for the GSM prompts (`apt-get install sox`
 
 The last prints the mean and mean+std log-mel cosine baselines; `--scores_of=WORKDIR` prints a
 run's EER on the same trials. Both give the pooled EER and the EER within each source.
+`--positives_of=WORKDIR` (an SSPS run) prints, per source, how often the positives its queue
+offers at the end are of the anchor's speaker and of its session.
 Figures: bench/README.md.
 """
 
@@ -213,6 +215,49 @@ def run_scores(workdir):
     print(f"{workdir}: EER {by_source([r[1] for r in rows], [float(r[3]) for r in rows], labels)}")
 
 
+def run_positives(workdir, data_dir, name="real_voices"):
+    """Who an SSPS run's positives are (its last checkpoint's queue, by the folder's labels,
+    which training never sees): per source, the share of each queue entry's candidates (the
+    other recordings of its cluster) of the same speaker and of the same session, and the
+    candidates per entry."""
+    import orbax.checkpoint as ocp
+
+    from ssv_jax.data.records import Dataset, find_version_dir
+
+    mgr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")))
+    mem = mgr.restore(mgr.latest_step())["method_state"]["ssps"]
+    idx, cluster = np.asarray(mem["pos_idx"]), np.asarray(mem["pos_cluster"])
+    ds = Dataset(find_version_dir(data_dir, name))
+    rows = ds.index(ds.layout["train_split"])
+    spk = np.array([r[1] for r in rows])
+    sess = np.array([r[2] for r in rows])
+    live = (idx >= 0) & (cluster >= 0)
+    idx, cluster = idx[live], cluster[live]
+    stats = collections.defaultdict(lambda: np.zeros(4))  # entries, same spk, same sess, cands
+    for i in range(idx.size):
+        cand = (cluster == cluster[i]) & (idx != idx[i])
+        if not cand.any():
+            continue
+        src = spk[idx[i]].split("_")[0]
+        for key in (src, "all"):
+            stats[key] += (
+                1,
+                np.mean(spk[idx[cand]] == spk[idx[i]]),
+                np.mean(sess[idx[cand]] == sess[idx[i]]),
+                cand.sum(),
+            )
+    print(
+        f"{workdir}: step {mgr.latest_step()}, {live.sum()} queue entries in "
+        f"{np.unique(cluster).size} clusters"
+    )
+    for key in (*TRIALS_PER_SOURCE, "all"):
+        n, same_spk, same_sess, cands = stats[key]
+        print(
+            f"  {key}: {int(n)} entries with candidates, same speaker {100 * same_spk / n:.0f}%, "
+            f"same session {100 * same_sess / n:.0f}%, {cands / n:.1f} candidates each"
+        )
+
+
 def main():
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -228,8 +273,16 @@ def main():
         default=None,
         help="a run's workdir (trained or evaluated on this set): print its EERs by source",
     )
+    p.add_argument(
+        "--positives_of",
+        default=None,
+        help="an SSPS run's workdir (trained on this set): who its positives are, by source",
+    )
+    p.add_argument("--data_dir", default="/tmp/real_voices/data", help="for --positives_of")
     a = p.parse_args()
-    if a.scores_of:
+    if a.positives_of:
+        run_positives(a.positives_of, a.data_dir)
+    elif a.scores_of:
         run_scores(a.scores_of)
     elif a.baselines_of:
         baselines(a.baselines_of)
