@@ -215,19 +215,26 @@ def run_scores(workdir):
     print(f"{workdir}: EER {by_source([r[1] for r in rows], [float(r[3]) for r in rows], labels)}")
 
 
-def run_positives(workdir, data_dir, name="real_voices"):
-    """Who an SSPS run's positives are (its last checkpoint's queue, by the folder's labels,
-    which training never sees): per source, the share of each queue entry's candidates (the
-    other recordings of its cluster) of the same speaker and of the same session, and the
-    candidates per entry."""
+def run_positives(workdir, step=None):
+    """Who an SSPS run's positives are (the queue of its checkpoint ``step``, by default the
+    last, by its training data's labels, which training never sees): the share of each queue
+    entry's candidates (the other recordings of its cluster) of the same speaker and of the
+    same session, and the candidates per entry; in all, and per source (the speaker id's
+    prefix up to "_", where it has one)."""
+    import json
+
     import orbax.checkpoint as ocp
 
     from ssv_jax.data.records import Dataset, find_version_dir
 
+    with open(os.path.join(workdir, "config.json")) as f:
+        data_cfg = json.load(f)["data"]
+
     mgr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")))
-    mem = mgr.restore(mgr.latest_step())["method_state"]["ssps"]
+    step = mgr.latest_step() if step is None else step
+    mem = mgr.restore(step)["method_state"]["ssps"]
     idx, cluster = np.asarray(mem["pos_idx"]), np.asarray(mem["pos_cluster"])
-    ds = Dataset(find_version_dir(data_dir, name))
+    ds = Dataset(find_version_dir(os.path.expanduser(data_cfg["data_dir"]), data_cfg["name"]))
     rows = ds.index(ds.layout["train_split"])
     spk = np.array([r[1] for r in rows])
     sess = np.array([r[2] for r in rows])
@@ -238,8 +245,8 @@ def run_positives(workdir, data_dir, name="real_voices"):
         cand = (cluster == cluster[i]) & (idx != idx[i])
         if not cand.any():
             continue
-        src = spk[idx[i]].split("_")[0]
-        for key in (src, "all"):
+        src = spk[idx[i]].split("_")[0] if "_" in spk[idx[i]] else "all"
+        for key in {src, "all"}:
             stats[key] += (
                 1,
                 np.mean(spk[idx[cand]] == spk[idx[i]]),
@@ -247,10 +254,9 @@ def run_positives(workdir, data_dir, name="real_voices"):
                 cand.sum(),
             )
     print(
-        f"{workdir}: step {mgr.latest_step()}, {live.sum()} queue entries in "
-        f"{np.unique(cluster).size} clusters"
+        f"{workdir}: step {step}, {live.sum()} queue entries in {np.unique(cluster).size} clusters"
     )
-    for key in (*TRIALS_PER_SOURCE, "all"):
+    for key in sorted(stats):
         n, same_spk, same_sess, cands = stats[key]
         print(
             f"  {key}: {int(n)} entries with candidates, same speaker {100 * same_spk / n:.0f}%, "
@@ -276,12 +282,12 @@ def main():
     p.add_argument(
         "--positives_of",
         default=None,
-        help="an SSPS run's workdir (trained on this set): who its positives are, by source",
+        help="an SSPS run's workdir (on this set or another): who its positives are, by source",
     )
-    p.add_argument("--data_dir", default="/tmp/real_voices/data", help="for --positives_of")
+    p.add_argument("--step", type=int, default=None, help="--positives_of's checkpoint")
     a = p.parse_args()
     if a.positives_of:
-        run_positives(a.positives_of, a.data_dir)
+        run_positives(a.positives_of, a.step)
     elif a.scores_of:
         run_scores(a.scores_of)
     elif a.baselines_of:
