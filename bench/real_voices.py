@@ -218,7 +218,8 @@ def run_scores(workdir):
 def run_positives(workdir, step=None):
     """Who an SSPS run's positives are (the queue of its checkpoint ``step``, by default the
     last, by its training data's labels, which training never sees): the share of each queue
-    entry's candidates (the other recordings of its cluster) of the same speaker and of the
+    entry's candidates (the other recordings of its cluster; with ``sampling="knn"``, its
+    ``intra_size`` nearest) of the same speaker and of the
     same session, and the candidates per entry; in all, and per source (the speaker id's
     prefix up to "_", where it has one)."""
     import json
@@ -228,7 +229,8 @@ def run_positives(workdir, step=None):
     from ssv_jax.data.records import Dataset, find_version_dir
 
     with open(os.path.join(workdir, "config.json")) as f:
-        data_cfg = json.load(f)["data"]
+        run_cfg = json.load(f)
+    data_cfg, ssps_cfg = run_cfg["data"], run_cfg["method"]["ssps"]
 
     mgr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")))
     step = mgr.latest_step() if step is None else step
@@ -238,11 +240,19 @@ def run_positives(workdir, step=None):
     rows = ds.index(ds.layout["train_split"])
     spk = np.array([r[1] for r in rows])
     sess = np.array([r[2] for r in rows])
-    live = (idx >= 0) & (cluster >= 0)
-    idx, cluster = idx[live], cluster[live]
+    knn = ssps_cfg["sampling"] == "knn"
+    live = (idx >= 0) & ((cluster >= 0) | knn)
+    idx, cluster, ref = idx[live], cluster[live], np.asarray(mem["pos_ref"])[live]
+    if knn:  # the candidates: the intra_size nearest other recordings
+        sims = np.where(idx[None, :] == idx[:, None], -np.inf, ref @ ref.T)
+        near = np.argsort(-sims, axis=1)[:, : int(ssps_cfg["intra_size"])]
     stats = collections.defaultdict(lambda: np.zeros(4))  # entries, same spk, same sess, cands
     for i in range(idx.size):
-        cand = (cluster == cluster[i]) & (idx != idx[i])
+        if knn:
+            cand = np.zeros(idx.size, bool)
+            cand[near[i]] = True
+        else:
+            cand = (cluster == cluster[i]) & (idx != idx[i])
         if not cand.any():
             continue
         src = spk[idx[i]].split("_")[0] if "_" in spk[idx[i]] else "all"
@@ -254,7 +264,8 @@ def run_positives(workdir, step=None):
                 cand.sum(),
             )
     print(
-        f"{workdir}: step {step}, {live.sum()} queue entries in {np.unique(cluster).size} clusters"
+        f"{workdir}: step {step}, {live.sum()} queue entries"
+        + ("" if knn else f" in {np.unique(cluster).size} clusters")
     )
     for key in sorted(stats):
         n, same_spk, same_sess, cands = stats[key]
