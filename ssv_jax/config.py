@@ -279,8 +279,10 @@ def with_ssps(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     with SSPS; k-means (10 iterations) on every training utterance's reference embedding, once
     an epoch, into 25,000 prototypes; a queue of 25,000 positives, each anchor's drawn uniformly
     from its own cluster. ``:demo`` and ``:small`` (a fixed number of steps): SSPS for the
-    second half, on memories of the whole training split (capped at the data), 64 prototypes
-    (docs/method.md#ssps; measured: bench/README.md, "SSPS")."""
+    second half, on memories of the whole training split (capped at the data), 64 prototypes.
+    On the embedded corpus ``:demo``'s network is too weak for SSPS's positives and it
+    collapses: it shows the mechanics, not a gain (docs/method.md#ssps; measured:
+    bench/README.md, "SSPS")."""
     s = cfg.method.ssps
     s.enabled, s.sampling, s.kmeans_iters = True, "kmeans", 10
     s.inter_size, s.inter_prob, s.intra_size, s.intra_prob = 0, "uniform", 10**7, "uniform"
