@@ -22,7 +22,7 @@ root; `apt-get update` first) and sox for the GSM prompts (`apt-get install sox`
 The last prints the mean and mean+std log-mel cosine baselines; `--scores_of=WORKDIR` prints a
 run's EER on the same trials. Both give the pooled EER and the EER within each source.
 `--positives_of=WORKDIR` (an SSPS run) prints, per source, how often the positives its queue
-offers at the end are of the anchor's speaker and of its session.
+offers at its last checkpoint (or `--step`'s) are of the anchor's speaker and of its session.
 Figures: bench/README.md.
 """
 
@@ -219,41 +219,33 @@ def run_positives(workdir, step=None):
     """Who an SSPS run's positives are (the queue of its checkpoint ``step``, by default the
     last, by its training data's labels, which training never sees): the share of each queue
     entry's candidates (the other recordings of its cluster; with ``sampling="knn"``, its
-    ``intra_size`` nearest) of the same speaker and of the
-    same session, and the candidates per entry; in all, and per source (the speaker id's
-    prefix up to "_", where it has one)."""
-    import json
-
+    ``intra_size`` nearest) of the same speaker and of the same session, and the candidates per
+    entry; in all, and per source (the speaker id's prefix up to "_", where it has one)."""
     import orbax.checkpoint as ocp
 
-    from ssv_jax.data.records import Dataset, find_version_dir
+    from ssv_jax import checkpoints
+    from ssv_jax import workdir as workdir_lib
+    from ssv_jax.data import datasets
 
-    with open(os.path.join(workdir, "config.json")) as f:
-        run_cfg = json.load(f)
-    data_cfg, ssps_cfg = run_cfg["data"], run_cfg["method"]["ssps"]
-
+    cfg = workdir_lib.read_config(workdir)
+    # A plain manager: checkpoints.manager would clean up the saves a live run is writing.
     mgr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")))
     step = mgr.latest_step() if step is None else step
-    mem = mgr.restore(step)["method_state"]["ssps"]
-    idx, cluster = np.asarray(mem["pos_idx"]), np.asarray(mem["pos_cluster"])
-    ds = Dataset(find_version_dir(os.path.expanduser(data_cfg["data_dir"]), data_cfg["name"]))
-    rows = ds.index(ds.layout["train_split"])
+    mem = checkpoints.restore(mgr, step, None)["method_state"]["ssps"]
+    rows = datasets.open_dataset(cfg.data, cfg.data.name).index(datasets.train_split(cfg.data))
     spk = np.array([r[1] for r in rows])
     sess = np.array([r[2] for r in rows])
-    knn = ssps_cfg["sampling"] == "knn"
+    knn = cfg.method.ssps.sampling == "knn"
+    idx, cluster = np.asarray(mem["pos_idx"]), np.asarray(mem["pos_cluster"])
     live = (idx >= 0) & ((cluster >= 0) | knn)
     idx, cluster, ref = idx[live], cluster[live], np.asarray(mem["pos_ref"])[live]
     if knn:  # the candidates: the intra_size nearest other recordings
         sims = np.where(idx[None, :] == idx[:, None], -np.inf, ref @ ref.T)
-        near = np.argsort(-sims, axis=1)[:, : int(ssps_cfg["intra_size"])]
+        near = np.argsort(-sims, axis=1)[:, : int(cfg.method.ssps.intra_size)]
     stats = collections.defaultdict(lambda: np.zeros(4))  # entries, same spk, same sess, cands
     for i in range(idx.size):
-        if knn:
-            cand = np.zeros(idx.size, bool)
-            cand[near[i]] = True
-        else:
-            cand = (cluster == cluster[i]) & (idx != idx[i])
-        if not cand.any():
+        cand = near[i] if knn else np.flatnonzero((cluster == cluster[i]) & (idx != idx[i]))
+        if not cand.size:
             continue
         src = spk[idx[i]].split("_")[0] if "_" in spk[idx[i]] else "all"
         for key in {src, "all"}:
@@ -261,7 +253,7 @@ def run_positives(workdir, step=None):
                 1,
                 np.mean(spk[idx[cand]] == spk[idx[i]]),
                 np.mean(sess[idx[cand]] == sess[idx[i]]),
-                cand.sum(),
+                cand.size,
             )
     print(
         f"{workdir}: step {step}, {live.sum()} queue entries"
